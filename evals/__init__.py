@@ -1,0 +1,1 @@
+"""Evaluators, one a file. Importing this package registers every built-in evaluator."""

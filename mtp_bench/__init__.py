@@ -1,0 +1,14 @@
+"""mtp-bench: evaluation and benchmarking for multi-token-prediction language models."""
+
+__version__ = "0.1.0"
+
+
+def load(path, device=None, dtype=None):
+    """Load a model from a native mtp-bench checkpoint, a Meta-format MTP checkpoint or a
+    Hugging Face causal-LM directory. See `mtp_bench.adapters.load`."""
+    from mtp_bench.adapters import load as _load
+
+    return _load(path, device=device, dtype=dtype)
+
+
+__all__ = ["__version__", "load"]

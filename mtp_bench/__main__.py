@@ -1,0 +1,3 @@
+from mtp_bench.cli import main
+
+raise SystemExit(main())

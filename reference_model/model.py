@@ -1,0 +1,506 @@
+"""The reference multi-token-prediction (MTP) transformer, in one file.
+
+Gloeckle et al. 2024, "Better & Faster Large Language Models via Multi-token Prediction":
+a shared trunk, `n_future` output heads (head i predicts token t+1+i) and one shared
+unembedding. The layout follows Meta's public release (facebook/multi-token-prediction) so
+its weights load with the same parameter names:
+
+    tok_embeddings -> layers[:-1] (trunk) -> h
+    head 0 = layers[-1], heads 1.. = extra_heads[0..]     (each a transformer block, or a Linear)
+    every head output -> norm (shared) -> output (shared unembedding)
+
+With n_future=1 this is exactly a Llama model (RMSNorm, rotary embeddings on interleaved
+pairs like Meta's complex-number rotary, SwiGLU, GQA, no biases), which is what the Hugging Face
+export relies on.
+
+Modules are declared leaves first: RMSNorm, rotary, Attention, FeedForward, TransformerBlock,
+KVCache, Transformer; then the two loss functions (`mtp_loss`, `mtp_forward_backward`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mtp_bench.errors import ConfigError
+
+HEAD_TYPES = ("parallel", "linear", "causal", "anticausal")
+
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000  # set from the tokenizer
+    dim: int = 512  # residual stream width
+    n_layers: int = 8  # TOTAL depth: trunk + all transformer heads (constant across n_future: compute matching)
+    n_heads: int = 8  # query heads; dim must divide evenly
+    n_kv_heads: int | None = None  # GQA key/value heads; None = n_heads (plain multi-head attention)
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this (Llama rule)
+    ffn_dim_multiplier: float | None = None  # optional scale of the SwiGLU hidden size (Llama 2/3 rule)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    rope_theta: float = 10000.0  # rotary base; larger = longer wavelengths
+    max_seq_len: int = 2048  # longest sequence the model was built (and trained) for
+    n_future: int = 1  # number of output heads; 1 = plain next-token model
+    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B)
+    init_std: float = 0.02  # std of the normal init of every weight matrix
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"invalid model config: {msg}")
+
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(f"{name} must be a positive integer, got {v!r}")
+        if self.head_type not in HEAD_TYPES:
+            raise bad(f"head_type {self.head_type!r} is not one of {', '.join(HEAD_TYPES)}")
+        if self.dim % self.n_heads:
+            raise bad(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise bad(f"head dim {self.dim // self.n_heads} must be even for rotary embeddings")
+        if self.n_kv_heads is not None:
+            if not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+                raise bad(f"n_kv_heads={self.n_kv_heads!r} must be a positive divisor of n_heads={self.n_heads}")
+        if self.n_layers < self.n_future:
+            raise bad(f"n_layers={self.n_layers} must be >= n_future={self.n_future} (one layer per head at least)")
+        if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
+            raise bad(f"ffn_dim_multiplier must be > 0 or None, got {self.ffn_dim_multiplier!r}")
+        if not self.norm_eps > 0 or not self.rope_theta > 0 or not self.init_std > 0:
+            raise bad("norm_eps, rope_theta and init_std must be > 0")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """Llama's SwiGLU rule: 2/3 of 4*dim (same parameter count as a 4*dim GELU MLP), scaled, rounded up."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @property
+    def n_trunk_layers(self) -> int:
+        """Blocks before the heads. Compute matching: every extra head takes one block from the trunk."""
+        return self.n_layers - self.n_future
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -----------------------------------------------------------------------------
+# modules, leaves first
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in float32 at least (as Meta's and HF's Llama do), cast back, then scale
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the rotary angles for integer positions (B, T) -> two (B, T, 1, head_dim/2).
+
+    Computed on the fly from each token's own position, so left-padded rows (whose positions
+    start at 0 after the padding) need no special tables."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
+    angles = angles.to(dtype)
+    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]): the real form of Meta's complex-number rotary.
+    x: (B, T, H, hd); the HF export permutes wq/wk rows to HF's rotate-half convention."""
+    xf = x.to(cos.dtype).unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: "_AttnContext", kv: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+        if kv is not None:  # write the new positions into this block's cache, attend to all so far
+            k_buf, v_buf = kv  # (B, Hkv, max_len, hd)
+            k_buf[:, :, ctx.q0 : ctx.q0 + T] = k
+            v_buf[:, :, ctx.q0 : ctx.q0 + T] = v
+            k, v = k_buf[:, :, : ctx.q0 + T], v_buf[:, :, : ctx.q0 + T]
+        if self.n_kv_heads != self.n_heads:  # GQA: each kv head serves n_heads/n_kv_heads query heads
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.ffn_hidden_dim
+        self.w1 = nn.Linear(cfg.dim, hidden, bias=False)  # gate
+        self.w2 = nn.Linear(hidden, cfg.dim, bias=False)  # down
+        self.w3 = nn.Linear(cfg.dim, hidden, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, ctx: "_AttnContext", kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), ctx, kv)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+@dataclass
+class _AttnContext:
+    """Rotary angles and attention mask for queries at cache positions [q0, q0+T)."""
+
+    cos: torch.Tensor  # (B, T, 1, hd/2)
+    sin: torch.Tensor  # (B, T, 1, hd/2)
+    mask: torch.Tensor | None  # (B, 1, T, q0+T) bool, True = may attend; None = plain causal
+    q0: int  # cache position of the first query
+
+
+def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, dtype: torch.dtype, device) -> _AttnContext:
+    """real: (B, S) bool, which of the positions [0, S) are real tokens (S >= q0+T), or None when
+    there is no padding and no cache (then positions are 0..T-1 and attention is plain causal)."""
+    rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    if real is None:
+        pos = torch.arange(T, device=device)[None]  # (1, T)
+        cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, rope_dtype)
+        return _AttnContext(cos, sin, None, 0)
+    S = q0 + T
+    real = real[:, :S]
+    positions = real.long().cumsum(1) - real.long()  # (B, S) number of real tokens before each position
+    cos, sin = rotary_cos_sin(positions[:, q0:S], cfg.head_dim, cfg.rope_theta, rope_dtype)
+    q_idx = torch.arange(q0, S, device=device)[:, None]  # (T, 1)
+    k_idx = torch.arange(S, device=device)[None, :]  # (1, S)
+    # causal, real keys only; a query may always see itself so padded rows never go all -inf (NaN)
+    mask = (k_idx <= q_idx)[None] & (real[:, None, :] | (k_idx == q_idx)[None])  # (B, T, S)
+    return _AttnContext(cos, sin, mask[:, None], q0)
+
+
+class KVCache:
+    """Keys/values of every attention block (trunk, head 0, extra heads) for a batch.
+
+    `length` positions are stored (padding included); `real` remembers which were real tokens
+    so later calls compute rotary positions and masks. Extra heads are only run when asked
+    for (return_all_heads=True): until then their input for the skipped positions
+    [extra_length, length) waits in `extra_in` and is caught up on the next all-heads call, so
+    plain next-token decoding pays nothing for them. `truncate(n)` rolls back every position >= n
+    (speculative decoding)."""
+
+    def __init__(self, cfg: ModelConfig, n_blocks: int, batch_size: int, max_len: int, device, dtype):
+        if max_len < 1 or max_len > cfg.max_seq_len:
+            raise ConfigError(f"cache max_len must be in [1, max_seq_len={cfg.max_seq_len}], got {max_len}")
+        shape = (n_blocks, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.real = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0  # positions stored for the trunk and head 0
+        self.extra_length = 0  # positions stored for the extra heads (<= length)
+        self.extra_in: torch.Tensor | None = None  # (B, max_len, dim) extra-head inputs, allocated on first use
+
+    def kv(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[block], self.v[block]
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ConfigError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+        self.real[:, length:] = False
+        self.extra_length = min(self.extra_length, length)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.n_future = cfg.n_future
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # trunk blocks, then head 0 (the next-token head) as the last entry, as in Meta's release
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_trunk_layers + 1))
+        if cfg.head_type == "linear":
+            self.extra_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(cfg.n_future - 1))
+        else:
+            self.extra_heads = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_future - 1))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # shared by every head
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)  # shared unembedding
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=self.config.init_std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.output.weight.dtype
+
+    @property
+    def _attn_extra(self) -> bool:
+        return self.config.head_type != "linear" and self.n_future > 1
+
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        n_blocks = len(self.layers) + (len(self.extra_heads) if self._attn_extra else 0)
+        return KVCache(self.config, n_blocks, batch_size, max_len, device or self.device, dtype or self.dtype)
+
+    # --- forward pieces (mtp_forward_backward runs them one at a time) ---
+
+    def _prepare(self, input_ids: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None):
+        """Validate inputs, record the new positions in the cache; returns (start, real (B, S) or None)."""
+        if input_ids.dim() != 2:
+            raise ConfigError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
+            raise ConfigError(f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(attention_mask.shape)}")
+        new_real = None if attention_mask is None else attention_mask.to(device=input_ids.device).bool()
+        if cache is None:
+            if T > self.config.max_seq_len:
+                raise ConfigError(f"sequence of {T} tokens is longer than max_seq_len={self.config.max_seq_len}")
+            return 0, new_real
+        start = cache.length
+        if B != cache.batch_size:
+            raise ConfigError(f"batch of {B} rows does not match the cache's batch size {cache.batch_size}")
+        if start + T > cache.max_len:
+            raise ConfigError(f"cache overflow: {start} + {T} positions > cache max_len={cache.max_len}")
+        cache.real[:, start : start + T] = True if new_real is None else new_real
+        cache.length = start + T
+        return start, cache.real
+
+    def trunk(self, input_ids, cache=None, attention_mask=None, _prepared=None):
+        """Embeddings and layers[:-1]: the shared trunk output h, (B, T, dim)."""
+        start, real = _prepared or self._prepare(input_ids, cache, attention_mask)
+        x = self.tok_embeddings(input_ids)  # (B, T, dim)
+        ctx = _attn_context(real, start, input_ids.shape[1], self.config, x.dtype, x.device)
+        for i, layer in enumerate(self.layers[:-1]):
+            x = layer(x, ctx, cache.kv(i) if cache is not None else None)
+        return x, ctx
+
+    def head(self, i: int, x: torch.Tensor, ctx: _AttnContext, cache: KVCache | None = None) -> torch.Tensor:
+        """Head i's transformer block (or Linear) on its input x: (B, T, dim) -> (B, T, dim)."""
+        if i == 0:
+            return self.layers[-1](x, ctx, cache.kv(len(self.layers) - 1) if cache is not None else None)
+        block = self.extra_heads[i - 1]
+        if isinstance(block, nn.Linear):
+            return block(x)
+        return block(x, ctx, cache.kv(len(self.layers) + i - 1) if cache is not None else None)
+
+    def head_order(self) -> list[int]:
+        """The order heads are computed in: causal chains 0 -> n-1, anticausal n-1 -> 0."""
+        return list(reversed(range(self.n_future))) if self.config.head_type == "anticausal" else list(range(self.n_future))
+
+    def head_input(self, i: int, h: torch.Tensor, outs: dict[int, torch.Tensor]) -> torch.Tensor:
+        """What head i reads: h for parallel/linear heads, the previous head's output in a chain."""
+        t = self.config.head_type
+        if t == "causal" and i > 0:
+            return outs[i - 1]
+        if t == "anticausal" and i < self.n_future - 1:
+            return outs[i + 1]
+        return h
+
+    def unembed(self, z: torch.Tensor) -> torch.Tensor:
+        """Shared norm + unembedding; logits at least float32 (a float64 model keeps float64)."""
+        logits = self.output(self.norm(z))
+        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_all_heads: bool = False,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, n_future, V) if return_all_heads else (B, T, 1, V), float32 (float64 for a float64 model).
+
+        attention_mask (B, T) 0/1 marks left padding of the new tokens; a token's rotary position
+        is the number of real tokens before it, so a padded row gives the same logits as alone."""
+        B, T = input_ids.shape
+        start, real = self._prepare(input_ids, cache, attention_mask)
+        # 1) trunk
+        h, ctx = self.trunk(input_ids, cache, _prepared=(start, real))  # (B, T, dim)
+        # 2) heads: only head 0 unless asked (anticausal needs the whole chain for head 0)
+        n_out = self.n_future if return_all_heads else 1
+        if self.config.head_type == "anticausal":
+            needed = self.head_order()
+        else:
+            needed = list(range(n_out))
+        outs: dict[int, torch.Tensor] = {}
+        catch_up = cache is not None and self._attn_extra and self.config.head_type != "anticausal"
+        ext_ctx, n_pend = ctx, 0
+        if catch_up and n_out > 1 and cache.extra_length < start:
+            # the extra heads skipped some earlier positions: run them over those too
+            n_pend = start - cache.extra_length
+            ext_ctx = _attn_context(real, cache.extra_length, n_pend + T, self.config, h.dtype, h.device)
+        for i in needed:
+            x = self.head_input(i, h, outs)
+            if i > 0 and n_pend and (i == 1 or self.config.head_type == "parallel"):
+                x = torch.cat([cache.extra_in[:, cache.extra_length : start], x], dim=1)  # (B, n_pend + T, dim)
+            outs[i] = self.head(i, x, ext_ctx if i > 0 else ctx, cache)
+        if catch_up:
+            if n_out > 1:
+                cache.extra_length = cache.length
+            else:  # remember what the extra heads will read at these positions
+                if cache.extra_in is None:
+                    cache.extra_in = h.new_zeros(B, cache.max_len, h.shape[-1])
+                cache.extra_in[:, start : start + T] = h if self.config.head_type == "parallel" else outs[0]
+        elif cache is not None:
+            cache.extra_length = cache.length
+        z = torch.stack([outs[i][:, -T:] for i in range(n_out)], dim=2)  # (B, T, n_out, dim)
+        return self.unembed(z)  # (B, T, n_out, V)
+
+
+# -----------------------------------------------------------------------------
+# losses
+
+
+def _head_weights(model: Transformer, head_weights: Sequence[float] | None) -> list[float]:
+    n = model.n_future
+    if head_weights is None:
+        return [1.0] * n
+    w = [float(x) for x in head_weights]
+    if len(w) != n:
+        raise ConfigError(f"head_weights has {len(w)} entries but the model has n_future={n} heads")
+    return w
+
+
+def _head_ce(model: Transformer, z: torch.Tensor, input_ids: torch.Tensor, i: int) -> torch.Tensor:
+    """Mean cross-entropy of head i: its output at position t predicts input_ids[:, t+1+i].
+    Only the positions that have a target are unembedded."""
+    T = input_ids.shape[1]
+    n_valid = T - 1 - i
+    logits = model.unembed(z[:, :n_valid])  # (B, T-1-i, V): one head's logits at a time
+    return F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1 + i :].flatten())
+
+
+def _check_len(model: Transformer, input_ids: torch.Tensor) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[1] < model.n_future + 1:
+        raise ConfigError(f"input_ids must be (B, T) with T >= n_future+1 = {model.n_future + 1} so every head has a target, "
+                          f"got shape {tuple(input_ids.shape)}")
+
+
+def mtp_loss(model: Transformer, input_ids: torch.Tensor, head_weights: Sequence[float] | None = None):
+    """loss = sum_i w_i * CE_i (the paper's plain sum when w_i = 1), and the detached (n_future,)
+    per-head CEs. Builds one graph through every head; use for eval (under no_grad) or autograd."""
+    _check_len(model, input_ids)
+    w = _head_weights(model, head_weights)
+    h, ctx = model.trunk(input_ids)
+    outs: dict[int, torch.Tensor] = {}
+    ces: dict[int, torch.Tensor] = {}
+    for i in model.head_order():
+        outs[i] = model.head(i, model.head_input(i, h, outs), ctx)
+        ces[i] = _head_ce(model, outs[i], input_ids, i)
+    per_head = torch.stack([ces[i] for i in range(model.n_future)])  # (n_future,)
+    loss = sum(w[i] * ces[i] for i in range(model.n_future))
+    return loss, per_head.detach()
+
+
+def mtp_forward_backward(model: Transformer, input_ids: torch.Tensor, head_weights: Sequence[float] | None = None,
+                         mode: str = "sequential"):
+    """Forward and backward of the MTP loss, accumulating into .grad like loss.backward().
+    Returns the detached (loss, per_head).
+
+    mode="sequential" is the paper's memory trick (Figure 2): the trunk runs once; each head's
+    forward and backward then run in turn, so only one head's logits (B, T, V) are alive at a
+    time instead of all n of them; the heads' gradients accumulate in the detached trunk output,
+    which is finally backpropagated through the trunk once. For causal/anticausal chains
+    (Figure S11) the chain is run forward keeping each link's detached input, then the heads are
+    backpropagated from the end of the chain to its start, each passing its input gradient on.
+    mode="naive": one graph with every head's logits alive, one backward."""
+    if mode not in ("sequential", "naive"):
+        raise ConfigError(f"unknown mode {mode!r}; valid modes: sequential, naive")
+    if mode == "naive":
+        loss, per_head = mtp_loss(model, input_ids, head_weights)
+        loss.backward()
+        return loss.detach(), per_head
+    _check_len(model, input_ids)
+    w = _head_weights(model, head_weights)
+    # 1) trunk forward once; cut the graph at its output
+    h, ctx = model.trunk(input_ids)  # (B, T, dim)
+    h_d = h.detach().requires_grad_()
+    ces: dict[int, torch.Tensor] = {}  # detached per-head CEs, kept on the device (no sync per head)
+    if model.config.head_type in ("parallel", "linear"):
+        # 2) each head: forward, its logits and CE, backward into h_d.grad and its own weights; free
+        for i in range(model.n_future):
+            z = model.head(i, h_d, ctx)
+            ce = _head_ce(model, z, input_ids, i)
+            (w[i] * ce).backward()
+            ces[i] = ce.detach()
+            del z, ce  # this head's logits are freed before the next head runs
+    else:
+        # 2a) forward the chain; each link reads a detached copy of the previous link's output
+        order = model.head_order()
+        inputs: dict[int, torch.Tensor] = {}
+        outs: dict[int, torch.Tensor] = {}
+        for j, i in enumerate(order):
+            inputs[i] = h_d if j == 0 else outs[order[j - 1]].detach().requires_grad_()
+            outs[i] = model.head(i, inputs[i], ctx)
+        # 2b) backward from the end of the chain to its start: head i's CE plus the gradient its
+        # successor left in its output; logits are built one head at a time, inside this loop
+        for j in reversed(range(len(order))):
+            i = order[j]
+            ce = _head_ce(model, outs[i], input_ids, i)
+            tensors, grads = [w[i] * ce], [None]
+            if j + 1 < len(order):
+                nxt = inputs[order[j + 1]]
+                if nxt.grad is not None:
+                    tensors.append(outs[i])
+                    grads.append(nxt.grad)
+            torch.autograd.backward(tensors, grads)
+            ces[i] = ce.detach()
+            del ce
+            outs.pop(i)
+    # 3) backward through the trunk once with the heads' accumulated gradient
+    h.backward(h_d.grad)
+    per_head = torch.stack([ces[i] for i in range(model.n_future)])  # (n_future,)
+    loss = (torch.tensor(w, dtype=per_head.dtype, device=per_head.device) * per_head).sum()
+    return loss, per_head

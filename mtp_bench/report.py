@@ -1,0 +1,209 @@
+"""Reports: side-by-side tables of a result file, in the console (rich) or as JSON.
+
+One table per suite; a row per evaluator metric; columns candidate, baseline, delta and
+whether the two 95% intervals overlap. Values read "value ± standard error". A caption under
+each table says what the numbers mean. A comparison between results scored by different
+versions of an evaluator is refused: the numbers would not measure the same thing.
+
+    mtp-bench show results/mine.json                          # print a saved report again
+    mtp-bench show results/mine.json --baseline results/ci.json   # candidate vs another file's
+    mtp-bench show results/mine.json --json                   # the result file, for machines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from mtp_bench import metrics as M
+from mtp_bench.errors import UserError
+from mtp_bench.registry import KNOWN_SUITES, Metric
+from mtp_bench.results import load_result
+
+GENERIC_CAPTION = ("value ± standard error over samples; Δ = candidate − baseline (green: better, red: worse, "
+                   "in the metric's own direction ↑/↓); overlap = whether the two 95% intervals overlap "
+                   "(\"no\" = a difference unlikely to be noise)")
+
+
+class VersionMismatchError(UserError):
+    """Two results of one evaluator were scored by different evaluator versions."""
+
+
+# ----------------------------------------------------------------------------- comparison rows
+
+def _side(doc: dict, role: str) -> dict[str, Any]:
+    """One model's view of a result file: its model block and, per evaluator, version + metrics."""
+    return {
+        "model": doc["models"].get(role),
+        "evals": {name: per_role[role] for name, per_role in doc["results"].items() if role in per_role},
+    }
+
+
+def comparison(doc: dict, baseline_doc: dict | None = None) -> dict[str, Any]:
+    """Rows of the report as plain data. Without `baseline_doc` the file's own baseline role
+    (if any) is the baseline; with it, that file's candidate is. Mixing evaluator versions
+    raises VersionMismatchError."""
+    cand = _side(doc, "candidate")
+    if baseline_doc is not None:
+        base = _side(baseline_doc, "candidate")
+    elif "baseline" in doc["models"]:
+        base = _side(doc, "baseline")
+    else:
+        base = None
+    evaluators = dict(doc["evaluators"])
+    if baseline_doc is not None:
+        for k, v in baseline_doc["evaluators"].items():
+            evaluators.setdefault(k, v)
+    rows = []
+    for name in doc["evals"]:
+        c = cand["evals"].get(name)
+        b = base["evals"].get(name) if base is not None else None
+        if c is not None and b is not None and c["version"] != b["version"]:
+            raise VersionMismatchError(
+                f"{name}: candidate scored with evaluator version {c['version']}, baseline with {b['version']}; "
+                "refusing to compare results of different evaluator versions")
+        names = list(c["metrics"]) if c else []
+        names += [k for k in (b["metrics"] if b else {}) if k not in names]
+        for metric in names:
+            cm = Metric.from_dict(c["metrics"][metric]) if c and metric in c["metrics"] else None
+            bm = Metric.from_dict(b["metrics"][metric]) if b and metric in b["metrics"] else None
+            hib = (cm or bm).higher_is_better  # type: ignore[union-attr]
+            rows.append({
+                "evaluator": name,
+                "version": (c or b)["version"],  # type: ignore[index]
+                "metric": metric,
+                "higher_is_better": hib,
+                "candidate": cm.to_dict() if cm else None,
+                "baseline": bm.to_dict() if bm else None,
+                "delta": M.delta(cm, bm) if cm and bm else None,
+                "better": M.improved(cm, bm) if cm and bm else None,
+                "overlap": M.intervals_overlap(cm, bm) if cm and bm else None,
+            })
+    return {"candidate": cand["model"], "baseline": base["model"] if base else None,
+            "evaluators": evaluators, "rows": rows}
+
+
+def suite_tables(doc: dict, comp: dict) -> list[tuple[str, list[dict]]]:
+    """Group rows into one table per suite. A run of one suite is one table; a run of `all` or
+    of `--evals` puts each evaluator under its first suite (so no row is printed twice)."""
+    suite = doc.get("suite")
+    if suite and suite != "all":
+        return [(suite, comp["rows"])]
+    groups: dict[str, list[dict]] = {}
+    for row in comp["rows"]:
+        suites = comp["evaluators"].get(row["evaluator"], {}).get("suites") or ["other"]
+        groups.setdefault(suites[0], []).append(row)
+    order = [s for s in KNOWN_SUITES if s in groups] + sorted(s for s in groups if s not in KNOWN_SUITES)
+    return [(s, groups[s]) for s in order]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _num(x: Any, like: float | None = None) -> str:
+    """Fixed decimals chosen by magnitude (of `like` when given, so a standard error is printed
+    with the decimals of its value): 0.4512, 12.35, 523.2, 1.235e+06."""
+    if x is None:
+        return "—"
+    x = float(x)
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    ref = abs(float(like)) if like is not None and math.isfinite(float(like)) else abs(x)
+    if ref >= 1e5 or (0 < ref < 1e-3):
+        return f"{x:.3e}"
+    return f"{x:.4f}" if ref < 10 else f"{x:.2f}" if ref < 1000 else f"{x:.1f}"
+
+
+def format_metric(m: dict | None) -> str:
+    """'0.4512 ± 0.0390' (value ± standard error), or the bare value without one."""
+    if m is None:
+        return "—"
+    if m.get("stderr") is None:
+        return _num(m["value"])
+    return f"{_num(m['value'])} ± {_num(m['stderr'], like=m['value'])}"
+
+
+def _model_line(role: str, info: dict | None) -> str:
+    if info is None:
+        return f"{role}: —"
+    params = info.get("num_params")
+    p = f"{params / 1e6:.2f}M params" if isinstance(params, int) else "? params"
+    return (f"{role}: {info.get('path')} ({info.get('format')}, n_future={info.get('n_future')}, {p}, "
+            f"sha256 {str(info.get('weights_sha256'))[:12]})")
+
+
+def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
+    """Print the report of a result document to a rich console."""
+    from rich.table import Table
+    from rich.text import Text
+
+    comp = comparison(doc, baseline_doc)
+    has_base = comp["baseline"] is not None
+    console.print(_model_line("candidate", comp["candidate"]), markup=False, highlight=False)
+    if has_base:
+        where = "" if baseline_doc is None else " (from the baseline file)"
+        console.print(_model_line("baseline", comp["baseline"]) + where, markup=False, highlight=False)
+    for suite, rows in suite_tables(doc, comp):
+        captions = []
+        for name in dict.fromkeys(r["evaluator"] for r in rows):
+            cap = comp["evaluators"].get(name, {}).get("caption")
+            if cap:
+                captions.append(f"{name}: {cap}")
+        captions.append(GENERIC_CAPTION if has_base else "value ± standard error over samples; ↑/↓ = higher/lower is better")
+        table = Table(title=f"suite: {suite}", caption="\n".join(captions), caption_justify="left")
+        table.add_column("evaluator")
+        table.add_column("metric", no_wrap=True)
+        table.add_column("candidate", justify="right", no_wrap=True)
+        if has_base:
+            table.add_column("baseline", justify="right", no_wrap=True)
+            table.add_column("Δ", justify="right", no_wrap=True)
+            table.add_column("overlap", justify="center", min_width=7, no_wrap=True)  # of the two 95% intervals
+        last = None
+        for r in rows:
+            ev = f"{r['evaluator']} v{r['version']}" if r["evaluator"] != last else ""
+            last = r["evaluator"]
+            metric = f"{r['metric']} {'↑' if r['higher_is_better'] else '↓'}"
+            cells: list[Any] = [ev, metric, format_metric(r["candidate"])]
+            if has_base:
+                d = r["delta"]
+                style = {True: "green", False: "red"}.get(r["better"], "")
+                cells += [format_metric(r["baseline"]),
+                          Text("—" if d is None else ("+" if d > 0 else "") + _num(d), style=style),
+                          {True: "yes", False: Text("no", style="bold"), None: "—"}[r["overlap"]]]
+            table.add_row(*cells)
+        console.print(table)
+    prov = doc.get("provenance", {})
+    commit = prov.get("git_commit")
+    console.print(
+        f"mtp-bench {prov.get('mtp_bench_version')} ({commit[:10] if commit else 'no git commit'}), "
+        f"{prov.get('device')}, {prov.get('torch_threads')} threads, seed {prov.get('seed')}, "
+        f"started {prov.get('start_time')}, {prov.get('duration_s')} s", markup=False, highlight=False, style="dim")
+
+
+# ----------------------------------------------------------------------------- `mtp-bench show`
+
+def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (f"{p.description or ''}\n\n"
+                     "examples:\n"
+                     "  mtp-bench show results/mine.json\n"
+                     "  mtp-bench show results/mine.json --baseline results/main.json\n"
+                     "  mtp-bench show results/mine.json --json | jq .results")
+    p.add_argument("result", help="a result file written by `mtp-bench run --out`")
+    p.add_argument("--baseline", metavar="RESULT", default=None,
+                   help="compare against the candidate of another result file (same evaluator versions)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON for machines: the result file, or the comparison rows with --baseline")
+
+
+def show_main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    doc = load_result(args.result)
+    base = load_result(args.baseline) if args.baseline else None
+    if args.json:
+        out = doc if base is None else comparison(doc, base)
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    render(doc, Console(), base)
+    return 0

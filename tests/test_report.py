@@ -1,0 +1,112 @@
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from mtp_bench import provenance, results
+from mtp_bench.cli import main
+from mtp_bench.metrics import mean_metric, point_metric
+from mtp_bench.registry import EvalOutput, Evaluator
+from mtp_bench.report import VersionMismatchError, comparison, render
+from mtp_bench.testing import FakeModel
+
+
+def _ev(name, suites, version="1.0", caption=None):
+    return type(name, (Evaluator,), {"name": name, "version": version, "suites": suites, "description": name,
+                                     "caption": caption})()
+
+
+def _doc(evs_metrics, suite=None, roles=("candidate", "baseline")):
+    """evs_metrics: [(evaluator, {role: {metric: Metric}})]"""
+    evs = [e for e, _ in evs_metrics]
+    outputs = {e.name: {r: EvalOutput([], ms[r]) for r in roles if r in ms} for e, ms in evs_metrics}
+    models = {r: results.model_info(FakeModel(name=r)) for r in roles}
+    prov = provenance.collect(0, "cpu", ["run"], provenance.utc_now(), 0.1)
+    return json.loads(json.dumps(results.build_result(suite=suite, evaluators=evs, models=models, outputs=outputs,
+                                                      provenance=prov, samples_file=None)))
+
+
+def _text(doc, baseline_doc=None):
+    buf = io.StringIO()
+    render(doc, Console(file=buf, width=200, color_system=None), baseline_doc)
+    return buf.getvalue()
+
+
+def _row(text, start):
+    return next(line for line in text.splitlines() if start in line)
+
+
+def test_side_by_side_table_shows_delta_and_interval_overlap():
+    he = _ev("humaneval", ("code",), caption="pass@1 over 164 problems, greedy")
+    doc = _doc([(he, {"candidate": {"pass@1": mean_metric([1] * 30 + [0] * 10, True),
+                                    "loss": mean_metric([1.0, 1.2, 1.1, 0.9], False)},
+                      "baseline": {"pass@1": mean_metric([1] * 5 + [0] * 35, True),
+                                   "loss": mean_metric([1.05, 1.15, 1.1, 0.95], False)}})], suite="code")
+    text = _text(doc)
+    assert "suite: code" in text
+    row = _row(text, "pass@1 ↑")
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells == ["humaneval v1.0", "pass@1 ↑", "0.7500 ± 0.0693", "0.1250 ± 0.0530", "+0.6250", "no"]
+    loss = [c.strip() for c in _row(text, "loss ↓").split("│")[1:-1]]
+    assert loss[1:] == ["loss ↓", "1.0500 ± 0.0645", "1.0625 ± 0.0427", "-0.0125", "yes"]
+    flat = " ".join(text.split())  # captions wrap at the table's width
+    assert "humaneval: pass@1 over 164 problems, greedy" in flat
+    assert "overlap = whether the two 95% intervals overlap" in flat
+    comp = comparison(doc)
+    assert [(r["metric"], r["better"], r["overlap"]) for r in comp["rows"]] == [("pass@1", True, False),
+                                                                                ("loss", True, True)]
+
+
+def test_candidate_only_report_has_no_baseline_columns():
+    doc = _doc([(_ev("gsm8k", ("nl",)), {"candidate": {"acc": point_metric(0.5, 10, True)}})],
+               suite="nl", roles=("candidate",))
+    text = _text(doc)
+    assert "baseline" not in text and "Δ" not in text
+    assert [c.strip() for c in _row(text, "acc ↑").split("│")[1:-1]] == ["gsm8k v1.0", "acc ↑", "0.5000"]
+
+
+def test_one_table_per_suite_and_no_row_twice():
+    m = {"candidate": {"m": point_metric(1, 1, True)}, "baseline": {"m": point_metric(2, 1, True)}}
+    doc = _doc([(_ev("gsm8k", ("nl",)), m), (_ev("specdec", ("speed", "code")), m), (_ev("mbpp", ("code",)), m)])
+    text = _text(doc)
+    assert [line.strip() for line in text.splitlines() if line.strip().startswith("suite:")] == [
+        "suite: code", "suite: nl", "suite: speed"]  # specdec sits under its first suite only
+    assert text.count("specdec v1.0") == 1
+
+
+def test_mixing_evaluator_versions_is_refused(tmp_path, capsys):
+    m = {"candidate": {"m": point_metric(1, 1, True)}}
+    a = _doc([(_ev("mbpp", ("code",), "1.0"), m)], roles=("candidate",))
+    b = _doc([(_ev("mbpp", ("code",), "1.1"), m)], roles=("candidate",))
+    with pytest.raises(VersionMismatchError, match="mbpp: candidate scored with evaluator version 1.0, baseline with 1.1"):
+        comparison(a, b)
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["show", str(tmp_path / "a.json"), "--baseline", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to compare" in err and err.count("\n") == 1
+    # the same file as its own baseline is fine and shows zero deltas
+    assert main(["show", str(tmp_path / "a.json"), "--baseline", str(tmp_path / "a.json")]) == 0
+    assert "+0" not in capsys.readouterr().out
+
+
+def test_show_json_prints_the_result_file(tmp_path, capsys):
+    doc = _doc([(_ev("mbpp", ("code",)), {"candidate": {"m": point_metric(1, 1, True)},
+                                          "baseline": {"m": point_metric(0, 1, True)}})])
+    p = tmp_path / "r.json"
+    results.atomic_write_json(p, doc)
+    assert main(["show", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert main(["show", str(p)]) == 0
+    assert "mbpp v1.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [None, "{", '{"schema_version": 1}'])
+def test_show_bad_file_is_one_line_exit_2(tmp_path, capsys, content):
+    p = tmp_path / "r.json"
+    if content is not None:
+        p.write_text(content)
+    assert main(["show", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mtp-bench: error:") and err.count("\n") == 1 and "Traceback" not in err

@@ -173,6 +173,8 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
                           {True: "yes", False: Text("no", style="bold"), None: "—"}[r["overlap"]]]
             table.add_row(*cells)
         console.print(table)
+    for name, why in (doc.get("skipped") or {}).items():
+        console.print(f"not run: {name}: {why}", markup=False, highlight=False, style="yellow")
     prov = doc.get("provenance", {})
     commit = prov.get("git_commit")
     console.print(

@@ -140,8 +140,9 @@ def check_output(evaluator: Evaluator, out: Any) -> None:
 
 def build_result(*, suite: str | None, evaluators: list[Evaluator], models: dict[str, dict],
                  outputs: dict[str, dict[str, EvalOutput]], provenance: dict[str, Any],
-                 samples_file: str | None) -> dict[str, Any]:
-    """The result document (schema_version 1). outputs: evaluator name -> role -> EvalOutput."""
+                 samples_file: str | None, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """The result document (schema_version 1). outputs: evaluator name -> role -> EvalOutput.
+    skipped: evaluators of the suite that did not run, with the reason (e.g. data not available)."""
     results: dict[str, dict] = {}
     for ev in evaluators:
         per_role = {}
@@ -164,6 +165,7 @@ def build_result(*, suite: str | None, evaluators: list[Evaluator], models: dict
                                  "caption": ev.caption} for ev in evaluators},
         "models": models,
         "results": results,
+        "skipped": dict(skipped or {}),
         "samples_file": samples_file,
         "provenance": provenance,
     }

@@ -348,15 +348,27 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
     outputs: dict[str, dict[str, EvalOutput]] = {}
     stats = {"cache_hits": 0, "generated": 0}
     durations: dict[str, float] = {}  # "evaluator/role" -> seconds
+    skipped: dict[str, str] = {}  # evaluator -> why (a suite run skips an evaluator whose data is missing)
     with rich_progress(console) if not args.quiet else contextlib.nullcontext(None) as factory:
         for role, model in models.items():
             for ev in evaluators:
+                if ev.name in skipped:
+                    continue
                 seed_everything(args.seed)
                 ctx = RunContext(seed=args.seed, limit=args.limit, data_dir=data_dir, work_dir=work_dir, role=role,
                                  cache=cache, **({"progress_factory": factory} if factory else {}))
                 console.print(f"{ev.name} v{ev.version} on the {role} ({model.path})", markup=False, highlight=False)
                 t_ev = time.perf_counter()
-                output = ev.run(model, ctx)
+                try:
+                    output = ev.run(model, ctx)
+                except DataError as e:
+                    if args.suite is None:  # asked for by name: missing data is an error
+                        raise
+                    # a suite run goes on without it, and the report says why
+                    skipped[ev.name] = str(e)
+                    outputs.pop(ev.name, None)
+                    console.print(f"skipped {ev.name}: {e}", markup=False, highlight=False)
+                    continue
                 durations[f"{ev.name}/{role}"] = round(time.perf_counter() - t_ev, 3)
                 results.check_output(ev, output)
                 outputs.setdefault(ev.name, {})[role] = output
@@ -368,10 +380,11 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
                    duration_s=time.perf_counter() - t0)
     prov["evaluator_durations_s"] = durations
     prov["generation_cache"] = {"work_dir": str(work_dir), "enabled": cache is not None, **stats}
-    doc = results.build_result(suite=args.suite, evaluators=evaluators, models=model_blocks, outputs=outputs,
-                               provenance=prov, samples_file=samples.name if samples else None)
+    ran = [ev for ev in evaluators if ev.name not in skipped]
+    doc = results.build_result(suite=args.suite, evaluators=ran, models=model_blocks, outputs=outputs,
+                               provenance=prov, samples_file=samples.name if samples else None, skipped=skipped)
     if out_path is not None:
-        results.atomic_write_jsonl(samples, results.sample_rows(evaluators, outputs))
+        results.atomic_write_jsonl(samples, results.sample_rows(ran, outputs))
         results.atomic_write_json(out_path, doc)
     return RunOutcome(doc=doc, outputs=outputs, stats=stats)
 

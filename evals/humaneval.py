@@ -276,12 +276,16 @@ class HumanEval(Evaluator):
         runs, skipped = sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)
         # 2) generate (cached and resumable through ctx.generate), one call per temperature
         samples = []  # (run, task_id, sample_index, prompt, completion, finish_reason)
+        # a model with a short context keeps half of it for the prompt (left-truncated by the engine)
+        truncated: list[int] = []  # prompt tokens the engine dropped from the left, per sample
+        max_new = min(cfg.max_new_tokens, max(1, int(model.max_seq_len) // 2))
         for r in runs:
             requests = [GenRequest(tid, i, build_prompt(problems[tid])) for tid in task_ids for i in range(r.n)]
-            gen_config = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=r.temperature,
+            gen_config = GenerationConfig(max_new_tokens=max_new, temperature=r.temperature,
                                           top_p=cfg.top_p if r.temperature > 0 else 1.0, stop=STOP_SEQUENCES,
                                           batch_size=cfg.batch_size)
             generations = ctx.generate(model, requests, gen_config, self)
+            truncated.extend(getattr(g, "prompt_truncated", 0) for g in generations)
             for req, g in zip(requests, generations):
                 samples.append((r, req.sample_id, req.sample_index, req.prompt, extract_completion(g.text), g.finish_reason))
         # 3) execute every program in the sandbox
@@ -302,6 +306,7 @@ class HumanEval(Evaluator):
                 "passed": v["passed"], "status": v["status"], "detail": v["detail"],
                 "problem_num_samples": r.n, "problem_num_correct": sum(passed[r.temperature][tid]),
             })
-        info.update({"protocol": cfg.protocol, "num_problems": len(task_ids), "k_skipped_above_n": skipped,
+        info.update({"max_new_tokens": max_new, "prompts_truncated": sum(1 for t in truncated if t),
+                     "protocol": cfg.protocol, "num_problems": len(task_ids), "k_skipped_above_n": skipped,
                      "sandbox": isolation_report()})
         return EvalOutput(records=records, metrics=metrics, info=info)

@@ -1,6 +1,6 @@
 """Result files: the versioned schema, atomic writes, and loading with validation.
 
-A run writes two files (schema documented in docs/results-schema.md):
+A run writes two files (schema documented in the README, "Result files"):
     results/NAME.json           aggregate metrics per evaluator and model role, models, provenance
     results/NAME.samples.jsonl  one line per sample: evaluator, role, prompt, completion, score...
 Both are written atomically (temp file in the same directory, fsync, os.replace), samples

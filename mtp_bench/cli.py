@@ -20,6 +20,7 @@ EPILOG = """examples:
   mtp-bench run --suite code --model CKPT --baseline BASE --out results/mine.json
   mtp-bench ls                                            # evaluators, suites, versions
   mtp-bench show results/mine.json                        # print a saved report again
+  mtp-bench gate results/pr.json --baseline results/main.json   # exit 1 on a regression
   mtp-bench train --preset debug --out ckpt/debug          # train a reference model
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("mtp_bench.reference_model.train", "add_arguments", "main", "train a reference MTP model"),
     "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
     "exec": ("mtp_bench.execution", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
+    "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

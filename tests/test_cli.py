@@ -7,7 +7,7 @@ from mtp_bench.cli import main
 def test_help_lists_every_command(capsys):
     assert main([]) == 2
     out = capsys.readouterr().out
-    for name in ("run", "ls", "show", "train", "export", "exec", "bench"):
+    for name in ("run", "ls", "show", "train", "export", "exec", "gate", "bench"):
         assert name in out
 
 

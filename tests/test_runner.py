@@ -371,3 +371,15 @@ def test_evaluator_named_explicitly_with_missing_data_is_an_error(env, tmp_path,
     assert run(tmp_path, "--evals", "qa,needsdata", "--model", "good") == 2
     assert "NEEDS not found" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_zero_config_run_applies_shipped_settings_under_user_config(env, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "resolve_model_paths", lambda model, baseline: ("good", "half"))
+    monkeypatch.setattr(runner, "DEFAULT_RUN_CONFIG", {"qa": {"max_new_tokens": 3, "batch_size": 4}})
+    assert run(tmp_path, "--suite", "synthetic", "--config", "qa.batch_size=1") == 0
+    cfg = json.loads((tmp_path / "r.json").read_text())["results"]["qa"]["candidate"]["config"]
+    assert cfg["max_new_tokens"] == 3 and cfg["batch_size"] == 1  # the user's --config wins
+    # with an explicit --model the evaluator's own defaults apply
+    assert run(tmp_path, "--suite", "synthetic", "--model", "good", out="r2.json", work="wd2") == 0
+    cfg = json.loads((tmp_path / "r2.json").read_text())["results"]["qa"]["candidate"]["config"]
+    assert cfg["max_new_tokens"] == 6 and cfg["batch_size"] == 2

@@ -142,6 +142,16 @@ def _sync(device) -> None:
 # ----------------------------------------------------------------------------- the evaluator
 
 
+def is_degenerate(ids: list[int], window: int = 32) -> bool:
+    """Whether a generation ends in a loop of at most two distinct tokens (e.g. all spaces).
+
+    >>> is_degenerate([5, 9] * 20), is_degenerate(list(range(40)))
+    (True, False)
+    """
+    tail = ids[-window:]
+    return len(tail) >= 8 and len(set(tail)) <= 2
+
+
 @register
 class SpecDec(Evaluator):
     name = "specdec"
@@ -266,7 +276,8 @@ class SpecDec(Evaluator):
                            "accepted_lengths": s.accepted_lengths, "draft_accepts": s.draft_accepts,
                            "finish_reason": s.finish_reason, "completion": model.tokenizer.decode(s.output_ids),
                            "prompt_truncated": encoded[i][1], "spec_s": s.total_s, "spec_prefill_s": s.prefill_s,
-                           "plain_s": p.total_s, "plain_prefill_s": p.prefill_s}
+                           "plain_s": p.total_s, "plain_prefill_s": p.prefill_s,
+                           "degenerate": is_degenerate(s.output_ids)}
                     if not greedy or not same:
                         rec["plain_output_ids"] = p.output_ids
                     if hf is not None:
@@ -285,6 +296,9 @@ class SpecDec(Evaluator):
         metrics = self._metrics(units, spec_all, k, hf is not None)
         if greedy:  # 1.0 in fp32 (else LosslessError above); may be lower in bf16/fp16
             metrics["lossless_fraction"] = mean_metric([float(x) for x in same_tokens], True)
+        # a model that collapses into repeating one or two tokens drafts them perfectly: tau is then
+        # high and meaningless, so say how often that happened
+        metrics["degenerate_fraction"] = mean_metric([float(r["degenerate"]) for r in records], False)
         info = {"k": k, "k_requested": c.k, "n_future": model.n_future, "prompt_set": c.prompt_set, "n_prompts": len(ids),
                 "batch_size": c.batch_size, "temperature": c.temperature, "device": str(model.device),
                 "dtype": str(model.dtype), "torch_threads": torch.get_num_threads(), "peers": peer_status,

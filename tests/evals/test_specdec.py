@@ -200,3 +200,11 @@ def test_bench_writes_medians_per_k(tiny_ckpt, tmp_path):
     assert res["by_k"]["1"]["median"]["speedup"] == 1.0 and "alpha_uncond_3" in k3["median"]
     assert k3["median"]["speedup"] == pytest.approx(sum(r["speedup"] for r in k3["repeats"]) / 2)  # median of 2
     assert main(["bench", "specdec", "--model", str(tiny_ckpt), "--k", "4", "--no-peers"]) == 2  # k > n_future
+
+
+def test_degenerate_outputs_are_flagged():
+    from mtp_bench.evals.specdec import is_degenerate
+
+    assert is_degenerate([32] * 40) and is_degenerate([3, 4] * 16 + [3])
+    assert not is_degenerate([3, 4, 5] * 12)  # three distinct tokens: a loop, but not flagged
+    assert not is_degenerate([7] * 5)  # too short to tell

@@ -110,10 +110,9 @@ def main(args: argparse.Namespace) -> int:
                            "worse_by": c.worse_by, "intervals_overlap": c.overlap, "regressed": c.regressed}
                           for c in checks], indent=2))
     else:
-        from rich.console import Console
         from rich.table import Table
 
-        from mtp_bench.report import format_metric
+        from mtp_bench.report import format_metric, report_console
 
         table = Table(title=f"gate: {args.result} vs {args.baseline}")
         for col in ("metric", "candidate", "baseline", "worse by", "overlap", "verdict"):
@@ -123,6 +122,6 @@ def main(args: argparse.Namespace) -> int:
                           format_metric(c.candidate.to_dict()), format_metric(c.baseline.to_dict()),
                           f"{c.worse_by:+.4g}", {True: "yes", False: "no", None: "—"}[c.overlap],
                           "[red]REGRESSED[/red]" if c.regressed else "[green]ok[/green]")
-        Console().print(table)
+        report_console().print(table)
         print(f"{len(failed)} of {len(checks)} metrics regressed" if failed else f"all {len(checks)} metrics ok")
     return 1 if failed else 0

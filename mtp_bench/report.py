@@ -101,6 +101,18 @@ def suite_tables(doc: dict, comp: dict) -> list[tuple[str, list[dict]]]:
 
 # ----------------------------------------------------------------------------- rendering
 
+REPORT_WIDTH = 160  # columns when the output is not a terminal (a log, a file, CI): never truncate
+
+
+def report_console():
+    """A rich console for reports: the terminal's width on a terminal; REPORT_WIDTH otherwise,
+    since rich would fall back to 80 columns and cut the numbers of a side-by-side table."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=REPORT_WIDTH)
+
+
 def _num(x: Any, like: float | None = None) -> str:
     """Fixed decimals chosen by magnitude (of `like` when given, so a standard error is printed
     with the decimals of its value): 0.4512, 12.35, 523.2, 1.235e+06."""
@@ -152,7 +164,7 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
                 captions.append(f"{name}: {cap}")
         captions.append(GENERIC_CAPTION if has_base else "value ± standard error over samples; ↑/↓ = higher/lower is better")
         table = Table(title=f"suite: {suite}", caption="\n".join(captions), caption_justify="left")
-        table.add_column("evaluator")
+        table.add_column("evaluator", no_wrap=True)
         table.add_column("metric", no_wrap=True)
         table.add_column("candidate", justify="right", no_wrap=True)
         if has_base:
@@ -199,13 +211,11 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def show_main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     doc = load_result(args.result)
     base = load_result(args.baseline) if args.baseline else None
     if args.json:
         out = doc if base is None else comparison(doc, base)
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
-    render(doc, Console(), base)
+    render(doc, report_console(), base)
     return 0

@@ -300,9 +300,9 @@ def run_main(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, quiet=bool(args.quiet))
     outcome = execute(args, console=console, argv=sys.argv[1:])
-    from mtp_bench.report import render
+    from mtp_bench.report import render, report_console
 
-    render(outcome.doc, Console())
+    render(outcome.doc, report_console())
     if args.out:
         from mtp_bench.results import samples_path
 

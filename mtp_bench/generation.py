@@ -77,7 +77,7 @@ class GenerationConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GenerationConfig":
+    def from_dict(cls, d: dict) -> GenerationConfig:
         """Build from a plain dict (a result file, a suite config); unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

@@ -10,14 +10,15 @@ run's work dir, so a resumed run does not execute a program twice.
 
 from __future__ import annotations
 
-from __future__ import annotations
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 from mtp_bench.errors import ConfigError
 from mtp_bench.registry import Metric
+
 
 @dataclass(frozen=True)
 class SamplingRun:

@@ -59,8 +59,8 @@ class Model(Protocol):
 
     n_future: int
     tokenizer: Tokenizer
-    device: "torch.device"
-    dtype: "torch.dtype"
+    device: torch.device
+    dtype: torch.dtype
     max_seq_len: int
     path: str  # where it was loaded from
     format: str  # "native" | "meta" | "hf"
@@ -68,7 +68,7 @@ class Model(Protocol):
     num_params: int
     config: dict[str, Any]  # JSON-serialisable model config
 
-    def __call__(self, input_ids: "torch.Tensor", cache: KVCache | None = None,
-                 return_all_heads: bool = False, attention_mask: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def __call__(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                 return_all_heads: bool = False, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache: ...

@@ -37,9 +37,10 @@ import importlib
 import importlib.metadata
 import math
 import numbers
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mtp_bench.errors import ConfigError, UnknownNameError, UserError
 
@@ -97,7 +98,7 @@ class Metric:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Metric":
+    def from_dict(cls, d: dict[str, Any]) -> Metric:
         keys = {"value", "stderr", "ci95", "n", "higher_is_better"}
         if not isinstance(d, dict) or set(d) != keys:
             raise ValueError(f"a metric needs exactly the keys {sorted(keys)}, got {d!r}")
@@ -177,7 +178,7 @@ class Evaluator:
                             f"got {type(config).__name__}")
         self.config = config
 
-    def run(self, model: Any, ctx: "RunContext") -> EvalOutput:
+    def run(self, model: Any, ctx: RunContext) -> EvalOutput:
         raise NotImplementedError(f"{type(self).__name__}.run")
 
     def config_dict(self) -> dict[str, Any]:
@@ -339,7 +340,7 @@ class RunContext:
     work_dir: Path = Path(".")  # scratch space that persists across resumes of one run
     role: str = "candidate"  # "candidate" | "baseline"
     progress_factory: Callable[[str, int | None], contextlib.AbstractContextManager] = _null_progress
-    cache: "JsonlCache | None" = None  # append-only generation cache; None = always generate
+    cache: JsonlCache | None = None  # append-only generation cache; None = always generate
     generate_fn: Callable[..., list] | None = None  # None = mtp_bench.generation.generate
     stats: dict[str, int] = field(default_factory=lambda: {"cache_hits": 0, "generated": 0})
 
@@ -358,8 +359,8 @@ class RunContext:
     def sample_seed(self, sample_id: str, sample_index: int) -> int:
         return sample_seed(self.seed, sample_id, sample_index)
 
-    def generate(self, model: Any, requests: list[GenRequest], gen_config: "GenerationConfig",
-                 evaluator: Evaluator) -> list["Generation"]:
+    def generate(self, model: Any, requests: list[GenRequest], gen_config: GenerationConfig,
+                 evaluator: Evaluator) -> list[Generation]:
         """Generations for `requests`, in order. Each is served from the generation cache when
         present; the rest run through the generation engine in batches of
         `gen_config.batch_size`, and each batch is appended to the cache as soon as it is done,
@@ -379,7 +380,7 @@ class RunContext:
         cfg.pop("batch_size", None)  # outputs do not depend on it (per-sample seeds), so neither does the key
         sampling = float(gen_config.temperature) > 0.0
         seeds = [self.sample_seed(r.sample_id, r.sample_index) for r in requests]
-        weights = str(getattr(model, "weights_sha256"))
+        weights = str(model.weights_sha256)
         known = {f.name for f in dataclasses.fields(Generation)}
         out: list[Generation | None] = [None] * len(requests)
         keys: list[str] = []

@@ -14,8 +14,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mtp_bench.atomic import atomic_write_bytes
 from mtp_bench.errors import DataError, UserError
@@ -203,7 +204,7 @@ def validate(doc: Any) -> None:
                 raise ValueError(f"{name}: results for role {role!r} but no such model")
             if not isinstance(block.get("version"), str) or not isinstance(block.get("metrics"), dict):
                 raise ValueError(f"{name}/{role}: needs 'version' and 'metrics'")
-            for mname, m in block["metrics"].items():
+            for m in block["metrics"].values():
                 Metric.from_dict(m)
 
 

@@ -25,8 +25,9 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mtp_bench import registry
 from mtp_bench.errors import ConfigError, DataError, UserError
@@ -271,8 +272,15 @@ def rich_progress(console: Any) -> Iterator[Any]:
     """A live rich Progress (description, bar, done/total, elapsed, ETA) and a factory of bars
     for RunContext.progress."""
     from rich.markup import escape
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)

@@ -252,7 +252,7 @@ def _sandboxed(program: str, token: bytes, features: dict[str, bool], uid: int, 
         os.closerange(3, res)
         os.closerange(res + 1, 65536)
         os.environ.clear()  # unsetenv() each variable: the C environ is emptied too
-        sys.stdin = open(0, "r", closefd=False)
+        sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
         sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
         sys.argv = ["<program>"]
@@ -529,7 +529,7 @@ def _warm_up() -> None:
 
     for name in ("unshare", "mount", "prctl", "syscall"):
         getattr(_libc, name)
-    _pylibc.syscall
+    _pylibc.syscall  # noqa: B018 (resolve the symbol now, before the namespaces are entered)
     for size in (8, 24, 32):
         ctypes.create_string_buffer(size)
     signal.valid_signals()

@@ -27,7 +27,8 @@ import contextlib
 import hashlib
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

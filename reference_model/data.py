@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.errors import ConfigError, DataError
 from mtp_bench.atomic import atomic_write_bytes
+from mtp_bench.errors import ConfigError, DataError
 
 CACHE_FORMAT_VERSION = 1  # bump when the cached token layout changes
 # stdlib sub-trees that are tests, vendored packages or byte caches, not library source

@@ -13,7 +13,6 @@ import torch.nn as nn
 from mtp_bench.errors import ConfigError
 from mtp_bench.generation import GenerationConfig, generate, sample_next, trim_at_stop
 
-
 # --------------------------------------------------------------------------- fakes
 
 
@@ -84,15 +83,15 @@ class TinyLM(nn.Module):
         x = self.tok_emb[input_ids] + self.pos_emb[pos]  # (B, T, d)
         keys = torch.arange(L0 + T)
         allowed = (keys[None, :] <= (L0 + torch.arange(T))[:, None])[None] & (cache.mask[:, None, : L0 + T] == 1)  # (B, T, L)
-        for l in range(self.n_layer):
-            q, k, v = (x @ self.qkv[l]).split(x.shape[-1], dim=-1)
+        for li in range(self.n_layer):
+            q, k, v = (x @ self.qkv[li]).split(x.shape[-1], dim=-1)
             q, k, v = (t.view(B, T, self.n_head, self.hd).transpose(1, 2) for t in (q, k, v))
-            cache.k[l, :, :, L0 : L0 + T] = k
-            cache.v[l, :, :, L0 : L0 + T] = v
-            att = q @ cache.k[l, :, :, : L0 + T].transpose(-1, -2) / math.sqrt(self.hd)  # (B, H, T, L)
+            cache.k[li, :, :, L0 : L0 + T] = k
+            cache.v[li, :, :, L0 : L0 + T] = v
+            att = q @ cache.k[li, :, :, : L0 + T].transpose(-1, -2) / math.sqrt(self.hd)  # (B, H, T, L)
             att = att.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
-            y = (att @ cache.v[l, :, :, : L0 + T]).transpose(1, 2).reshape(B, T, -1)
-            x = x + torch.tanh(y @ self.proj[l])
+            y = (att @ cache.v[li, :, :, : L0 + T]).transpose(1, 2).reshape(B, T, -1)
+            x = x + torch.tanh(y @ self.proj[li])
         cache.length = L0 + T
         return (x @ self.head).unsqueeze(2)  # (B, T, 1, V)
 

@@ -8,8 +8,7 @@ from mtp_bench import registry
 from mtp_bench.errors import ConfigError, UnknownNameError
 from mtp_bench.generation import GenerationConfig, generate
 from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import (DuplicateNameError, EvalOutput, Evaluator, GenRequest, RunContext, register,
-                                sample_seed)
+from mtp_bench.registry import DuplicateNameError, EvalOutput, Evaluator, GenRequest, RunContext, register, sample_seed
 from mtp_bench.testing import FakeModel, isolated_registry
 
 

@@ -38,7 +38,7 @@ def pids_named(tag: str) -> list[int]:
         if entry.isdigit():
             try:
                 if Path(f"/proc/{entry}/comm").read_text().strip() == tag and \
-                        not Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                        Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
                     found.append(int(entry))
             except OSError:
                 pass  # exited while we looked

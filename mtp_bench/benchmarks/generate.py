@@ -245,10 +245,11 @@ def main(args: argparse.Namespace) -> int:
                  if res["ours"]["tokens"] == res["hf"]["tokens"] == expected
                  else f"EOS cut some rows short (expected {expected} tokens per side)"))
     if args.out:
+        import transformers
+
         from mtp_bench import __version__
         from mtp_bench.provenance import device_name
         from mtp_bench.results import atomic_write_json
-        import transformers
 
         atomic_write_json(args.out, {
             "benchmark": "generate", "model": str(args.model) if args.model else {"random": asdict(spec)},

@@ -24,8 +24,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from mtp_bench.errors import ConfigError, UserError
 from mtp_bench.atomic import atomic_open
+from mtp_bench.errors import ConfigError, UserError
 
 SHIPPED = "mtp4-code"
 

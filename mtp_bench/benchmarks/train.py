@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from mtp_bench.errors import ConfigError, UserError
 from mtp_bench.atomic import atomic_open
+from mtp_bench.errors import ConfigError, UserError
 
 TARGETS = {"mem_seq_over_n1": 1.15, "time_seq_over_n1": 1.3}  # from the issue: the sequential trick's promise
 CONFIGS = [("n=1", 1, "sequential"), ("n=4 sequential", 4, "sequential"), ("n=4 naive", 4, "naive")]

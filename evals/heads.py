@@ -22,8 +22,10 @@ Metrics: head{k}_loss (lower is better) and head{k}_top1 (higher is better) for 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,9 +104,10 @@ class Heads(Evaluator):
             metrics[f"head{i + 1}_top1"] = mean_metric([r["top1"][i] for r in records], higher_is_better=True)
         metrics["head1_bits_per_byte"] = mean_metric([r["head1_bits_per_byte"] for r in records],
                                                      higher_is_better=False)
-        info = {"corpus": cfg.corpus, "corpus_sha256": D.corpus_sha256(docs), "n_val_docs": len(val_docs),
+        corpus_sha = D.corpus_sha256(docs)  # hashes every document: once
+        info = {"corpus": cfg.corpus, "corpus_sha256": corpus_sha, "n_val_docs": len(val_docs),
                 "val_tokens": len(stream), "seq_len": seq_len, "n_windows": len(records),
-                "held_out_of_training": _held_out_of_training(model, D.corpus_sha256(docs), cfg.val_fraction)}
+                "held_out_of_training": _held_out_of_training(model, corpus_sha, cfg.val_fraction)}
         return EvalOutput(records=records, metrics=metrics, info=info)
 
 
@@ -112,9 +115,6 @@ def _held_out_of_training(model, corpus_sha: str, val_fraction: float) -> bool |
     """True when the model's training.json says it trained on this very corpus with this split
     (so the evaluated text is exactly its validation split), False when it trained on the same
     corpus with another split, None when unknown (not a native checkpoint, other corpus)."""
-    import json
-    from pathlib import Path
-
     path = Path(str(getattr(model, "path", ""))) / "training.json"
     try:
         corpus = json.loads(path.read_text()).get("corpus") or {}

@@ -107,12 +107,9 @@ class HumanEval(Evaluator):
 
         def __post_init__(self):
             try:
-                self._validate()
+                validate_sampling_config(self)
             except ConfigError as e:
                 raise ConfigError(f"humaneval config: {e}") from None
-
-        def _validate(self) -> None:
-            validate_sampling_config(self)
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         problems = load_problems()

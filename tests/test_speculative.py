@@ -16,13 +16,7 @@ from mtp_bench.speculative import acceptance_stats, plain_decode, speculative_de
 MOD = 2**31 - 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and spares the shared cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def roll(h: int, tok: int) -> int:

@@ -14,14 +14,7 @@ from mtp_bench.registry import RunContext
 from mtp_bench.speculative import DecodeResult, LosslessError, acceptance_stats
 from mtp_bench.testing import FakeCache, FakeModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and spares the shared cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def greedy_reference(model: FakeModel, prompt_ids: list[int], max_new: int) -> list[int]:

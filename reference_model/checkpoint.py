@@ -7,8 +7,11 @@ Native (what the trainer writes), a directory:
     training.json      whatever the trainer reports (steps, losses, data, seed, ...)
 
 Meta (facebook/multi-token-prediction), a directory:
-    params.json        dim, n_layers (= len(layers): trunk + next-token head), n_heads, n_kv_heads,
-                       vocab_size, multiple_of, ffn_dim_multiplier, norm_eps, rope_theta, n_future_tokens
+    params.json        dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, ffn_dim_multiplier,
+                       norm_eps, rope_theta, n_future_tokens. n_layers counts EVERY block, extra heads
+                       included, as ours does: `layers` holds n_layers - n_future_tokens + 1 blocks
+                       (trunk + next-token head), `extra_heads` the other n_future_tokens - 1
+                       (the 7B_*_4 releases: n_layers 32, 29 blocks in `layers`, 3 extra heads)
     consolidated.pth   the state dict, same parameter names as ours
     tokenizer.model    SentencePiece
 
@@ -264,8 +267,9 @@ def read_native(path: str | os.PathLike) -> RawCheckpoint:
 
 
 def meta_params_to_config(params: dict, where: Path, vocab_size: int | None = None) -> ModelConfig:
-    """Meta's params.json -> ModelConfig. Meta's n_layers counts `layers` (trunk + next-token head);
-    ours counts every layer (compute matching), so we add the n_future-1 extra heads."""
+    """Meta's params.json -> ModelConfig. Meta's n_layers counts every transformer block, extra heads
+    included (facebook/multi-token-prediction llama/model.py builds `layers` from
+    n_layers - n_future_tokens + 1 blocks), which is exactly what our n_layers counts."""
     unknown = sorted(set(params) - set(META_PARAM_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(META_PARAM_KEYS)}")
@@ -279,7 +283,7 @@ def meta_params_to_config(params: dict, where: Path, vocab_size: int | None = No
         return ModelConfig(
             vocab_size=int(v),
             dim=int(params["dim"]),
-            n_layers=int(params["n_layers"]) + n_future - 1,
+            n_layers=int(params["n_layers"]),
             n_heads=int(params["n_heads"]),
             n_kv_heads=None if params.get("n_kv_heads") is None else int(params["n_kv_heads"]),
             multiple_of=int(params.get("multiple_of", 256)),
@@ -300,6 +304,20 @@ def meta_params_to_config(params: dict, where: Path, vocab_size: int | None = No
         raise ConfigError(f"{where}: bad value: {e}") from None
 
 
+def _check_meta_layout(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: Path) -> None:
+    """Block counts of consolidated.pth against params.json, said in Meta's terms (the usual mistake
+    is an n_layers that counts only `layers`, or a missing n_future_tokens)."""
+    def count(prefix: str) -> int:
+        return len({k.split(".")[1] for k in sd if k.startswith(prefix)})
+
+    n_layers, n_extra = count("layers."), count("extra_heads.")
+    if (n_layers, n_extra) != (cfg.n_trunk_layers + 1, cfg.n_future - 1):
+        raise CheckpointError(
+            f"{where}: params.json says n_layers={cfg.n_layers} (every block, extra heads included) and "
+            f"n_future_tokens={cfg.n_future}, so `layers` should hold {cfg.n_trunk_layers + 1} blocks and `extra_heads` "
+            f"{cfg.n_future - 1}; consolidated.pth has {n_layers} and {n_extra}")
+
+
 def read_meta(path: str | os.PathLike) -> RawCheckpoint:
     p = Path(path)
     if not p.is_dir():
@@ -315,6 +333,7 @@ def read_meta(path: str | os.PathLike) -> RawCheckpoint:
     tok = load_tokenizer(p / "tokenizer.model")
     emb = sd.get("tok_embeddings.weight")
     cfg = meta_params_to_config(params, p / "params.json", vocab_size=emb.shape[0] if emb is not None else tok.vocab_size)
+    _check_meta_layout(cfg, sd, p)
     _check_state_dict(cfg, sd, shards[0])
     return RawCheckpoint("meta", p, cfg, sd, tok, {"params": params}, shards)
 

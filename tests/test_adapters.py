@@ -43,7 +43,7 @@ def three(tmp_path_factory):
     meta = root / "meta"
     meta.mkdir()
     torch.save(model.state_dict(), meta / "consolidated.pth")
-    (meta / "params.json").write_text(json.dumps({"dim": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2,
+    (meta / "params.json").write_text(json.dumps({"dim": 32, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2,
                                                   "vocab_size": cfg.vocab_size, "multiple_of": 16, "norm_eps": 1e-5,
                                                   "rope_theta": 10000.0, "n_future_tokens": 2, "max_seq_len": 64}))
     (meta / "tokenizer.model").write_bytes((root / "spm.model").read_bytes())

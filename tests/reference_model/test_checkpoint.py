@@ -158,7 +158,8 @@ def write_meta(d: Path, spm_model: Path, vocab: int, n_future: int = 2) -> dict:
     d.mkdir()
     sd = meta_state_dict(n_layers=3, n_future=n_future, dim=32, n_heads=4, n_kv=2, hidden=96, vocab=vocab)
     torch.save(sd, d / "consolidated.pth")
-    params = {"dim": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "vocab_size": vocab, "multiple_of": 32,
+    # Meta's n_layers counts every block: 3 in `layers` (trunk + next-token head) + n_future-1 extra heads
+    params = {"dim": 32, "n_layers": 3 + n_future - 1, "n_heads": 4, "n_kv_heads": 2, "vocab_size": vocab, "multiple_of": 32,
               "ffn_dim_multiplier": None, "norm_eps": 1e-5, "rope_theta": 10000.0, "n_future_tokens": n_future}
     (d / "params.json").write_text(json.dumps(params))
     (d / "tokenizer.model").write_bytes(spm_model.read_bytes())
@@ -172,7 +173,7 @@ def test_meta_checkpoint_loads_with_its_weights(tmp_path):
     sp = spm.SentencePieceProcessor(model_file=str(spm_model))
     sd = write_meta(tmp_path / "meta", spm_model, sp.GetPieceSize(), n_future=2)
     model, tok, _ = load_checkpoint(tmp_path / "meta")
-    # Meta's n_layers=3 counts layers (2 trunk + head 0); ours counts the extra head too
+    # n_layers=4 counts every block, as ours does: 2 trunk + head 0 in `layers`, 1 extra head
     assert model.config.n_layers == 4 and model.config.n_future == 2 and len(model.layers) == 3
     assert model.config.ffn_hidden_dim == 96
     ref = Transformer(model.config).eval()
@@ -182,6 +183,84 @@ def test_meta_checkpoint_loads_with_its_weights(tmp_path):
         torch.testing.assert_close(model(x, return_all_heads=True), ref(x, return_all_heads=True), rtol=0, atol=0)
     assert tok.encode("print(x)", add_bos=True) == [sp.bos_id()] + sp.EncodeAsIds("print(x)")
     assert tok.decode(sp.EncodeAsIds("print('hello')")) == "print('hello')"
+
+
+def meta_reference_logits(sd: dict, params: dict, tokens: torch.Tensor) -> torch.Tensor:
+    """Every head's logits (B, T, n_future, V), computed the way facebook/multi-token-prediction's
+    llama/model.py does, independently of our model: complex-number rotary, explicit causal
+    softmax attention, trunk = layers[:-1], heads = [layers[-1]] + extra_heads, each reading the
+    trunk output, then the shared norm and output. float64."""
+    sd = {k: v.double() for k, v in sd.items()}
+    dim, n_heads, eps = params["dim"], params["n_heads"], params["norm_eps"]
+    n_kv = params.get("n_kv_heads") or n_heads
+    hd, (B, T) = dim // n_heads, tokens.shape
+    freqs = 1.0 / (params["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    freqs_cis = torch.polar(torch.ones(T, hd // 2, dtype=torch.float64), torch.outer(torch.arange(T).double(), freqs))
+
+    def rms(x, w):
+        return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+    def rope(x):  # (B, T, h, hd): consecutive pairs are one complex number
+        xc = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
+        return torch.view_as_real(xc * freqs_cis[None, :, None, :]).flatten(3)
+
+    def block(p, x):
+        h = rms(x, sd[p + "attention_norm.weight"])
+        q = rope((h @ sd[p + "attention.wq.weight"].T).view(B, T, n_heads, hd)).transpose(1, 2)
+        k = rope((h @ sd[p + "attention.wk.weight"].T).view(B, T, n_kv, hd)).transpose(1, 2)
+        v = (h @ sd[p + "attention.wv.weight"].T).view(B, T, n_kv, hd).transpose(1, 2)
+        k, v = k.repeat_interleave(n_heads // n_kv, 1), v.repeat_interleave(n_heads // n_kv, 1)
+        scores = q @ k.transpose(-1, -2) / hd**0.5 + torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
+        attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, dim)
+        x = x + attn @ sd[p + "attention.wo.weight"].T
+        h = rms(x, sd[p + "ffn_norm.weight"])
+        gate = torch.nn.functional.silu(h @ sd[p + "feed_forward.w1.weight"].T)
+        return x + (gate * (h @ sd[p + "feed_forward.w3.weight"].T)) @ sd[p + "feed_forward.w2.weight"].T
+
+    n_future = params["n_future_tokens"]
+    n_trunk = params["n_layers"] - n_future  # len(layers) - 1
+    h = sd["tok_embeddings.weight"][tokens]
+    for i in range(n_trunk):
+        h = block(f"layers.{i}.", h)
+    heads = [f"layers.{n_trunk}."] + [f"extra_heads.{j}." for j in range(n_future - 1)]
+    return torch.stack([rms(block(p, h), sd["norm.weight"]) @ sd["output.weight"].T for p in heads], dim=2)
+
+
+def test_meta_7b_layout_loads_every_head(tmp_path):
+    """The 7B_*_4 releases' layout: params.json n_layers=32 and n_future_tokens=4, with 29 blocks
+    in `layers` and 3 in `extra_heads` (tiny widths). Logits of all four heads against an
+    independent computation of Meta's forward."""
+    import sentencepiece as spm
+
+    spm_model = train_spm(tmp_path / "spm")
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    d = tmp_path / "meta7b"
+    d.mkdir()
+    sd = meta_state_dict(n_layers=29, n_future=4, dim=16, n_heads=2, n_kv=2, hidden=64, vocab=sp.GetPieceSize())
+    torch.save(sd, d / "consolidated.pth")
+    params = {"dim": 16, "n_layers": 32, "n_heads": 2, "n_kv_heads": None, "vocab_size": -1, "multiple_of": 32,
+              "ffn_dim_multiplier": None, "norm_eps": 1e-5, "rope_theta": 10000.0, "n_future_tokens": 4}
+    (d / "params.json").write_text(json.dumps(params))
+    (d / "tokenizer.model").write_bytes(spm_model.read_bytes())
+    model, _, _ = load_checkpoint(d, dtype=torch.float64)
+    assert (model.config.n_layers, model.config.n_future, model.config.n_trunk_layers) == (32, 4, 28)
+    assert len(model.layers) == 29 and len(model.extra_heads) == 3
+    x = torch.tensor([sp.EncodeAsIds("the quick brown fox jumps over the lazy dog")])
+    with torch.no_grad():
+        ours = model(x, return_all_heads=True)
+    theirs = meta_reference_logits(sd, params, x)
+    assert ours.shape == theirs.shape == (1, x.shape[1], 4, sp.GetPieceSize())
+    # float64 throughout; our rotary angles are float32 (as HF's), hence 1e-6 rather than 1e-12
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_meta_n_layers_counting_only_layers_is_refused_with_the_counts(tmp_path):
+    spm_model = train_spm(tmp_path / "spm")
+    write_meta(tmp_path / "meta", spm_model, 72, n_future=2)
+    p = json.loads((tmp_path / "meta" / "params.json").read_text())
+    (tmp_path / "meta" / "params.json").write_text(json.dumps({**p, "n_layers": 3}))  # len(layers) alone: wrong
+    with pytest.raises(CheckpointError, match=r"n_layers=3 .*`layers` should hold 2 blocks .* has 3 and 1"):
+        load_checkpoint(tmp_path / "meta")
 
 
 def test_meta_unknown_param_key_raises(tmp_path):
@@ -199,7 +278,8 @@ def test_meta_vocab_size_minus_one_comes_from_the_weights(tmp_path):
     p = json.loads((tmp_path / "meta" / "params.json").read_text())
     del p["n_future_tokens"]
     (tmp_path / "meta" / "params.json").write_text(json.dumps({**p, "vocab_size": -1}))
-    with pytest.raises(CheckpointError, match="unexpected 9 key"):  # no n_future_tokens = 1 head: extra_heads.0 is extra
+    # no n_future_tokens = 1 head: all 4 blocks should be in `layers`, and extra_heads.0 is extra
+    with pytest.raises(CheckpointError, match=r"`layers` should hold 4 blocks and `extra_heads` 0; consolidated.pth has 3 and 1"):
         load_checkpoint(tmp_path / "meta")
     (tmp_path / "meta" / "params.json").write_text(json.dumps({**p, "vocab_size": -1, "n_future_tokens": 2}))
     model, _, _ = load_checkpoint(tmp_path / "meta")

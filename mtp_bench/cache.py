@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 GENERATIONS_FILE = "generations.jsonl"
+RANK_FILE = "generations.rank{rank}.jsonl"  # written by rank r > 0 of a torchrun run (mtp_bench.distributed)
+
 
 
 def generation_key(weights_sha256: str, evaluator: str, evaluator_version: str, sample_id: str,
@@ -72,18 +74,21 @@ class JsonlCache:
     """An append-only key -> JSON value store in one JSONL file. Not a database: one writer
     at a time per file (one run per work dir)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_also: Iterable[str | Path] = ()) -> None:
         self.path = Path(path)
         self._data: dict[str, Any] = {}
         self.skipped = 0  # unreadable lines (a torn last line after a kill)
         self._needs_newline = False  # the file ends in a torn line: start a fresh one first
-        self._load()
+        self._load(self.path, own=True)
+        for other in read_also:  # read-only sources (other ranks' files); this file's records win
+            self._load(Path(other), own=False)
 
-    def _load(self) -> None:
-        if not self.path.exists():
+    def _load(self, path: Path, own: bool) -> None:
+        if not path.exists():
             return
-        raw = self.path.read_bytes()
-        self._needs_newline = bool(raw) and not raw.endswith(b"\n")
+        raw = path.read_bytes()
+        if own:
+            self._needs_newline = bool(raw) and not raw.endswith(b"\n")
         for line in raw.split(b"\n"):
             if not line.strip():
                 continue
@@ -137,3 +142,14 @@ class JsonlCache:
         self._needs_newline = False
         for key, value in fresh:
             self._data.setdefault(key, value)
+
+
+def open_run_cache(work_dir: str | Path, rank: int = 0) -> JsonlCache:
+    """The generation cache of a run. Rank 0 (or the only process) appends to generations.jsonl
+    and also reads every rank's file, so a killed multi-rank run resumes with any number of
+    ranks, one included; rank r > 0 appends to and reads only its own generations.rank{r}.jsonl."""
+    work_dir = Path(work_dir)
+    if rank:
+        return JsonlCache(work_dir / RANK_FILE.format(rank=rank))
+    others = sorted(work_dir.glob(RANK_FILE.format(rank="*")))
+    return JsonlCache(work_dir / GENERATIONS_FILE, read_also=others)

@@ -51,8 +51,10 @@ def device_name(device: Any) -> str:
     return f"{d} ({platform.machine()})"
 
 
-def collect(seed: int, device: Any, argv: list[str] | None, start_time: str, duration_s: float) -> dict[str, Any]:
-    """The provenance block of a result file."""
+def collect(seed: int, device: Any, argv: list[str] | None, start_time: str, duration_s: float,
+            devices: list[str] | None = None) -> dict[str, Any]:
+    """The provenance block of a result file. `devices`: every rank's device under torchrun
+    (world_size = their number); None for a single process (world size 1, `device`)."""
     import torch
 
     from mtp_bench import __version__
@@ -65,6 +67,8 @@ def collect(seed: int, device: Any, argv: list[str] | None, start_time: str, dur
         "transformers": _version("transformers"),
         "platform": platform.platform(),
         "device": device_name(device),
+        "world_size": len(devices) if devices else 1,
+        "devices": list(devices) if devices else [device_name(device)],
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "seed": int(seed),

@@ -342,6 +342,7 @@ class RunContext:
     progress_factory: Callable[[str, int | None], contextlib.AbstractContextManager] = _null_progress
     cache: JsonlCache | None = None  # append-only generation cache; None = always generate
     generate_fn: Callable[..., list] | None = None  # None = mtp_bench.generation.generate
+    distributed: Any = None  # under torchrun: a mtp_bench.distributed.Group; the misses are sharded across ranks
     stats: dict[str, int] = field(default_factory=lambda: {"cache_hits": 0, "generated": 0})
 
     def __post_init__(self) -> None:
@@ -370,7 +371,8 @@ class RunContext:
            config, prompt hash, and the per-sample seed when sampling)
         2) serve hits from the cache
         3) sort misses by prompt length (fewer pad tokens per batch), generate batch by batch
-           with per-sample seeds, append each batch to the cache
+           with per-sample seeds, append each batch to the cache (`generate_batches`); under
+           torchrun every rank does this for its shard of the misses (`mtp_bench.distributed`)
         """
         from mtp_bench import cache as cache_mod
         from mtp_bench.generation import Generation, generate
@@ -378,6 +380,9 @@ class RunContext:
         gen_fn = self.generate_fn or generate
         cfg = gen_config.to_dict()
         cfg.pop("batch_size", None)  # outputs do not depend on it (per-sample seeds), so neither does the key
+        engine = getattr(model, "generation_engine", None)  # another engine (vLLM) never shares our outputs
+        if engine is not None:
+            cfg["engine"] = engine
         sampling = float(gen_config.temperature) > 0.0
         seeds = [self.sample_seed(r.sample_id, r.sample_index) for r in requests]
         weights = str(model.weights_sha256)
@@ -400,22 +405,49 @@ class RunContext:
         if not misses:
             return out  # type: ignore[return-value]
         # 3)
-        enc = model.tokenizer.encode
-        misses.sort(key=lambda i: (-len(enc(requests[i].prompt)), i))
-        bs = int(gen_config.batch_size)
+        todo = [MissingGeneration(requests[i].sample_id, requests[i].prompt, seeds[i], keys[i], key_fields[i])
+                for i in misses]
         with self.progress(f"{evaluator.name} [{self.role}]: generate", len(requests)) as bar:
             bar.advance(len(requests) - len(misses))
-            for start in range(0, len(misses), bs):
-                chunk = misses[start:start + bs]
-                gens = gen_fn(model, [requests[i].prompt for i in chunk], gen_config,
-                              seeds=[seeds[i] for i in chunk])
-                if len(gens) != len(chunk):
-                    raise RuntimeError(f"generation engine returned {len(gens)} results for {len(chunk)} prompts")
-                for i, g in zip(chunk, gens):
-                    out[i] = g
-                if self.cache is not None:
-                    self.cache.put_many([(keys[i], dataclasses.asdict(g), key_fields[i])
-                                         for i, g in zip(chunk, gens)])
-                self.stats["generated"] += len(chunk)
-                bar.advance(len(chunk))
+            if self.distributed is not None:  # every rank generates its shard (mtp_bench.distributed)
+                gens = self.distributed.generate(model, self.role, todo, gen_config, gen_fn, self.cache, bar)
+            else:
+                gens = generate_batches(model, todo, gen_config, gen_fn, self.cache, bar)
+        for i, g in zip(misses, gens):
+            out[i] = g
+        self.stats["generated"] += len(misses)
         return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MissingGeneration:
+    """A request the cache could not serve, with what is needed to generate and cache it."""
+
+    sample_id: str
+    prompt: str
+    seed: int
+    key: str  # cache key
+    fields: dict  # what the key hashes, stored beside it for humans
+
+
+def generate_batches(model: Any, todo: list[MissingGeneration], gen_config: GenerationConfig,
+                     gen_fn: Callable[..., list], cache: JsonlCache | None, bar: Any = None) -> list[Generation]:
+    """Generate `todo` (in order) batch by batch: longest prompts first (fewer pad tokens per
+    batch), per-sample seeds, each batch appended to the cache as soon as it is done.
+    A model may ask for larger batches (`generation_batch_size`: an engine that batches itself)."""
+    enc = model.tokenizer.encode
+    order = sorted(range(len(todo)), key=lambda i: (-len(enc(todo[i].prompt)), i))
+    bs = int(getattr(model, "generation_batch_size", None) or gen_config.batch_size)
+    out: list[Generation | None] = [None] * len(todo)
+    for start in range(0, len(order), bs):
+        chunk = order[start:start + bs]
+        gens = gen_fn(model, [todo[i].prompt for i in chunk], gen_config, seeds=[todo[i].seed for i in chunk])
+        if len(gens) != len(chunk):
+            raise RuntimeError(f"generation engine returned {len(gens)} results for {len(chunk)} prompts")
+        for i, g in zip(chunk, gens):
+            out[i] = g
+        if cache is not None:
+            cache.put_many([(todo[i].key, dataclasses.asdict(g), todo[i].fields) for i, g in zip(chunk, gens)])
+        if bar is not None:
+            bar.advance(len(chunk))
+    return out  # type: ignore[return-value]

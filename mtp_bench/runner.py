@@ -75,6 +75,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         help=f"baseline to compare against (default with no --model: shipped {DEFAULT_BASELINE})")
     models.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present, else cpu)")
     models.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on CPU, bfloat16 on CUDA")
+    models.add_argument("--backend", default="native", choices=("native", "vllm"),
+                        help="generation engine: ours (default) or vLLM for Hugging Face directories; "
+                             "vLLM knobs: --config backend.FIELD=VALUE (README, Scaling out)")
     io = p.add_argument_group("files")
     io.add_argument("--out", default=None, metavar="results/NAME.json",
                     help="result file; the samples go beside it as NAME.samples.jsonl")
@@ -306,8 +309,12 @@ class RunOutcome:
 def run_main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    console = Console(stderr=True, quiet=bool(args.quiet))
+    from mtp_bench import distributed
+
+    console = Console(stderr=True, quiet=bool(args.quiet) or distributed.is_worker())
     outcome = execute(args, console=console, argv=sys.argv[1:])
+    if outcome is None:  # a torchrun rank > 0: rank 0 reports and writes
+        return 0
     from mtp_bench.report import render, report_console
 
     render(outcome.doc, report_console())
@@ -318,10 +325,22 @@ def run_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = None) -> RunOutcome:
-    """Steps 1-4 of the module docstring; returns the result document (also written to --out)."""
-    from mtp_bench import results
-    from mtp_bench.cache import GENERATIONS_FILE, JsonlCache
+def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = None) -> RunOutcome | None:
+    """Steps 1-4 of the module docstring; returns the result document (also written to --out).
+    Under torchrun every rank calls it; ranks > 0 only generate for rank 0 and return None."""
+    from mtp_bench import distributed
+
+    group = distributed.from_env(args.device)  # None for a single process
+    try:
+        return _execute(args, console, argv, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _execute(args: argparse.Namespace, console: Any, argv: list[str] | None, group: Any) -> RunOutcome | None:
+    from mtp_bench import results, vllm_backend
+    from mtp_bench.cache import open_run_cache
     from mtp_bench.provenance import collect, utc_now
 
     t0, start_iso = time.perf_counter(), utc_now()
@@ -335,7 +354,9 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
     if args.evals is not None and not names:
         raise UserError("--evals needs at least one evaluator name")
     classes = registry.resolve(args.suite, names)
-    overrides = parse_overrides(args.config, classes)
+    eval_items, backend_items = vllm_backend.split_config(args.config)
+    backend = vllm_backend.resolve(getattr(args, "backend", "native"), backend_items, group)  # None = ours
+    overrides = parse_overrides(eval_items, classes)
     if args.model is None:  # the zero-config run: shipped defaults under the user's --config
         for cls in classes:
             overrides[cls.name] = {**DEFAULT_RUN_CONFIG.get(cls.name, {}), **overrides.get(cls.name, {})}
@@ -349,7 +370,7 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
     identity = {"evals": [e.name for e in evaluators], "configs": [e.config_dict() for e in evaluators],
                 "models": [cand_path, base_path], "seed": args.seed, "limit": args.limit}
     work_dir = resolve_work_dir(args.work_dir, out_path, identity)
-    cache = None if args.no_cache else JsonlCache(work_dir / GENERATIONS_FILE)
+    cache = None if args.no_cache else open_run_cache(work_dir, group.rank if group is not None else 0)
     if cache is not None and cache.skipped:
         console.print(f"generation cache: skipped {cache.skipped} unreadable line(s) (a torn write from a "
                       "killed run); those samples are generated again", markup=False, highlight=False)
@@ -358,9 +379,16 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
     import mtp_bench
 
     dtype = args.dtype  # a name; the adapter validates it
-    models = {"candidate": mtp_bench.load(cand_path, device=args.device, dtype=dtype)}
+    device = group.device if group is not None else args.device
+    load = backend.load if backend is not None else mtp_bench.load
+    models = {"candidate": load(cand_path, device=device, dtype=dtype)}
     if base_path is not None:
-        models["baseline"] = mtp_bench.load(base_path, device=args.device, dtype=dtype)
+        models["baseline"] = load(base_path, device=device, dtype=dtype)
+    if group is not None:
+        group.ready(models)
+        if not group.is_leader:
+            group.serve(models, cache)
+            return None
     model_blocks = {role: results.model_info(m) for role, m in models.items()}
     results.dumps(model_blocks)  # an adapter bug (a config that is not JSON) fails now, not after the run
 
@@ -376,7 +404,9 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
                     continue
                 seed_everything(args.seed)
                 ctx = RunContext(seed=args.seed, limit=args.limit, data_dir=data_dir, work_dir=work_dir, role=role,
-                                 cache=cache, **({"progress_factory": factory} if factory else {}))
+                                 cache=cache, distributed=group,
+                                 generate_fn=backend.generate if backend is not None else None,
+                                 **({"progress_factory": factory} if factory else {}))
                 console.print(f"{ev.name} v{ev.version} on the {role} ({model.path})", markup=False, highlight=False)
                 t_ev = time.perf_counter()
                 try:
@@ -397,7 +427,12 @@ def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = Non
 
     # 4) write: samples first, then the result that points at them
     prov = collect(seed=args.seed, device=models["candidate"].device, argv=argv, start_time=start_iso,
-                   duration_s=time.perf_counter() - t0)
+                   duration_s=time.perf_counter() - t0,
+                   devices=group.devices if group is not None else None)
+    if group is not None:
+        prov["distributed"] = group.provenance()
+    if backend is not None:
+        prov["generation_backend"] = backend.provenance()
     prov["evaluator_durations_s"] = durations
     prov["generation_cache"] = {"work_dir": str(work_dir), "enabled": cache is not None, **stats}
     ran = [ev for ev in evaluators if ev.name not in skipped]

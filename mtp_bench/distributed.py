@@ -225,5 +225,5 @@ class Group:
         return {"gens": list(zip(mine, payload)), "error": None, "user_error": False}, None
 
     def provenance(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "backend": BACKEND, "devices": list(self.devices),
-                "sharding": SHARDING, "generated_per_rank": list(self.generated_per_rank)}
+        """The "distributed" block of the provenance (world_size and devices are top-level keys)."""
+        return {"backend": BACKEND, "sharding": SHARDING, "generated_per_rank": list(self.generated_per_rank)}

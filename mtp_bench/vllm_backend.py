@@ -61,6 +61,10 @@ class NeedsForwardPass(DataError):
     that evaluator with this reason instead of failing (run by name, it is an error, exit 2)."""
 
 
+class NeedsVLLMBackend(DataError):
+    """A vLLM-only evaluator (specdec_vllm) on our engine: skipped in a suite run, exit 2 by name."""
+
+
 @dataclass
 class BackendConfig:
     """vLLM engine settings, from `--config backend.FIELD=VALUE`."""

@@ -163,3 +163,12 @@ def test_device_per_rank():
 def test_single_process_provenance_says_world_size_one(reference):
     prov = json.loads(reference.read_text())["provenance"]
     assert prov["world_size"] == 1 and len(prov["devices"]) == 1 and "distributed" not in prov
+
+
+def test_doctests_run():
+    import doctest
+
+    from mtp_bench import distributed
+
+    failures, tried = doctest.testmod(distributed)
+    assert failures == 0 and tried > 0

@@ -288,3 +288,13 @@ def test_vllm_outputs_map_to_our_generations(fake_vllm, checkpoints):
     model._llm = CannedLLM([(enc("a"), "abort", None)])
     with pytest.raises(RuntimeError, match="'abort'"):
         model.generate(["p"], GenerationConfig(max_new_tokens=5))
+
+
+def test_doctests_run():
+    import doctest
+
+    from mtp_bench.evals import specdec_vllm
+
+    for mod in (vllm_backend, specdec_vllm):
+        failures, tried = doctest.testmod(mod)
+        assert failures == 0 and tried > 0

@@ -4,7 +4,11 @@ Formats, detected from what the directory holds:
     native  config.json with "format": "mtp-bench" (+ model.safetensors, tokenizer.json)
     meta    params.json + consolidated.pth + tokenizer.model (facebook/multi-token-prediction)
     hf      a Hugging Face causal-LM directory (config.json with model_type/architectures), or a hub
-            id when the path is not a directory and HF_HUB_OFFLINE is not set; always n_future=1
+            id when the path is not a directory and HF_HUB_OFFLINE is not set; always n_future=1.
+            Llama-family models (llama, mistral, qwen2; reference_model/hf_import.py) load into the
+            reference transformer (`backend` "reference"); any other causal LM, or a Llama-family
+            feature the reference model does not implement (rope scaling, sliding windows), runs
+            through transformers (`backend` "transformers", with the reason in `backend_note`)
 
 Whatever the format, the model answers the protocol: `model(input_ids, cache, return_all_heads,
 attention_mask)` -> float logits (B, T, n, V), left padding marked by attention_mask, a token's
@@ -120,6 +124,9 @@ def weights_sha256(files: list[Path]) -> str:
 class MTPModel:
     """A reference-model checkpoint (native or Meta) behind protocols.Model."""
 
+    backend = "reference"
+    backend_note: str | None = None
+
     def __init__(self, module, tokenizer, path: str, format: str, weight_files: list[Path], info: dict | None = None):
         self.module = module  # the mtp_bench.reference_model.model.Transformer
         self.tokenizer = tokenizer
@@ -213,6 +220,8 @@ class HFModel:
 
     format = "hf"
     n_future = 1
+    backend = "transformers"
+    backend_note: str | None = None
 
     def __init__(self, model, tokenizer, path: str, weight_files: list[Path]):
         self.module = model
@@ -284,8 +293,9 @@ def _hf_weight_files(d: Path) -> list[Path]:
     raise CheckpointError(f"{d}: no weight files (*.safetensors, pytorch_model*.bin) found")
 
 
-def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = False) -> HFModel:
-    """A local HF causal-LM directory (local files only), or a hub id when hub=True."""
+def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = False) -> HFModel | MTPModel:
+    """A local HF causal-LM directory (local files only), or a hub id when hub=True: into the reference
+    transformer when it is a Llama-family model it implements exactly, else through transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -303,12 +313,38 @@ def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = Fal
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{d}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
+    from mtp_bench.reference_model import hf_import
+
+    hf_cfg = hf_import.read_hf_config(d)
+    reason = hf_import.unsupported_reason(hf_cfg)
+    if reason is None:
+        return _load_hf_into_reference(path, d, hf_cfg, HFTokenizer(tok), device, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{d}: cannot load it as a causal LM: {str(e).splitlines()[0]}") from None
     model = model.to(device).eval()
-    return HFModel(model, tok, path, _hf_weight_files(d))
+    wrapped = HFModel(model, tok, path, _hf_weight_files(d))
+    wrapped.backend_note = f"not loaded into the reference model: {reason}"
+    return wrapped
+
+
+def _load_hf_into_reference(path: str, d: Path, hf_cfg: dict, tokenizer: HFTokenizer, device: torch.device,
+                            dtype: torch.dtype) -> MTPModel:
+    from mtp_bench.reference_model import hf_import
+    from mtp_bench.reference_model.model import Transformer
+
+    cfg = hf_import.config_from_hf(hf_cfg, d / "config.json")
+    tensors, files = hf_import.load_hf_tensors(d)
+    sd = hf_import.state_dict_from_hf(tensors, cfg, bool(hf_cfg.get("tie_word_embeddings", False)), d)
+    with torch.device("meta"):
+        module = Transformer(cfg)
+    try:
+        module.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:  # shape mismatches between config.json and the tensors
+        raise CheckpointError(f"{d}: weights do not match config.json: {str(e).splitlines()[-1].strip()}") from None
+    module = module.to(device=device, dtype=dtype).eval()
+    return MTPModel(module, tokenizer, path, "hf", files, {"hf_model_type": hf_cfg.get("model_type")})
 
 
 # -----------------------------------------------------------------------------

@@ -489,6 +489,9 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: s
     if cfg.head_type == "anticausal" and cfg.n_future > 1:
         raise ConfigError(f"{raw.path}: cannot export an anticausal model as a Llama: its next-token head reads the "
                           "other heads' output, so trunk + head 1 alone is not the model")
+    if cfg.qkv_bias:
+        raise ConfigError(f"{raw.path}: cannot export as a Llama: it has q/k/v biases (an imported Qwen2-family model); "
+                          "serve the original Hugging Face directory instead")
     sd = hf_llama_state_dict(cfg, raw.state_dict)
     stored = {v.dtype for v in sd.values()}
     dtype = stored.pop() if len(stored) == 1 else torch.float32

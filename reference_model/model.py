@@ -21,7 +21,8 @@ so at position t it predicts token t+1+k, teacher-forced on the ground-truth t_{
 
 With n_future=1 this is exactly a Llama model (RMSNorm, rotary embeddings on interleaved
 pairs like Meta's complex-number rotary, SwiGLU, GQA, no biases), which is what the Hugging Face
-export relies on.
+export relies on. Imported Qwen2-family models add q/k/v biases (`qkv_bias`) and an explicit
+SwiGLU width (`ffn_hidden`).
 
 Modules are declared leaves first: RMSNorm, rotary, Attention, FeedForward, TransformerBlock,
 SequentialModule, KVCache, Transformer; then the two loss functions (`mtp_loss`, `mtp_forward_backward`).
@@ -56,6 +57,8 @@ class ModelConfig:
     n_kv_heads: int | None = None  # GQA key/value heads; None = n_heads (plain multi-head attention)
     multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this (Llama rule)
     ffn_dim_multiplier: float | None = None  # optional scale of the SwiGLU hidden size (Llama 2/3 rule)
+    ffn_hidden: int | None = None  # explicit SwiGLU hidden size (imported models: HF's intermediate_size); None = the rule
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2-family models); Llama has none
     norm_eps: float = 1e-5  # RMSNorm epsilon
     rope_theta: float = 10000.0  # rotary base; larger = longer wavelengths
     max_seq_len: int = 2048  # longest sequence the model was built (and trained) for
@@ -92,6 +95,10 @@ class ModelConfig:
                 raise bad(f"n_kv_heads={self.n_kv_heads!r} must be a positive divisor of n_heads={self.n_heads}")
         if self.n_layers < self.n_future:
             raise bad(f"n_layers={self.n_layers} must be >= n_future={self.n_future} (one layer per head at least)")
+        if self.ffn_hidden is not None and (not isinstance(self.ffn_hidden, int) or self.ffn_hidden < 1):
+            raise bad(f"ffn_hidden must be a positive integer or None, got {self.ffn_hidden!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise bad(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
         if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
             raise bad(f"ffn_dim_multiplier must be > 0 or None, got {self.ffn_dim_multiplier!r}")
         if not self.norm_eps > 0 or not self.rope_theta > 0 or not self.init_std > 0:
@@ -107,7 +114,10 @@ class ModelConfig:
 
     @property
     def ffn_hidden_dim(self) -> int:
-        """Llama's SwiGLU rule: 2/3 of 4*dim (same parameter count as a 4*dim GELU MLP), scaled, rounded up."""
+        """Llama's SwiGLU rule: 2/3 of 4*dim (same parameter count as a 4*dim GELU MLP), scaled, rounded up;
+        or ffn_hidden when set."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
         hidden = int(2 * (4 * self.dim) / 3)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)
@@ -171,9 +181,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, ctx: _AttnContext, kv: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -337,6 +347,8 @@ class Transformer(nn.Module):
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -416,6 +428,8 @@ class Transformer(nn.Module):
                 "ffn_norm": torch.stack([b.ffn_norm.weight for b in blocks]),  # (J, dim)
                 "wqkv": torch.stack([torch.cat([b.attention.wq.weight, b.attention.wk.weight, b.attention.wv.weight])
                                      for b in blocks]).transpose(1, 2).contiguous(),  # (J, dim, (H+2Hkv)*hd)
+                "bqkv": (torch.stack([torch.cat([b.attention.wq.bias, b.attention.wk.bias, b.attention.wv.bias])
+                                      for b in blocks])[:, None, :] if self.config.qkv_bias else None),  # (J, 1, ...)
                 "wo": torch.stack([b.attention.wo.weight for b in blocks]).transpose(1, 2).contiguous(),  # (J, H*hd, dim)
                 "w13": torch.stack([torch.cat([b.feed_forward.w1.weight, b.feed_forward.w3.weight])
                                     for b in blocks]).transpose(1, 2).contiguous(),  # (J, dim, 2*hidden)
@@ -440,7 +454,8 @@ class Transformer(nn.Module):
 
         # 1) attention: q, k, v of every head in one batched matmul
         xn = norm(x.expand(J, B, T, D), w["attn_norm"])  # (J, B, T, D)
-        qkv = torch.bmm(xn.reshape(J, B * T, D), w["wqkv"]).view(J, B, T, -1)
+        xn = xn.reshape(J, B * T, D)
+        qkv = (torch.bmm(xn, w["wqkv"]) if w["bqkv"] is None else torch.baddbmm(w["bqkv"], xn, w["wqkv"])).view(J, B, T, -1)
         q, k, v = qkv.split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
         cos = ctx.cos.expand(B, -1, -1, -1).repeat(J, 1, 1, 1)  # (J*B, T, 1, hd/2)
         sin = ctx.sin.expand(B, -1, -1, -1).repeat(J, 1, 1, 1)

@@ -54,6 +54,17 @@ def test_config_round_trips_through_dict():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_explicit_ffn_hidden_and_qkv_bias():
+    cfg = tiny(ffn_hidden=40, qkv_bias=True)
+    assert cfg.ffn_hidden_dim == 40
+    m = Transformer(cfg)
+    assert m.layers[0].feed_forward.w1.weight.shape == (40, 32)
+    assert m.layers[0].attention.wq.bias.shape == (32,) and m.layers[0].attention.wo.bias is None
+    assert m.layers[0].feed_forward.w1.bias is None and not m.layers[0].attention.wk.bias.any()  # zero init
+    with pytest.raises(ConfigError, match="ffn_hidden"):
+        tiny(ffn_hidden=0)
+
+
 def test_llama_ffn_hidden_rule():
     # Llama-2 7B: dim 4096, multiple_of 256 -> 11008; Llama-3 8B: multiplier 1.3, multiple_of 1024 -> 14336
     assert ModelConfig(dim=4096, n_heads=32).ffn_hidden_dim == 11008
@@ -247,12 +258,17 @@ def test_bad_head_weights_and_short_input_raise():
         mtp_forward_backward(m, torch.zeros(1, 8, dtype=torch.long), mode="fast")
 
 
-@pytest.mark.parametrize("n_kv_heads", [None, 2])
-def test_fused_extra_heads_equal_one_at_a_time(n_kv_heads):
+@pytest.mark.parametrize("n_kv_heads,qkv_bias", [(None, False), (2, False), (2, True)])
+def test_fused_extra_heads_equal_one_at_a_time(n_kv_heads, qkv_bias):
     """Inference runs the parallel extra heads as one batched block; it must be the same math."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=97, dim=32, n_layers=5, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=64, n_future=4)
+    cfg = ModelConfig(vocab_size=97, dim=32, n_layers=5, n_heads=4, n_kv_heads=n_kv_heads, max_seq_len=64, n_future=4,
+                      qkv_bias=qkv_bias)
     m = Transformer(cfg).eval()
+    if qkv_bias:  # biases start at zero: make them count
+        for name, p in m.named_parameters():
+            if name.endswith(".bias"):
+                p.data.normal_(0, 0.5)
     x = torch.randint(0, 97, (3, 20))
     mask = torch.ones(3, 20, dtype=torch.long)
     mask[0, :6] = 0  # a left-padded row

@@ -70,6 +70,9 @@ class ModelConfig:
     # sequential modules only: zero the token embedding a module reads at rotary position 0 (what vLLM's MiMo and
     # DeepSeek MTP layers do when drafting); off = the training semantics, every position reads its token
     mtp_zero_first_embedding: bool = False
+    # sequential modules only: module k+1 reads module k's output after module k's final norm (MiMo's modeling code
+    # returns the normed output) instead of before it (DeepSeek-V3: h^k is the block output, the norm is the head's)
+    mtp_chain_normed: bool = False
     init_std: float = 0.02  # std of the normal init of every weight matrix
 
     def __post_init__(self) -> None:
@@ -84,8 +87,9 @@ class ModelConfig:
             raise bad(f"head_type {self.head_type!r} is not one of {', '.join(HEAD_TYPES)}")
         if self.mtp_concat not in MTP_CONCAT:
             raise bad(f"mtp_concat {self.mtp_concat!r} is not one of {', '.join(MTP_CONCAT)}")
-        if not isinstance(self.mtp_zero_first_embedding, bool):
-            raise bad(f"mtp_zero_first_embedding must be true or false, got {self.mtp_zero_first_embedding!r}")
+        for name in ("mtp_zero_first_embedding", "mtp_chain_normed"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.dim % self.n_heads:
             raise bad(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2:
@@ -495,12 +499,19 @@ class Transformer(nn.Module):
         if t == "sequential" and i > 0:
             if input_ids is None or ctx is None:
                 raise ConfigError("sequential MTP modules need input_ids and ctx in head_input (they read tokens ahead)")
-            return self.extra_heads[i - 1].fuse(outs[i - 1], self._ahead_embeddings(input_ids, i, ctx))
+            return self.extra_heads[i - 1].fuse(self._chain_input(i, outs[i - 1]), self._ahead_embeddings(input_ids, i, ctx))
         if t == "causal" and i > 0:
             return outs[i - 1]
         if t == "anticausal" and i < self.n_future - 1:
             return outs[i + 1]
         return h
+
+    def _chain_input(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """The previous depth's hidden state as sequential module i reads it: head 0's block output,
+        or module i-1's block output, after that module's final norm when mtp_chain_normed."""
+        if i > 1 and self.config.mtp_chain_normed:
+            return self.extra_heads[i - 2].norm(z)
+        return z
 
     def _ahead_embeddings(self, input_ids: torch.Tensor, i: int, ctx: _AttnContext) -> torch.Tensor:
         """Embeddings of input_ids shifted i to the left: (B, T) -> (B, T, dim), position t holding
@@ -647,7 +658,7 @@ class Transformer(nn.Module):
             toks = torch.cat([known] + [d[:, None] for d in drafts], dim=1)[:, L + k : p + k + 1]  # (B, p+1-L)
             ctx = _attn_context(cache.real, L, p + 1 - L, self.config, prev.dtype, prev.device)
             module = self.extra_heads[k - 1]
-            x = module.fuse(prev[:, L : p + 1], self._module_embeddings(toks, ctx))
+            x = module.fuse(self._chain_input(k, prev[:, L : p + 1]), self._module_embeddings(toks, ctx))
             out = module.block(x, ctx, cache.kv(len(self.layers) + k - 1))  # (B, p+1-L, dim)
             cache.seq_out[k - 1, :, L : p + 1] = out
             cache.seq_length[k - 1] = max(0, p + 2 - k)  # inputs at q <= p+1-k were all ground truth
@@ -662,7 +673,7 @@ class Transformer(nn.Module):
             for j in range(M + 1, n_draft + 1):
                 q = p + j - M
                 ctx = _attn_context(real, q, 1, self.config, h_last.dtype, h_last.device)
-                x = module.fuse(h_last, self._module_embeddings(drafts[-1][:, None], ctx))
+                x = module.fuse(self._chain_input(M + 1, h_last), self._module_embeddings(drafts[-1][:, None], ctx))
                 h_last = module.block(x, ctx, cache.kv(len(self.layers) + M - 1))
                 drafts.append(self.unembed(h_last, M)[:, 0].argmax(-1))
         if not drafts:

@@ -313,11 +313,16 @@ def _sequential_reference(m: Transformer, x: torch.Tensor) -> torch.Tensor:
         xin = torch.cat([_rms(hk[:, :n], mod.hnorm.weight), _rms(e, mod.enorm.weight)], dim=-1) @ mod.proj.weight.T
         hk = mod.block(xin, _attn_context(None, 0, n, m.config, xin.dtype, xin.device))
         out[:, :n, k] = m.output(_rms(hk, mod.norm.weight))
+        if m.config.mtp_chain_normed:  # MiMo: the next module reads this one's normed output
+            hk = _rms(hk, mod.norm.weight)
     return out
 
 
-def test_sequential_modules_equal_the_report_formula_and_nan_past_the_input():
-    m = model64(head_type="sequential", n_future=4, n_layers=5)
+@pytest.mark.parametrize("chain_normed", [False, True])
+def test_sequential_modules_equal_the_report_formula_and_nan_past_the_input(chain_normed):
+    m = model64(head_type="sequential", n_future=4, n_layers=5, mtp_chain_normed=chain_normed)
+    for mod in m.extra_heads:  # non-trivial norms, so that normed and raw chains differ
+        torch.nn.init.uniform_(mod.norm.weight, 0.5, 1.5)
     x = torch.randint(0, 61, (2, 12))
     with torch.no_grad():
         got, ref = m(x, return_all_heads=True), _sequential_reference(m, x)
@@ -365,12 +370,15 @@ def test_sequential_zero_first_embedding_drops_the_position0_tokens():
         assert not torch.allclose(off(x, return_all_heads=True)[0, 0, 1:], off(y, return_all_heads=True)[0, 0, 1:])
 
 
-@pytest.mark.parametrize("zero_first", [False, True])
-def test_draft_equals_teacher_forced_model_when_drafts_are_right(zero_first):
+@pytest.mark.parametrize("zero_first,chain_normed", [(False, False), (True, True)])
+def test_draft_equals_teacher_forced_model_when_drafts_are_right(zero_first, chain_normed):
     """Chained drafting in a cache (left padding, accepted prefixes, roll-backs) gives module k's
     teacher-forced logits on the sequence completed by the drafts themselves."""
     torch.manual_seed(1)
-    m = model64(head_type="sequential", n_future=4, n_layers=5, mtp_zero_first_embedding=zero_first)
+    m = model64(head_type="sequential", n_future=4, n_layers=5, mtp_zero_first_embedding=zero_first,
+                mtp_chain_normed=chain_normed)
+    for mod in m.extra_heads:
+        torch.nn.init.uniform_(mod.norm.weight, 0.5, 1.5)
     M, pad = 3, 2
     seqs = [torch.randint(1, 61, (7,)).tolist(), torch.randint(1, 61, (5,)).tolist()]  # row 1 left-padded by 2
     ids = torch.tensor([seqs[0], [0] * pad + seqs[1]])

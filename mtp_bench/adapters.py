@@ -12,6 +12,8 @@ Formats, detected from what the directory holds:
             MiMo directories (Qwen2 + model.mtp_layers.*; reference_model/mimo.py) load with their
             MTP modules as a sequential-head model (format "mimo", n_future = 1 + modules);
             DeepSeek-V3 / GLM-4.5 directories with MTP layers are refused, naming what is missing
+    medusa  medusa_lm_head.pt + config.json (medusa_num_heads, medusa_num_layers, base_model_name_or_path
+            = a local Llama-family HF directory): Medusa-1 heads as head_type "medusa" (reference_model/medusa.py)
 
 Whatever the format, the model answers the protocol: `model(input_ids, cache, return_all_heads,
 attention_mask)` -> float logits (B, T, n, V), left padding marked by attention_mask, a token's
@@ -35,7 +37,7 @@ import torch
 
 from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
 
-FORMATS = ("native", "meta", "hf", "mimo")
+FORMATS = ("native", "meta", "hf", "mimo", "medusa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -375,6 +377,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
         return MTPModel(module, raw.tokenizer, str(path), fmt, raw.weight_files, raw.info)
     if fmt == "hf":
         return load_hf(str(path), dev, dt)
+    if fmt == "medusa":
+        from transformers import AutoTokenizer
+
+        from mtp_bench.reference_model import medusa
+
+        module, base, files = medusa.load_medusa_module(p)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{base}: cannot load the Medusa base model's tokenizer: {str(e).splitlines()[0]}") from None
+        return MTPModel(module.to(device=dev, dtype=dt).eval(), HFTokenizer(tok), str(path), "medusa", files,
+                        {"medusa_base": str(base)})
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
     if not p.exists() and not offline and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
         return load_hf(str(path), dev, dt, hub=True)

@@ -19,6 +19,10 @@ h^{k-1}_t (h^0 = head 0's block output, before the final norm) and the embedding
 
 so at position t it predicts token t+1+k, teacher-forced on the ground-truth t_{t+1..t+k}.
 
+head_type="medusa" holds Medusa-1 heads (Cai et al. 2024): head k reads the model's final-normed
+output norm(h^0_t), runs `medusa_layers` ResBlocks x + SiLU(W x + b) and its own Linear to the
+vocabulary (no norm after): position-wise, no attention, like linear heads.
+
 With n_future=1 this is exactly a Llama model (RMSNorm, rotary embeddings on interleaved
 pairs like Meta's complex-number rotary, SwiGLU, GQA, no biases), which is what the Hugging Face
 export relies on. Imported Qwen2-family models add q/k/v biases (`qkv_bias`) and an explicit
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 
 from mtp_bench.errors import ConfigError
 
-HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential")
+HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential", "medusa")
 MTP_CONCAT = ("hidden_first", "embedding_first")
 
 
@@ -73,13 +77,14 @@ class ModelConfig:
     # sequential modules only: module k+1 reads module k's output after module k's final norm (MiMo's modeling code
     # returns the normed output) instead of before it (DeepSeek-V3: h^k is the block output, the norm is the head's)
     mtp_chain_normed: bool = False
+    medusa_layers: int = 1  # medusa heads only: ResBlocks per head before its own unembedding
     init_std: float = 0.02  # std of the normal init of every weight matrix
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"invalid model config: {msg}")
 
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future"):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future", "medusa_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(f"{name} must be a positive integer, got {v!r}")
@@ -253,6 +258,20 @@ class SequentialModule(nn.Module):
         return self.proj(torch.cat(parts, dim=-1))
 
 
+class MedusaHead(nn.Module):
+    """One Medusa-1 head: ResBlocks x + SiLU(W x + b), then its own unembedding (no bias)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.res = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim, bias=True) for _ in range(cfg.medusa_layers))
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for lin in self.res:
+            x = x + F.silu(lin(x))
+        return x
+
+
 @dataclass
 class _AttnContext:
     """Rotary angles and attention mask for queries at cache positions [q0, q0+T)."""
@@ -342,6 +361,8 @@ class Transformer(nn.Module):
             self.extra_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(cfg.n_future - 1))
         elif cfg.head_type == "sequential":
             self.extra_heads = nn.ModuleList(SequentialModule(cfg) for _ in range(cfg.n_future - 1))
+        elif cfg.head_type == "medusa":
+            self.extra_heads = nn.ModuleList(MedusaHead(cfg) for _ in range(cfg.n_future - 1))
         else:
             self.extra_heads = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_future - 1))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # shared by every head
@@ -367,7 +388,7 @@ class Transformer(nn.Module):
 
     @property
     def _attn_extra(self) -> bool:
-        return self.config.head_type != "linear" and self.n_future > 1
+        return self.config.head_type not in ("linear", "medusa") and self.n_future > 1
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         n_blocks = len(self.layers) + (len(self.extra_heads) if self._attn_extra else 0)
@@ -412,6 +433,8 @@ class Transformer(nn.Module):
         block = self.extra_heads[i - 1]
         if isinstance(block, nn.Linear):
             return block(x)
+        if isinstance(block, MedusaHead):
+            return block(self.norm(x))  # Medusa reads the base model's final-normed output
         if isinstance(block, SequentialModule):
             block = block.block
         return block(x, ctx, cache.kv(len(self.layers) + i - 1) if cache is not None else None)
@@ -496,6 +519,8 @@ class Transformer(nn.Module):
         sequential module i, the projection of the previous depth's output and the embeddings of
         the tokens i ahead (teacher forcing: input_ids (B, T) and the attention context are needed)."""
         t = self.config.head_type
+        if t == "medusa" and i > 0:
+            return outs[0]
         if t == "sequential" and i > 0:
             if input_ids is None or ctx is None:
                 raise ConfigError("sequential MTP modules need input_ids and ctx in head_input (they read tokens ahead)")
@@ -532,6 +557,9 @@ class Transformer(nn.Module):
     def unembed(self, z: torch.Tensor, i: int = 0) -> torch.Tensor:
         """Final norm + shared unembedding of head i (the shared norm, or a sequential module's own);
         logits at least float32 (a float64 model keeps float64)."""
+        if i > 0 and self.config.head_type == "medusa":
+            logits = self.extra_heads[i - 1].output(z)  # its own unembedding, straight after the ResBlocks
+            return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         norm = self.extra_heads[i - 1].norm if i > 0 and self.config.head_type == "sequential" else self.norm
         logits = self.output(norm(z))
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -583,6 +611,8 @@ class Transformer(nn.Module):
                 cache.extra_in[:, start : start + T] = h if self.config.head_type == "parallel" else outs[0]
         elif cache is not None:
             cache.extra_length = cache.length
+        if self.config.head_type == "medusa":  # every head its own unembedding
+            return torch.stack([self.unembed(outs[i][:, -T:], i) for i in range(n_out)], dim=2)
         z = torch.stack([outs[i][:, -T:] for i in range(n_out)], dim=2)  # (B, T, n_out, dim)
         return self.unembed(z)  # (B, T, n_out, V)
 
@@ -754,7 +784,21 @@ def mtp_forward_backward(model: Transformer, input_ids: torch.Tensor, head_weigh
     h, ctx = model.trunk(input_ids)  # (B, T, dim)
     h_d = h.detach().requires_grad_()
     ces: dict[int, torch.Tensor] = {}  # detached per-head CEs, kept on the device (no sync per head)
-    if model.config.head_type in ("parallel", "linear"):
+    if model.config.head_type == "medusa":
+        # 2) head 0 first; the Medusa heads read its detached output one at a time, their gradient
+        # accumulating there, then head 0's CE and that gradient go back through head 0 together
+        z0 = model.head(0, h_d, ctx)
+        z0_d = z0.detach().requires_grad_()
+        for i in range(1, model.n_future):
+            ce = _head_ce(model, model.head(i, z0_d, ctx), input_ids, i)
+            (w[i] * ce).backward()
+            ces[i] = ce.detach()
+            del ce
+        ce0 = _head_ce(model, z0, input_ids, 0)
+        extra = [z0] if z0_d.grad is not None else []
+        torch.autograd.backward([w[0] * ce0, *extra], [None, *([z0_d.grad] if extra else [])])
+        ces[0] = ce0.detach()
+    elif model.config.head_type in ("parallel", "linear"):
         # 2) each head: forward, its logits and CE, backward into h_d.grad and its own weights; free
         for i in range(model.n_future):
             z = model.head(i, h_d, ctx)

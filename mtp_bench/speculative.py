@@ -328,3 +328,32 @@ def acceptance_stats(results: list[DecodeResult], k: int) -> AcceptanceStats:
         uncond.append(passed / len(drafts) if drafts else float("nan"))
     return AcceptanceStats(tau=tau, forwards_per_token=forwards / tokens if tokens else float("nan"),
                            alpha_cond=cond, alpha_uncond=uncond, steps=len(steps), tokens=tokens)
+
+
+def data_acceptance(logits: torch.Tensor, ids: torch.Tensor, k: int) -> list[float]:
+    """How often the drafts of heads 2..k would match real text: P(drafts 1..j all equal the data), j = 1..k-1.
+
+    logits: (B, T, n, V) teacher-forced heads (head i at position t predicts ids[t+1+i]); ids: (B, T).
+    A step is a position t whose next token ids[t+1] is taken as given (the bonus); its drafts
+    are the heads' argmaxes there. For chained sequential modules this is exact too: module j's
+    draft is computed on drafts 1..j-1, which equal the data exactly when they are counted as
+    right, and on the data the chain is the teacher-forced model (Transformer.draft's test).
+    Positions whose k-1 targets run past the window are left out (and NaN logits with them).
+
+    >>> V = 3
+    >>> ids = torch.tensor([[0, 1, 2, 0, 1]])
+    >>> logits = torch.zeros(1, 5, 3, V)
+    >>> for t in range(5):
+    ...     for i in (1, 2):
+    ...         if t + 1 + i < 5:
+    ...             logits[0, t, i, ids[0, t + 1 + i] if (t, i) != (1, 2) else 0] = 1.0
+    >>> data_acceptance(logits, ids, k=3)  # steps t = 0, 1: draft 1 right at both, draft 2 wrong at t = 1
+    [1.0, 0.5]
+    """
+    B, T = ids.shape
+    n = T - k  # positions t with targets t+2 .. t+k inside the window
+    if n < 1 or k < 2:
+        return []
+    right = torch.stack([logits[:, :n, i].argmax(-1) == ids[:, 1 + i : 1 + i + n] for i in range(1, k)], dim=-1)
+    prefix = right.long().cumprod(dim=-1)  # (B, n, k-1): drafts 1..j all right
+    return [float(x) for x in prefix.float().mean(dim=(0, 1))]

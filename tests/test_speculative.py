@@ -368,3 +368,33 @@ def test_sequential_reuse_of_the_last_module_drafts_past_its_depth():
         speculative_decode(model, prompts, k=5, max_new_tokens=4)
     with pytest.raises(ConfigError, match="reuse_last needs"):
         speculative_decode(echo_model("parallel"), prompts, k=2, max_new_tokens=4, reuse_last=True)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "parallel"])
+def test_data_acceptance_equals_drafting_on_the_real_prefixes(kind):
+    """The teacher-forced shortcut gives the same prefix-acceptance as drafting step by step along the text."""
+    from mtp_bench.speculative import data_acceptance
+
+    model = sequential_echo_model(0) if kind == "sequential" else echo_model("parallel")
+    k = 3
+    x = [1, 2, 3, 4, 5] + plain_decode(model, [[1, 2, 3, 4, 5]], max_new_tokens=20)[0].output_ids
+    x = x[:12] + [9, 9, 9, 9] + x[12:]  # a detour (repeats: the echo heads hit there), so that some drafts miss
+    ids = torch.tensor([x])
+    with torch.no_grad():
+        got = data_acceptance(model(ids, return_all_heads=True), ids, k)
+        hits = torch.zeros(k - 1)
+        n = len(x) - k
+        for t in range(n):
+            if kind == "sequential":
+                c = model.new_cache(1, len(x) + k)
+                model(ids[:, : t + 1], cache=c)
+                drafts = model.draft(c, ids[:, t + 1], k - 1)[0].tolist()
+            else:
+                drafts = model(ids[:, : t + 1], return_all_heads=True)[0, -1, 1:k].argmax(-1).tolist()
+            ok = True
+            for j in range(k - 1):
+                ok = ok and drafts[j] == x[t + 2 + j]
+                hits[j] += ok
+    assert got == pytest.approx((hits / n).tolist())
+    if kind == "sequential":  # neither all right nor all wrong: the comparison means something
+        assert 0 < got[0] < 1

@@ -67,7 +67,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # rotary base; larger = longer wavelengths
     max_seq_len: int = 2048  # longest sequence the model was built (and trained) for
     n_future: int = 1  # number of output heads; 1 = plain next-token model
-    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B) | "sequential" (DeepSeek-V3)
+    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B) | "sequential" (DeepSeek-V3) | "medusa"
     # sequential modules only: order of the projection's input; MiMo is [hidden; embedding], DeepSeek-V3's eh_proj
     # [embedding; hidden]. A trained-from-scratch model does not care; an imported one must match its source
     mtp_concat: str = "hidden_first"
@@ -569,7 +569,10 @@ class Transformer(nn.Module):
         """Logits (B, T, n_future, V) if return_all_heads else (B, T, 1, V), float32 (float64 for a float64 model).
 
         attention_mask (B, T) 0/1 marks left padding of the new tokens; a token's rotary position
-        is the number of real tokens before it, so a padded row gives the same logits as alone."""
+        is the number of real tokens before it, so a padded row gives the same logits as alone.
+        Sequential modules are teacher-forced: head k at position t reads tokens up to t+k, so its
+        logits at the last k positions (whose token t+k is not in the input) are NaN; with a cache
+        they run through `draft` instead (return_all_heads then raises)."""
         B, T = input_ids.shape
         if self.config.head_type == "sequential" and self.n_future > 1:
             return self._forward_sequential(input_ids, cache, return_all_heads, attention_mask)

@@ -21,6 +21,9 @@ Definitions (Spec-Bench / EAGLE / vLLM):
                         plain greedy `generate` and prompt-lookup decoding (`prompt_lookup_num_tokens`).
 Ratios of totals carry the ratio estimator's (delta-method) standard error over prompts.
 With k = 1 (e.g. an n_future=1 baseline) tau = 1 and speedup = 1 by definition.
+Sequential MTP modules (DeepSeek-V3 / MiMo) draft by chaining, module i reading module i-1's
+draft; `reuse_last_module` lets the last module draft on past its depth (vLLM), so k may exceed
+n_future for them. "head i" below is then module i-1 (or the reused last module).
 
 Method: batch size 1 by default, warm-up decodes first, `time.perf_counter` with CUDA
 synchronisation, outputs trimmed at EOS and max_new_tokens, decoders run back to back per
@@ -39,7 +42,7 @@ import torch
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
 from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
-from mtp_bench.speculative import DecodeResult, LosslessError, plain_decode, speculative_decode
+from mtp_bench.speculative import DecodeResult, LosslessError, is_sequential, plain_decode, speculative_decode
 
 PROMPT_SETS = ("code", "text")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
@@ -172,6 +175,7 @@ class SpecDec(Evaluator):
         batch_size: int = 1  # Spec-Bench measures latency at batch 1; > 1 shares one cache length
         peers: bool = True  # HF greedy + prompt lookup on the same weights (batch 1, greedy only)
         prompt_lookup_num_tokens: int = 10  # HF prompt lookup's draft length (its documented default)
+        reuse_last_module: bool = False  # sequential MTP modules: the last one drafts on past n_future (vLLM)
 
         def __post_init__(self) -> None:
             if self.prompt_set not in PROMPT_SETS:
@@ -186,7 +190,8 @@ class SpecDec(Evaluator):
         c = self.config
         # k is capped at the model's heads: the runner gives candidate and baseline one config, and
         # an n_future=1 baseline then runs k=1 (tau = speedup = 1 by definition). info records both.
-        k = min(c.k, model.n_future) if c.k else model.n_future
+        reuse = c.reuse_last_module and is_sequential(model)
+        k = (c.k if reuse else min(c.k, model.n_future)) if c.k else model.n_future
         eos = model.tokenizer.eos_id
         pad = model.tokenizer.pad_id if model.tokenizer.pad_id is not None else 0
         greedy = c.temperature == 0
@@ -225,7 +230,8 @@ class SpecDec(Evaluator):
             if k == 1:  # plain decoding by definition: nothing to draft
                 return None
             return speculative_decode(model, [ids[i] for i in batch], k=k, max_new_tokens=c.max_new_tokens,
-                                      temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad)
+                                      temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad,
+                                      reuse_last=reuse)
 
         def run_plain(batch):
             return plain_decode(model, [ids[i] for i in batch], max_new_tokens=c.max_new_tokens,
@@ -234,7 +240,8 @@ class SpecDec(Evaluator):
         # 3) warm-up (untimed): a short decode of the first prompt through every decoder
         warm = [ids[0]] * min(c.batch_size, len(ids))
         for _ in range(c.warmup):
-            speculative_decode(model, warm, k=k, max_new_tokens=min(16, c.max_new_tokens), eos_id=eos, pad_id=pad)
+            speculative_decode(model, warm, k=k, max_new_tokens=min(16, c.max_new_tokens), eos_id=eos, pad_id=pad,
+                               reuse_last=reuse)
             plain_decode(model, warm, max_new_tokens=min(16, c.max_new_tokens), eos_id=eos, pad_id=pad)
             if hf is not None:
                 _hf_generate(hf, ids[0], min(16, c.max_new_tokens), eos, None)
@@ -299,7 +306,8 @@ class SpecDec(Evaluator):
         # a model that collapses into repeating one or two tokens drafts them perfectly: tau is then
         # high and meaningless, so say how often that happened
         metrics["degenerate_fraction"] = mean_metric([float(r["degenerate"]) for r in records], False)
-        info = {"k": k, "k_requested": c.k, "n_future": model.n_future, "prompt_set": c.prompt_set, "n_prompts": len(ids),
+        info = {"k": k, "k_requested": c.k, "n_future": model.n_future, "drafting": "chained" if is_sequential(model)
+                else "parallel", "reuse_last_module": reuse, "prompt_set": c.prompt_set, "n_prompts": len(ids),
                 "batch_size": c.batch_size, "temperature": c.temperature, "device": str(model.device),
                 "dtype": str(model.dtype), "torch_threads": torch.get_num_threads(), "peers": peer_status,
                 "lossless_checked": greedy, "lossless_strict": greedy and strict, "prompts_truncated": sum(1 for e in encoded if e[1] > 0)}

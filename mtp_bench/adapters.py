@@ -8,7 +8,12 @@ Formats, detected from what the directory holds:
             Llama-family models (llama, mistral, qwen2; reference_model/hf_import.py) load into the
             reference transformer (`backend` "reference"); any other causal LM, or a Llama-family
             feature the reference model does not implement (rope scaling, sliding windows), runs
-            through transformers (`backend` "transformers", with the reason in `backend_note`)
+            through transformers (`backend` "transformers", with the reason in `backend_note`).
+            MiMo directories (Qwen2 + model.mtp_layers.*; reference_model/mimo.py) load with their
+            MTP modules as a sequential-head model (format "mimo", n_future = 1 + modules);
+            DeepSeek-V3 / GLM-4.5 directories with MTP layers are refused, naming what is missing
+    medusa  medusa_lm_head.pt + config.json (medusa_num_heads, medusa_num_layers, base_model_name_or_path
+            = a local Llama-family HF directory): Medusa-1 heads as head_type "medusa" (reference_model/medusa.py)
 
 Whatever the format, the model answers the protocol: `model(input_ids, cache, return_all_heads,
 attention_mask)` -> float logits (B, T, n, V), left padding marked by attention_mask, a token's
@@ -32,7 +37,7 @@ import torch
 
 from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
 
-FORMATS = ("native", "meta", "hf")
+FORMATS = ("native", "meta", "hf", "mimo", "medusa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -159,6 +164,10 @@ class MTPModel:
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
         return self.module(input_ids, cache=cache, return_all_heads=return_all_heads, attention_mask=attention_mask)
+
+    def draft(self, cache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False) -> torch.Tensor:
+        """Chained drafts of sequential MTP modules (reference_model.model.Transformer.draft)."""
+        return self.module.draft(cache, next_token.to(self.device), n_draft, reuse_last=reuse_last)
 
     def __repr__(self) -> str:
         return f"MTPModel({self.path!r}, format={self.format}, n_future={self.n_future}, params={self.num_params:,})"
@@ -309,9 +318,16 @@ def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = Fal
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{d}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
-    from mtp_bench.reference_model import hf_import
+    from mtp_bench.reference_model import hf_import, mimo
 
     hf_cfg = hf_import.read_hf_config(d)
+    refused = mimo.refusal(hf_cfg, d)
+    if refused:
+        raise ConfigError(refused)
+    if mimo.is_mimo(hf_cfg):
+        module, files = mimo.load_mimo_module(d, hf_cfg)
+        return MTPModel(module.to(device=device, dtype=dtype).eval(), HFTokenizer(tok), path, "mimo", files,
+                        {"hf_model_type": hf_cfg.get("model_type"), "mtp_zero_first_embedding": False})
     reason = hf_import.unsupported_reason(hf_cfg)
     if reason is None:
         return _load_hf_into_reference(path, d, hf_cfg, HFTokenizer(tok), device, dtype)
@@ -361,6 +377,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
         return MTPModel(module, raw.tokenizer, str(path), fmt, raw.weight_files, raw.info)
     if fmt == "hf":
         return load_hf(str(path), dev, dt)
+    if fmt == "medusa":
+        from transformers import AutoTokenizer
+
+        from mtp_bench.reference_model import medusa
+
+        module, base, files = medusa.load_medusa_module(p)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{base}: cannot load the Medusa base model's tokenizer: {str(e).splitlines()[0]}") from None
+        return MTPModel(module.to(device=dev, dtype=dt).eval(), HFTokenizer(tok), str(path), "medusa", files,
+                        {"medusa_base": str(base)})
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
     if not p.exists() and not offline and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
         return load_hf(str(path), dev, dt, hub=True)

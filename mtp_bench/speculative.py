@@ -19,6 +19,13 @@ accept with min(1, p/q) = p1(x) and, on rejection, sample from norm(max(0, p1 - 
 removed and renormalised, so every emitted token is distributed exactly as p1 (Leviathan et
 al. 2023, Chen et al. 2023).
 
+Sequential MTP modules (DeepSeek-V3 / MiMo, head_type "sequential") draft by chaining instead:
+after each forward, module 1 reads head 1's hidden state at the last accepted position and the
+token head 1 just chose, module 2 reads module 1's output there and module 1's draft, and so
+on (`Transformer.draft`); the verification forward then runs head 1 only. With `reuse_last` the
+last module drafts on past its depth, reading its own output and draft (vLLM's way with one MTP
+layer), so k may exceed n_future. The lossless check and the metrics are the same.
+
 Batches (B > 1) share one cache length, so a step keeps n = min over unfinished rows of the
 accepted drafts; a row that accepted more keeps its (equally valid) tokens up to n+1 and redrafts.
 That is still exact: emitting a prefix of correctly distributed tokens is always allowed.
@@ -80,15 +87,26 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tu
     return ids.to(device), mask.to(device)
 
 
+def is_sequential(model) -> bool:
+    """Whether the model drafts with chained sequential MTP modules (a reference model, bare or adapted)."""
+    module = getattr(model, "module", model)
+    cfg = getattr(module, "config", None)
+    return getattr(cfg, "head_type", None) == "sequential" and getattr(module, "n_future", 1) > 1
+
+
 def _check_inputs(model, prompts: list[list[int]], max_new_tokens: int, k: int, temperature: float,
-                  generators: list[torch.Generator] | None) -> None:
+                  generators: list[torch.Generator] | None, reuse_last: bool = False) -> None:
     if not prompts:
         raise ConfigError("no prompts to decode")
     if any(len(p) == 0 for p in prompts):
         raise ConfigError("empty prompt: every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not 1 <= k <= model.n_future:
+    if reuse_last and not is_sequential(model):
+        raise ConfigError("reuse_last needs a model with sequential MTP modules (head_type 'sequential')")
+    if reuse_last and k < 1:
+        raise ConfigError(f"k (draft block length) must be >= 1, got {k}")
+    if not reuse_last and not 1 <= k <= model.n_future:
         raise ConfigError(f"k (heads used) must be in 1..{model.n_future} for this model, got {k}")
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
@@ -161,19 +179,22 @@ class _Rows:
 def speculative_decode(model, prompts: list[list[int]], k: int | None = None, max_new_tokens: int = 128,
                        temperature: float = 0.0, eos_id: int | None = None,
                        generators: list[torch.Generator] | None = None,
-                       pad_id: int = 0) -> list[DecodeResult]:
+                       pad_id: int = 0, reuse_last: bool = False) -> list[DecodeResult]:
     """Decode `prompts` (token lists) with heads 2..k drafting and head 1 verifying.
 
     k: heads used, 1..model.n_future (None = all); k = 1 is plain decoding with head 1 (tau = 1).
+    reuse_last: sequential MTP modules only; the last module drafts on, so k may exceed n_future.
     eos_id: a row stops after emitting it (kept in the output); None = never stop early.
     generators: one per prompt when temperature > 0 (per-prompt seeds make outputs batch-independent
     for B = 1; with B > 1 the shared acceptance length n couples rows' random streams).
     """
     k = model.n_future if k is None else k
-    _check_inputs(model, prompts, max_new_tokens, k, temperature, generators)
+    _check_inputs(model, prompts, max_new_tokens, k, temperature, generators, reuse_last)
     B, dev = len(prompts), model.device
     rows = _Rows(B, max_new_tokens, eos_id)
-    all_heads = k > 1
+    chained = is_sequential(model)
+    all_heads = k > 1 and not chained  # chained drafts come from model.draft after a head-1 forward
+    draft = getattr(model, "draft", None)
     ids, mask = _left_pad(prompts, pad_id, dev)
 
     with torch.inference_mode():
@@ -183,10 +204,10 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
         # 1) prefill: head 1 gives the first token, heads 2..k the first drafts
         last = model(ids, cache=cache, return_all_heads=all_heads, attention_mask=mask)[:, -1]  # (B, n, V)
         first = [_pick(last[r, 0], temperature, generators[r] if generators else None) for r in range(B)]
-        drafts = last[:, 1:k].argmax(-1)  # (B, k-1)
+        tok = torch.tensor(first, dtype=torch.long, device=dev)  # (B,) last emitted token per row
+        drafts = draft(cache, tok, k - 1, reuse_last) if chained else last[:, 1:k].argmax(-1)  # (B, k-1)
         for r in range(B):
             rows.emit(r, [first[r]])
-        tok = torch.tensor(first, dtype=torch.long, device=dev)  # (B,) last emitted token per row
         _sync(dev)
         t_prefill = time.perf_counter() - t0
 
@@ -218,7 +239,9 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
             # 4) roll the cache back past the rejected drafts; next drafts come from heads 2..k there
             cache.truncate(base + n + 1)
             tok = new_tok
-            drafts = logits[:, n, 1:k].argmax(-1)  # (B, k-1)
+            if not rows.active():
+                break
+            drafts = draft(cache, tok, k - 1, reuse_last) if chained else logits[:, n, 1:k].argmax(-1)  # (B, k-1)
         _sync(dev)
         total = time.perf_counter() - t0
 
@@ -305,3 +328,32 @@ def acceptance_stats(results: list[DecodeResult], k: int) -> AcceptanceStats:
         uncond.append(passed / len(drafts) if drafts else float("nan"))
     return AcceptanceStats(tau=tau, forwards_per_token=forwards / tokens if tokens else float("nan"),
                            alpha_cond=cond, alpha_uncond=uncond, steps=len(steps), tokens=tokens)
+
+
+def data_acceptance(logits: torch.Tensor, ids: torch.Tensor, k: int) -> list[float]:
+    """How often the drafts of heads 2..k would match real text: P(drafts 1..j all equal the data), j = 1..k-1.
+
+    logits: (B, T, n, V) teacher-forced heads (head i at position t predicts ids[t+1+i]); ids: (B, T).
+    A step is a position t whose next token ids[t+1] is taken as given (the bonus); its drafts
+    are the heads' argmaxes there. For chained sequential modules this is exact too: module j's
+    draft is computed on drafts 1..j-1, which equal the data exactly when they are counted as
+    right, and on the data the chain is the teacher-forced model (Transformer.draft's test).
+    Positions whose k-1 targets run past the window are left out (and NaN logits with them).
+
+    >>> V = 3
+    >>> ids = torch.tensor([[0, 1, 2, 0, 1]])
+    >>> logits = torch.zeros(1, 5, 3, V)
+    >>> for t in range(5):
+    ...     for i in (1, 2):
+    ...         if t + 1 + i < 5:
+    ...             logits[0, t, i, ids[0, t + 1 + i] if (t, i) != (1, 2) else 0] = 1.0
+    >>> data_acceptance(logits, ids, k=3)  # steps t = 0, 1: draft 1 right at both, draft 2 wrong at t = 1
+    [1.0, 0.5]
+    """
+    B, T = ids.shape
+    n = T - k  # positions t with targets t+2 .. t+k inside the window
+    if n < 1 or k < 2:
+        return []
+    right = torch.stack([logits[:, :n, i].argmax(-1) == ids[:, 1 + i : 1 + i + n] for i in range(1, k)], dim=-1)
+    prefix = right.long().cumprod(dim=-1)  # (B, n, k-1): drafts 1..j all right
+    return [float(x) for x in prefix.float().mean(dim=(0, 1))]

@@ -223,10 +223,12 @@ class RawCheckpoint:
 
 
 def detect_format(path: str | os.PathLike) -> str | None:
-    """"native" | "meta" | "hf" | None for a directory."""
+    """"native" | "meta" | "hf" | "medusa" | None for a directory."""
     p = Path(path)
     if not p.is_dir():
         return None
+    if (p / "medusa_lm_head.pt").is_file():  # Medusa heads on a base model (reference_model/medusa.py)
+        return "medusa"
     if (p / "config.json").is_file():
         try:
             cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))

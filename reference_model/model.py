@@ -9,13 +9,27 @@ its weights load with the same parameter names:
     head 0 = layers[-1], heads 1.. = extra_heads[0..]     (each a transformer block, or a Linear)
     every head output -> norm (shared) -> output (shared unembedding)
 
+head_type="sequential" replaces the parallel extra heads by DeepSeek-V3 / MiMo MTP modules
+(DeepSeek-V3 technical report, section 2.2): module k reads the previous depth's hidden state
+h^{k-1}_t (h^0 = head 0's block output, before the final norm) and the embedding of token t+k,
+
+    x = proj([hnorm(h^{k-1}_t); enorm(emb(t_{t+k}))])     (2*dim -> dim, no bias; order: mtp_concat)
+    h^k = block_k(x)                                       (its own attention over the sequence)
+    logits = output(norm_k(h^k))                           (its own final norm, the shared unembedding)
+
+so at position t it predicts token t+1+k, teacher-forced on the ground-truth t_{t+1..t+k}.
+
+head_type="medusa" holds Medusa-1 heads (Cai et al. 2024): head k reads the model's final-normed
+output norm(h^0_t), runs `medusa_layers` ResBlocks x + SiLU(W x + b) and its own Linear to the
+vocabulary (no norm after): position-wise, no attention, like linear heads.
+
 With n_future=1 this is exactly a Llama model (RMSNorm, rotary embeddings on interleaved
 pairs like Meta's complex-number rotary, SwiGLU, GQA, no biases), which is what the Hugging Face
 export relies on. Imported Qwen2-family models add q/k/v biases (`qkv_bias`) and an explicit
 SwiGLU width (`ffn_hidden`).
 
 Modules are declared leaves first: RMSNorm, rotary, Attention, FeedForward, TransformerBlock,
-KVCache, Transformer; then the two loss functions (`mtp_loss`, `mtp_forward_backward`).
+SequentialModule, KVCache, Transformer; then the two loss functions (`mtp_loss`, `mtp_forward_backward`).
 """
 
 from __future__ import annotations
@@ -30,7 +44,8 @@ import torch.nn.functional as F
 
 from mtp_bench.errors import ConfigError
 
-HEAD_TYPES = ("parallel", "linear", "causal", "anticausal")
+HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential", "medusa")
+MTP_CONCAT = ("hidden_first", "embedding_first")
 
 
 # -----------------------------------------------------------------------------
@@ -52,19 +67,34 @@ class ModelConfig:
     rope_theta: float = 10000.0  # rotary base; larger = longer wavelengths
     max_seq_len: int = 2048  # longest sequence the model was built (and trained) for
     n_future: int = 1  # number of output heads; 1 = plain next-token model
-    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B)
+    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B) | "sequential" (DeepSeek-V3) | "medusa"
+    # sequential modules only: order of the projection's input; MiMo is [hidden; embedding], DeepSeek-V3's eh_proj
+    # [embedding; hidden]. A trained-from-scratch model does not care; an imported one must match its source
+    mtp_concat: str = "hidden_first"
+    # sequential modules only: zero the token embedding a module reads at rotary position 0 (what vLLM's MiMo and
+    # DeepSeek MTP layers do when drafting); off = the training semantics, every position reads its token
+    mtp_zero_first_embedding: bool = False
+    # sequential modules only: module k+1 reads module k's output after module k's final norm (MiMo's modeling code
+    # returns the normed output) instead of before it (DeepSeek-V3: h^k is the block output, the norm is the head's)
+    mtp_chain_normed: bool = False
+    medusa_layers: int = 1  # medusa heads only: ResBlocks per head before its own unembedding
     init_std: float = 0.02  # std of the normal init of every weight matrix
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"invalid model config: {msg}")
 
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future"):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future", "medusa_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(f"{name} must be a positive integer, got {v!r}")
         if self.head_type not in HEAD_TYPES:
             raise bad(f"head_type {self.head_type!r} is not one of {', '.join(HEAD_TYPES)}")
+        if self.mtp_concat not in MTP_CONCAT:
+            raise bad(f"mtp_concat {self.mtp_concat!r} is not one of {', '.join(MTP_CONCAT)}")
+        for name in ("mtp_zero_first_embedding", "mtp_chain_normed"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.dim % self.n_heads:
             raise bad(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2:
@@ -209,6 +239,39 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+class SequentialModule(nn.Module):
+    """One DeepSeek-V3 / MiMo MTP module: two RMSNorms, a 2d -> d projection, a transformer block,
+    and its own final norm (the unembedding is the model's, shared)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hidden_first = cfg.mtp_concat == "hidden_first"
+        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps)  # on the previous depth's hidden state
+        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps)  # on the token embedding
+        self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
+        self.block = TransformerBlock(cfg)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # this module's final norm, before the shared unembedding
+
+    def fuse(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim) hidden states and (B, T, dim) embeddings -> the block's input (B, T, dim)."""
+        parts = (self.hnorm(h), self.enorm(emb)) if self.hidden_first else (self.enorm(emb), self.hnorm(h))
+        return self.proj(torch.cat(parts, dim=-1))
+
+
+class MedusaHead(nn.Module):
+    """One Medusa-1 head: ResBlocks x + SiLU(W x + b), then its own unembedding (no bias)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.res = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim, bias=True) for _ in range(cfg.medusa_layers))
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for lin in self.res:
+            x = x + F.silu(lin(x))
+        return x
+
+
 @dataclass
 class _AttnContext:
     """Rotary angles and attention mask for queries at cache positions [q0, q0+T)."""
@@ -217,6 +280,7 @@ class _AttnContext:
     sin: torch.Tensor  # (B, T, 1, hd/2)
     mask: torch.Tensor | None  # (B, 1, T, q0+T) bool, True = may attend; None = plain causal
     q0: int  # cache position of the first query
+    first: torch.Tensor | None = None  # (B, T) bool, query at rotary position 0 (None: only q0 == 0's first column)
 
 
 def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, dtype: torch.dtype, device) -> _AttnContext:
@@ -235,7 +299,8 @@ def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, 
     k_idx = torch.arange(S, device=device)[None, :]  # (1, S)
     # causal, real keys only; a query may always see itself so padded rows never go all -inf (NaN)
     mask = (k_idx <= q_idx)[None] & (real[:, None, :] | (k_idx == q_idx)[None])  # (B, T, S)
-    return _AttnContext(cos, sin, mask[:, None], q0)
+    first = (positions[:, q0:S] == 0) & real[:, q0:S]  # (B, T)
+    return _AttnContext(cos, sin, mask[:, None], q0, first)
 
 
 class KVCache:
@@ -246,7 +311,12 @@ class KVCache:
     for (return_all_heads=True): until then their input for the skipped positions
     [extra_length, length) waits in `extra_in` and is caught up on the next all-heads call, so
     plain next-token decoding pays nothing for them. `truncate(n)` rolls back every position >= n
-    (speculative decoding)."""
+    (speculative decoding).
+
+    Sequential modules (Transformer.draft) keep more: the token ids fed so far (`ids`), each
+    module's outputs (`seq_out`) and, per module k, `seq_length[k-1]`: the positions whose inputs
+    were all ground truth (module k at position q reads token q+k, known once q+k < length+1);
+    the positions after it were computed on drafted tokens and are recomputed on the next draft."""
 
     def __init__(self, cfg: ModelConfig, n_blocks: int, batch_size: int, max_len: int, device, dtype):
         if max_len < 1 or max_len > cfg.max_seq_len:
@@ -259,6 +329,9 @@ class KVCache:
         self.length = 0  # positions stored for the trunk and head 0
         self.extra_length = 0  # positions stored for the extra heads (<= length)
         self.extra_in: torch.Tensor | None = None  # (B, max_len, dim) extra-head inputs, allocated on first use
+        self.ids: torch.Tensor | None = None  # (B, max_len) token ids fed (sequential modules only)
+        self.seq_out: torch.Tensor | None = None  # (n_future-1, B, max_len, dim) sequential modules' outputs
+        self.seq_length: list[int] = []  # per sequential module: positions computed from ground truth only
 
     def kv(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[block], self.v[block]
@@ -269,6 +342,8 @@ class KVCache:
         self.length = length
         self.real[:, length:] = False
         self.extra_length = min(self.extra_length, length)
+        # module k at position q read token q+k: still ground truth if q+k <= length (the next token given)
+        self.seq_length = [min(n, max(0, length + 1 - k)) for k, n in enumerate(self.seq_length, start=1)]
 
 
 class Transformer(nn.Module):
@@ -284,6 +359,10 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_trunk_layers + 1))
         if cfg.head_type == "linear":
             self.extra_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(cfg.n_future - 1))
+        elif cfg.head_type == "sequential":
+            self.extra_heads = nn.ModuleList(SequentialModule(cfg) for _ in range(cfg.n_future - 1))
+        elif cfg.head_type == "medusa":
+            self.extra_heads = nn.ModuleList(MedusaHead(cfg) for _ in range(cfg.n_future - 1))
         else:
             self.extra_heads = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_future - 1))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # shared by every head
@@ -309,7 +388,7 @@ class Transformer(nn.Module):
 
     @property
     def _attn_extra(self) -> bool:
-        return self.config.head_type != "linear" and self.n_future > 1
+        return self.config.head_type not in ("linear", "medusa") and self.n_future > 1
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         n_blocks = len(self.layers) + (len(self.extra_heads) if self._attn_extra else 0)
@@ -354,6 +433,10 @@ class Transformer(nn.Module):
         block = self.extra_heads[i - 1]
         if isinstance(block, nn.Linear):
             return block(x)
+        if isinstance(block, MedusaHead):
+            return block(self.norm(x))  # Medusa reads the base model's final-normed output
+        if isinstance(block, SequentialModule):
+            block = block.block
         return block(x, ctx, cache.kv(len(self.layers) + i - 1) if cache is not None else None)
 
     def _stacked_extra_weights(self) -> dict[str, torch.Tensor]:
@@ -430,18 +513,55 @@ class Transformer(nn.Module):
         """The order heads are computed in: causal chains 0 -> n-1, anticausal n-1 -> 0."""
         return list(reversed(range(self.n_future))) if self.config.head_type == "anticausal" else list(range(self.n_future))
 
-    def head_input(self, i: int, h: torch.Tensor, outs: dict[int, torch.Tensor]) -> torch.Tensor:
-        """What head i reads: h for parallel/linear heads, the previous head's output in a chain."""
+    def head_input(self, i: int, h: torch.Tensor, outs: dict[int, torch.Tensor], input_ids: torch.Tensor | None = None,
+                   ctx: _AttnContext | None = None) -> torch.Tensor:
+        """What head i reads: h for parallel/linear heads, the previous head's output in a chain; for
+        sequential module i, the projection of the previous depth's output and the embeddings of
+        the tokens i ahead (teacher forcing: input_ids (B, T) and the attention context are needed)."""
         t = self.config.head_type
+        if t == "medusa" and i > 0:
+            return outs[0]
+        if t == "sequential" and i > 0:
+            if input_ids is None or ctx is None:
+                raise ConfigError("sequential MTP modules need input_ids and ctx in head_input (they read tokens ahead)")
+            return self.extra_heads[i - 1].fuse(self._chain_input(i, outs[i - 1]), self._ahead_embeddings(input_ids, i, ctx))
         if t == "causal" and i > 0:
             return outs[i - 1]
         if t == "anticausal" and i < self.n_future - 1:
             return outs[i + 1]
         return h
 
-    def unembed(self, z: torch.Tensor) -> torch.Tensor:
-        """Shared norm + unembedding; logits at least float32 (a float64 model keeps float64)."""
-        logits = self.output(self.norm(z))
+    def _chain_input(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """The previous depth's hidden state as sequential module i reads it: head 0's block output,
+        or module i-1's block output, after that module's final norm when mtp_chain_normed."""
+        if i > 1 and self.config.mtp_chain_normed:
+            return self.extra_heads[i - 2].norm(z)
+        return z
+
+    def _ahead_embeddings(self, input_ids: torch.Tensor, i: int, ctx: _AttnContext) -> torch.Tensor:
+        """Embeddings of input_ids shifted i to the left: (B, T) -> (B, T, dim), position t holding
+        token t+i. The last i positions have no such token: they get token T-1's embedding, and
+        their outputs are never used (causal attention keeps them out of the earlier positions)."""
+        ids = torch.cat([input_ids[:, i:], input_ids[:, -1:].expand(-1, min(i, input_ids.shape[1]))], dim=1)
+        return self._module_embeddings(ids, ctx)
+
+    def _module_embeddings(self, ids: torch.Tensor, ctx: _AttnContext) -> torch.Tensor:
+        e = self.tok_embeddings(ids)  # (B, T, dim)
+        if self.config.mtp_zero_first_embedding:
+            if ctx.first is not None:
+                e = e * (~ctx.first)[..., None].to(e.dtype)
+            elif ctx.q0 == 0:
+                e = torch.cat([torch.zeros_like(e[:, :1]), e[:, 1:]], dim=1)
+        return e
+
+    def unembed(self, z: torch.Tensor, i: int = 0) -> torch.Tensor:
+        """Final norm + shared unembedding of head i (the shared norm, or a sequential module's own);
+        logits at least float32 (a float64 model keeps float64)."""
+        if i > 0 and self.config.head_type == "medusa":
+            logits = self.extra_heads[i - 1].output(z)  # its own unembedding, straight after the ResBlocks
+            return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        norm = self.extra_heads[i - 1].norm if i > 0 and self.config.head_type == "sequential" else self.norm
+        logits = self.output(norm(z))
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_all_heads: bool = False,
@@ -449,8 +569,13 @@ class Transformer(nn.Module):
         """Logits (B, T, n_future, V) if return_all_heads else (B, T, 1, V), float32 (float64 for a float64 model).
 
         attention_mask (B, T) 0/1 marks left padding of the new tokens; a token's rotary position
-        is the number of real tokens before it, so a padded row gives the same logits as alone."""
+        is the number of real tokens before it, so a padded row gives the same logits as alone.
+        Sequential modules are teacher-forced: head k at position t reads tokens up to t+k, so its
+        logits at the last k positions (whose token t+k is not in the input) are NaN; with a cache
+        they run through `draft` instead (return_all_heads then raises)."""
         B, T = input_ids.shape
+        if self.config.head_type == "sequential" and self.n_future > 1:
+            return self._forward_sequential(input_ids, cache, return_all_heads, attention_mask)
         start, real = self._prepare(input_ids, cache, attention_mask)
         # 1) trunk
         h, ctx = self.trunk(input_ids, cache, _prepared=(start, real))  # (B, T, dim)
@@ -489,8 +614,104 @@ class Transformer(nn.Module):
                 cache.extra_in[:, start : start + T] = h if self.config.head_type == "parallel" else outs[0]
         elif cache is not None:
             cache.extra_length = cache.length
+        if self.config.head_type == "medusa":  # every head its own unembedding
+            return torch.stack([self.unembed(outs[i][:, -T:], i) for i in range(n_out)], dim=2)
         z = torch.stack([outs[i][:, -T:] for i in range(n_out)], dim=2)  # (B, T, n_out, dim)
         return self.unembed(z)  # (B, T, n_out, V)
+
+    # --- sequential MTP modules (DeepSeek-V3 / MiMo) ---
+
+    def _forward_sequential(self, input_ids, cache, return_all_heads, attention_mask) -> torch.Tensor:
+        """Teacher-forced logits (B, T, n, V): module i at position t reads tokens up to t+i and
+        predicts t+1+i; where t+i >= T the token is not in the input, so those entries are NaN.
+        With a cache only head 0 runs (drafting goes through `draft`); its outputs and the
+        token ids are kept for the modules."""
+        B, T = input_ids.shape
+        start, real = self._prepare(input_ids, cache, attention_mask)
+        h, ctx = self.trunk(input_ids, cache, _prepared=(start, real))
+        h0 = self.head(0, h, ctx, cache)  # (B, T, dim)
+        if cache is not None:
+            if return_all_heads:
+                raise ConfigError("a sequential MTP model drafts with model.draft(cache, next_token, n) after a cached "
+                                  "forward; return_all_heads with a cache is not defined (the modules read tokens ahead)")
+            if cache.extra_in is None:
+                cache.extra_in = h0.new_zeros(B, cache.max_len, h0.shape[-1])
+                cache.ids = input_ids.new_zeros(B, cache.max_len)
+                cache.seq_length = [0] * (self.n_future - 1)
+            cache.extra_in[:, start : start + T] = h0
+            cache.ids[:, start : start + T] = input_ids
+            cache.extra_length = cache.length
+            return self.unembed(h0)[:, :, None]  # (B, T, 1, V)
+        if not return_all_heads:
+            return self.unembed(h0)[:, :, None]
+        outs, logits = {0: h0}, [self.unembed(h0)]
+        for i in range(1, self.n_future):
+            outs[i] = self.head(i, self.head_input(i, h, outs, input_ids, ctx), ctx)
+            lg = self.unembed(outs[i], i)  # (B, T, V)
+            lg[:, max(T - i, 0) :] = float("nan")  # token t+i is past the input: undefined
+            logits.append(lg)
+        return torch.stack(logits, dim=2)  # (B, T, n_future, V)
+
+    @torch.no_grad()
+    def draft(self, cache: KVCache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False) -> torch.Tensor:
+        """Chained drafting with the sequential modules after a cached forward.
+
+        The cache holds positions [0, p] (p = cache.length - 1); next_token (B,) is token p+1 (head
+        0's choice, not yet fed). Module k, run at position p on the previous module's output and
+        on the token module k-1 drafted (module 1: next_token), drafts token p+1+k. Its attention
+        sees its own keys at the earlier positions, computed on ground-truth tokens where they are
+        known and on the drafts where not (exactly the teacher-forced model when the drafts are
+        right). reuse_last: draft more tokens than there are modules by running the last module
+        again at the next positions on its own output and draft (what vLLM does with one MTP
+        layer); off = at most n_future-1 drafts. Returns (B, n_draft) token ids; nothing in the
+        cache's trunk changes."""
+        M = self.n_future - 1
+        if self.config.head_type != "sequential" or M < 1:
+            raise ConfigError("draft needs a model with sequential MTP modules (head_type='sequential', n_future > 1)")
+        if n_draft < 0 or (n_draft > M and not reuse_last):
+            raise ConfigError(f"n_draft={n_draft} must be in 0..{M} (the modules; reuse_last=True drafts more)")
+        if cache.ids is None or cache.length < 1:
+            raise ConfigError("draft needs a cache filled by a forward pass of this model")
+        p, B = cache.length - 1, cache.batch_size
+        if p + 1 + max(n_draft - M, 0) > cache.max_len:
+            raise ConfigError(f"cache overflow: drafting {n_draft} tokens needs {p + 1 + n_draft - M} positions "
+                              f"> cache max_len={cache.max_len}")
+        if cache.seq_out is None:
+            cache.seq_out = cache.extra_in.new_zeros(M, B, cache.max_len, cache.extra_in.shape[-1])
+        known = torch.cat([cache.ids[:, : p + 1], next_token.to(cache.ids)[:, None]], dim=1)  # (B, p+2) tokens 0..p+1
+        drafts: list[torch.Tensor] = []
+        prev = cache.extra_in  # depth 0: head 0's outputs
+        for k in range(1, min(M, n_draft) + 1):
+            # 1) module k over [L, p]: its token at q is q+k, ground truth up to p+1 then the drafts
+            L = cache.seq_length[k - 1]
+            if L > p:  # nothing fed since the last draft: module 1's output at p is ground truth, kept
+                drafts.append(self.unembed(cache.seq_out[k - 1, :, p : p + 1], k)[:, 0].argmax(-1))
+                prev = cache.seq_out[k - 1]
+                continue
+            toks = torch.cat([known] + [d[:, None] for d in drafts], dim=1)[:, L + k : p + k + 1]  # (B, p+1-L)
+            ctx = _attn_context(cache.real, L, p + 1 - L, self.config, prev.dtype, prev.device)
+            module = self.extra_heads[k - 1]
+            x = module.fuse(self._chain_input(k, prev[:, L : p + 1]), self._module_embeddings(toks, ctx))
+            out = module.block(x, ctx, cache.kv(len(self.layers) + k - 1))  # (B, p+1-L, dim)
+            cache.seq_out[k - 1, :, L : p + 1] = out
+            cache.seq_length[k - 1] = max(0, p + 2 - k)  # inputs at q <= p+1-k were all ground truth
+            drafts.append(self.unembed(out[:, -1:], k)[:, 0].argmax(-1))  # (B,) token p+1+k
+            prev = cache.seq_out[k - 1]
+        if n_draft > M:
+            # 2) reuse the last module at positions p+1, p+2, ...: its own output stands in for the
+            # previous depth's, its own draft is the token (vLLM's one-layer MTP drafting)
+            real = cache.real.clone()
+            real[:, p + 1 : p + 1 + n_draft - M] = True
+            module, h_last = self.extra_heads[M - 1], cache.seq_out[M - 1, :, p : p + 1]
+            for j in range(M + 1, n_draft + 1):
+                q = p + j - M
+                ctx = _attn_context(real, q, 1, self.config, h_last.dtype, h_last.device)
+                x = module.fuse(self._chain_input(M + 1, h_last), self._module_embeddings(drafts[-1][:, None], ctx))
+                h_last = module.block(x, ctx, cache.kv(len(self.layers) + M - 1))
+                drafts.append(self.unembed(h_last, M)[:, 0].argmax(-1))
+        if not drafts:
+            return next_token.new_zeros(B, 0, dtype=torch.long)
+        return torch.stack(drafts, dim=1)  # (B, n_draft)
 
 
 # -----------------------------------------------------------------------------
@@ -512,7 +733,7 @@ def _head_ce(model: Transformer, z: torch.Tensor, input_ids: torch.Tensor, i: in
     Only the positions that have a target are unembedded."""
     T = input_ids.shape[1]
     n_valid = T - 1 - i
-    logits = model.unembed(z[:, :n_valid])  # (B, T-1-i, V): one head's logits at a time
+    logits = model.unembed(z[:, :n_valid], i)  # (B, T-1-i, V): one head's logits at a time
     return F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1 + i :].flatten())
 
 
@@ -531,7 +752,7 @@ def mtp_loss(model: Transformer, input_ids: torch.Tensor, head_weights: Sequence
     outs: dict[int, torch.Tensor] = {}
     ces: dict[int, torch.Tensor] = {}
     for i in model.head_order():
-        outs[i] = model.head(i, model.head_input(i, h, outs), ctx)
+        outs[i] = model.head(i, model.head_input(i, h, outs, input_ids, ctx), ctx)
         ces[i] = _head_ce(model, outs[i], input_ids, i)
     per_head = torch.stack([ces[i] for i in range(model.n_future)])  # (n_future,)
     loss = sum(w[i] * ces[i] for i in range(model.n_future))
@@ -549,6 +770,10 @@ def mtp_forward_backward(model: Transformer, input_ids: torch.Tensor, head_weigh
     which is finally backpropagated through the trunk once. For causal/anticausal chains
     (Figure S11) the chain is run forward keeping each link's detached input, then the heads are
     backpropagated from the end of the chain to its start, each passing its input gradient on.
+    Sequential MTP modules run as such a chain (module k reads module k-1's output and the token
+    embeddings k ahead, whose gradient goes straight to tok_embeddings): the trick still keeps only
+    one head's logits alive, but every module's block activations stay alive until the backward
+    reaches it (as for causal heads), unlike parallel heads where one head's activations live at a time.
     mode="naive": one graph with every head's logits alive, one backward."""
     if mode not in ("sequential", "naive"):
         raise ConfigError(f"unknown mode {mode!r}; valid modes: sequential, naive")
@@ -562,7 +787,21 @@ def mtp_forward_backward(model: Transformer, input_ids: torch.Tensor, head_weigh
     h, ctx = model.trunk(input_ids)  # (B, T, dim)
     h_d = h.detach().requires_grad_()
     ces: dict[int, torch.Tensor] = {}  # detached per-head CEs, kept on the device (no sync per head)
-    if model.config.head_type in ("parallel", "linear"):
+    if model.config.head_type == "medusa":
+        # 2) head 0 first; the Medusa heads read its detached output one at a time, their gradient
+        # accumulating there, then head 0's CE and that gradient go back through head 0 together
+        z0 = model.head(0, h_d, ctx)
+        z0_d = z0.detach().requires_grad_()
+        for i in range(1, model.n_future):
+            ce = _head_ce(model, model.head(i, z0_d, ctx), input_ids, i)
+            (w[i] * ce).backward()
+            ces[i] = ce.detach()
+            del ce
+        ce0 = _head_ce(model, z0, input_ids, 0)
+        extra = [z0] if z0_d.grad is not None else []
+        torch.autograd.backward([w[0] * ce0, *extra], [None, *([z0_d.grad] if extra else [])])
+        ces[0] = ce0.detach()
+    elif model.config.head_type in ("parallel", "linear"):
         # 2) each head: forward, its logits and CE, backward into h_d.grad and its own weights; free
         for i in range(model.n_future):
             z = model.head(i, h_d, ctx)
@@ -577,7 +816,8 @@ def mtp_forward_backward(model: Transformer, input_ids: torch.Tensor, head_weigh
         outs: dict[int, torch.Tensor] = {}
         for j, i in enumerate(order):
             inputs[i] = h_d if j == 0 else outs[order[j - 1]].detach().requires_grad_()
-            outs[i] = model.head(i, inputs[i], ctx)
+            prev = {order[j - 1]: inputs[i]} if j else {}
+            outs[i] = model.head(i, model.head_input(i, h_d, prev, input_ids, ctx), ctx)
         # 2b) backward from the end of the chain to its start: head i's CE plus the gradient its
         # successor left in its output; logits are built one head at a time, inside this loop
         for j in reversed(range(len(order))):

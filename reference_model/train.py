@@ -66,7 +66,7 @@ class TrainConfig:
     rope_theta: float = 10000.0  # rotary base
     init_std: float = 0.02  # normal init std of every matrix
     n_future: int = 4  # output heads; 1 = the next-token baseline. 4 is the paper's choice for code
-    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B)
+    head_type: str = "parallel"  # "parallel" | "linear" | "causal" | "anticausal" (paper Appendix B) | "sequential" (DeepSeek-V3)
     head_weights: tuple[float, ...] | None = None  # per-head loss weights; None = plain sum (the paper)
     # --- tokenizer ---
     tokenizer: str = "bpe"  # "bpe" (trained on the training split, cached) | "byte" (259 ids, no training)
@@ -105,7 +105,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {"tokenizer": ("bpe", "byte"), "backward": ("sequential", "naive"),
                    "dtype": ("auto", "float32", "bfloat16"),
-                   "head_type": ("parallel", "linear", "causal", "anticausal")}
+                   "head_type": ("parallel", "linear", "causal", "anticausal", "sequential")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(valid)}")
@@ -275,8 +275,8 @@ def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int, autocas
             h, ctx = model.trunk(x)  # (B, T, dim)
             outs: dict[int, torch.Tensor] = {}
             for i in model.head_order():
-                outs[i] = model.head(i, model.head_input(i, h, outs), ctx)
-                logits = model.unembed(outs[i][:, : T - 1 - i]).float()  # (B, T-1-i, V)
+                outs[i] = model.head(i, model.head_input(i, h, outs, x, ctx), ctx)
+                logits = model.unembed(outs[i][:, : T - 1 - i], i).float()  # (B, T-1-i, V)
                 target = x[:, 1 + i :]  # (B, T-1-i)
                 sums[0, i] += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").double().cpu()
                 sums[1, i] += (logits.argmax(-1) == target).sum().double().cpu()

@@ -299,3 +299,102 @@ def test_reference_model_rolls_back_partial_blocks():
     accepts = [a for ht in ("linear", "anticausal") for p in ([1, 2, 3, 4, 5], [7, 8, 9])
                for a in speculative_decode(echo_model(ht), [p], k=4, max_new_tokens=24)[0].draft_accepts]
     assert any(0 < a < 3 for a in accepts)
+
+
+# ----------------------------------------------------------------------------- sequential MTP modules
+
+
+def sequential_echo_model(seed: int = 0):
+    """A tiny random reference model with sequential MTP modules whose block is head 1's and whose
+    projection passes the normalised hidden state through: they lean to "the next token again"."""
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=5, n_heads=2, multiple_of=16, max_seq_len=128,
+                      n_future=3, head_type="sequential")
+    m = Transformer(cfg).eval()
+    with torch.no_grad():
+        for mod in m.extra_heads:
+            mod.block.load_state_dict(m.layers[-1].state_dict())
+            mod.proj.weight.zero_()
+            mod.proj.weight[:, : cfg.dim].copy_(torch.eye(cfg.dim))
+            mod.proj.weight[:, cfg.dim :].normal_(0, 0.02)  # a little of the token embedding
+            mod.norm.weight.copy_(m.norm.weight)
+    m.max_seq_len = cfg.max_seq_len
+    return m
+
+
+def simulate_chained_accepts(module, prompt: list[int], out: list[int], k: int) -> list[int]:
+    """Drafts accepted per step, recomputed without a cache: a block starts at seq[pos]; module j
+    drafts at position pos-1 on the sequence up to seq[pos] extended by the j-1 drafts before it."""
+    seq, pos, accepts = prompt + out, len(prompt), []
+    with torch.no_grad():
+        while pos < len(seq) - 1:
+            ext = seq[: pos + 1]
+            for j in range(1, k):
+                ext.append(int(module(torch.tensor([ext]), return_all_heads=True)[0, pos - 1, j].argmax()))
+            drafts = ext[pos + 1 :]
+            a = 0
+            while a < k - 1 and pos + 1 + a < len(seq) and drafts[a] == seq[pos + 1 + a]:
+                a += 1
+            accepts.append(a)
+            pos += a + 1
+    return accepts
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sequential_modules_draft_by_chaining_and_are_lossless(seed):
+    model = sequential_echo_model(seed)
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
+    plain = plain_decode(model, prompts, max_new_tokens=24)
+    for k in (2, 3):
+        spec = [speculative_decode(model, [p], k=k, max_new_tokens=24)[0] for p in prompts]
+        for p, s, r in zip(prompts, spec, plain):
+            assert s.output_ids == r.output_ids
+            assert s.draft_accepts[:-1] == simulate_chained_accepts(model, p, s.output_ids, k)[: len(s.draft_accepts) - 1]
+    batch = speculative_decode(model, prompts, k=3, max_new_tokens=24)
+    assert [b.output_ids for b in batch] == [r.output_ids for r in plain]
+    assert any(a > 0 for b in batch for a in b.draft_accepts)  # the drafts do get accepted somewhere
+
+
+def test_sequential_reuse_of_the_last_module_drafts_past_its_depth():
+    model = sequential_echo_model(0)
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
+    plain = plain_decode(model, prompts, max_new_tokens=24)
+    spec = speculative_decode(model, prompts, k=5, max_new_tokens=24, reuse_last=True)
+    assert [s.output_ids for s in spec] == [r.output_ids for r in plain]
+    assert max(a for s in spec for a in s.draft_accepts) == 4  # drafts 3 and 4 came from the reused module
+    with pytest.raises(ConfigError, match="must be in 1..3"):
+        speculative_decode(model, prompts, k=5, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="reuse_last needs"):
+        speculative_decode(echo_model("parallel"), prompts, k=2, max_new_tokens=4, reuse_last=True)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "parallel"])
+def test_data_acceptance_equals_drafting_on_the_real_prefixes(kind):
+    """The teacher-forced shortcut gives the same prefix-acceptance as drafting step by step along the text."""
+    from mtp_bench.speculative import data_acceptance
+
+    model = sequential_echo_model(0) if kind == "sequential" else echo_model("parallel")
+    k = 3
+    x = [1, 2, 3, 4, 5] + plain_decode(model, [[1, 2, 3, 4, 5]], max_new_tokens=20)[0].output_ids
+    x = x[:12] + [9, 9, 9, 9] + x[12:]  # a detour (repeats: the echo heads hit there), so that some drafts miss
+    ids = torch.tensor([x])
+    with torch.no_grad():
+        got = data_acceptance(model(ids, return_all_heads=True), ids, k)
+        hits = torch.zeros(k - 1)
+        n = len(x) - k
+        for t in range(n):
+            if kind == "sequential":
+                c = model.new_cache(1, len(x) + k)
+                model(ids[:, : t + 1], cache=c)
+                drafts = model.draft(c, ids[:, t + 1], k - 1)[0].tolist()
+            else:
+                drafts = model(ids[:, : t + 1], return_all_heads=True)[0, -1, 1:k].argmax(-1).tolist()
+            ok = True
+            for j in range(k - 1):
+                ok = ok and drafts[j] == x[t + 2 + j]
+                hits[j] += ok
+    assert got == pytest.approx((hits / n).tolist())
+    if kind == "sequential":  # neither all right nor all wrong: the comparison means something
+        assert 0 < got[0] < 1

@@ -201,3 +201,20 @@ def test_degenerate_outputs_are_flagged():
     assert is_degenerate([32] * 40) and is_degenerate([3, 4] * 16 + [3])
     assert not is_degenerate([3, 4, 5] * 12)  # three distinct tokens: a loop, but not flagged
     assert not is_degenerate([7] * 5)  # too short to tell
+
+
+def test_sequential_checkpoint_drafts_by_chaining_and_reuses_the_last_module(tmp_path):
+    import mtp_bench
+    from mtp_bench.reference_model.checkpoint import save_checkpoint
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=4, n_heads=2, multiple_of=16, max_seq_len=96,
+                      n_future=3, head_type="sequential")
+    model = mtp_bench.load(save_checkpoint(tmp_path / "ckpt", Transformer(cfg), tok, {}), device="cpu", dtype="float32")
+    out = run(model, tmp_path, k=5, reuse_last_module=True)  # lossless or LosslessError
+    assert out.info["drafting"] == "chained" and out.info["k"] == 5 and out.metrics["lossless_fraction"].value == 1.0
+    assert "alpha_uncond_5" in out.metrics and all(max(r["accepted_lengths"]) <= 5 for r in out.records)
+    assert run(model, tmp_path, k=5).info["k"] == 3  # without reuse, capped at n_future

@@ -122,7 +122,7 @@ def test_head_zero_only_unless_asked():
     assert not torch.allclose(all_[:, :, 0], all_[:, :, 1])
 
 
-@pytest.mark.parametrize("head_type", HEAD_TYPES)
+@pytest.mark.parametrize("head_type", [t for t in HEAD_TYPES if t != "sequential"])  # sequential: test_draft_*
 def test_incremental_decoding_equals_full_forward(head_type):
     m = model64(head_type=head_type)
     x = torch.randint(0, 61, (2, 14))
@@ -287,3 +287,150 @@ def test_fused_extra_heads_equal_one_at_a_time(n_kv_heads, qkv_bias):
     torch.testing.assert_close(outs[True][0], outs[False][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[True][1], outs[False][1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[True][1], outs[False][0][:, 11:], atol=1e-5, rtol=1e-5)
+
+
+# --- sequential MTP modules (DeepSeek-V3 / MiMo) ---------------------------------------
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _sequential_reference(m: Transformer, x: torch.Tensor) -> torch.Tensor:
+    """Module k computed on the length-(T-k) sequence of the DeepSeek-V3 report (no padding at the
+    end), from the parameters: (B, T, n, V) with NaN where the report defines nothing."""
+    from mtp_bench.reference_model.model import _attn_context
+
+    B, T = x.shape
+    h, ctx = m.trunk(x)
+    hk = m.head(0, h, ctx)  # depth 0: the main model's last block output, before its norm
+    out = torch.full((B, T, m.n_future, m.config.vocab_size), float("nan"), dtype=hk.dtype)
+    out[:, :, 0] = m.output(_rms(hk, m.norm.weight))
+    for k in range(1, m.n_future):
+        mod = m.extra_heads[k - 1]
+        n = T - k  # positions 0..T-k-1 have token t+k
+        e = m.tok_embeddings(x[:, k:])  # (B, T-k, dim)
+        xin = torch.cat([_rms(hk[:, :n], mod.hnorm.weight), _rms(e, mod.enorm.weight)], dim=-1) @ mod.proj.weight.T
+        hk = mod.block(xin, _attn_context(None, 0, n, m.config, xin.dtype, xin.device))
+        out[:, :n, k] = m.output(_rms(hk, mod.norm.weight))
+        if m.config.mtp_chain_normed:  # MiMo: the next module reads this one's normed output
+            hk = _rms(hk, mod.norm.weight)
+    return out
+
+
+@pytest.mark.parametrize("chain_normed", [False, True])
+def test_sequential_modules_equal_the_report_formula_and_nan_past_the_input(chain_normed):
+    m = model64(head_type="sequential", n_future=4, n_layers=5, mtp_chain_normed=chain_normed)
+    for mod in m.extra_heads:  # non-trivial norms, so that normed and raw chains differ
+        torch.nn.init.uniform_(mod.norm.weight, 0.5, 1.5)
+    x = torch.randint(0, 61, (2, 12))
+    with torch.no_grad():
+        got, ref = m(x, return_all_heads=True), _sequential_reference(m, x)
+    assert got.shape == (2, 12, 4, 61)
+    for k in range(4):  # head k at position t reads token t+k: defined for t <= T-1-k
+        assert not torch.isnan(got[:, : 12 - k, k]).any() and torch.isnan(got[:, 12 - k :, k]).all()
+    torch.testing.assert_close(got, ref, equal_nan=True)
+
+
+def test_sequential_head_k_at_t_reads_tokens_up_to_t_plus_k():
+    m = model64(head_type="sequential", n_future=3)
+    x = torch.randint(0, 61, (1, 10))
+    t = 3
+    with torch.no_grad():
+        base = m(x, return_all_heads=True)[0, t]  # (n, V)
+        for j in range(10):
+            y = x.clone()
+            y[0, j] = (y[0, j] + 1) % 61
+            changed = (m(y, return_all_heads=True)[0, t] - base).abs().amax(-1) > 1e-9  # (n,)
+            assert changed.tolist() == [j <= t + k for k in range(3)], j
+
+
+def test_sequential_concat_order_is_the_projection_column_order():
+    a = model64(head_type="sequential", mtp_concat="hidden_first")
+    b = Transformer(tiny(head_type="sequential", mtp_concat="embedding_first")).double().eval()
+    sd = a.state_dict()
+    for k in [k for k in sd if k.endswith(".proj.weight")]:
+        w = sd[k]
+        sd[k] = torch.cat([w[:, 32:], w[:, :32]], dim=1)  # [embedding; hidden] columns
+    b.load_state_dict(sd)
+    x = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(b(x, return_all_heads=True), a(x, return_all_heads=True), equal_nan=True)
+
+
+def test_sequential_zero_first_embedding_drops_the_position0_tokens():
+    on = model64(head_type="sequential", mtp_zero_first_embedding=True)
+    off = model64(head_type="sequential")
+    x = torch.randint(0, 61, (1, 8))
+    y = x.clone()
+    y[0, 1:3] = (y[0, 1:3] + 1) % 61  # the tokens modules 1 and 2 read at position 0
+    with torch.no_grad():
+        # position 0 of heads 1, 2 then depends on token 0 only
+        torch.testing.assert_close(on(x, return_all_heads=True)[0, 0], on(y, return_all_heads=True)[0, 0])
+        assert not torch.allclose(off(x, return_all_heads=True)[0, 0, 1:], off(y, return_all_heads=True)[0, 0, 1:])
+
+
+@pytest.mark.parametrize("zero_first,chain_normed", [(False, False), (True, True)])
+def test_draft_equals_teacher_forced_model_when_drafts_are_right(zero_first, chain_normed):
+    """Chained drafting in a cache (left padding, accepted prefixes, roll-backs) gives module k's
+    teacher-forced logits on the sequence completed by the drafts themselves."""
+    torch.manual_seed(1)
+    m = model64(head_type="sequential", n_future=4, n_layers=5, mtp_zero_first_embedding=zero_first,
+                mtp_chain_normed=chain_normed)
+    for mod in m.extra_heads:
+        torch.nn.init.uniform_(mod.norm.weight, 0.5, 1.5)
+    M, pad = 3, 2
+    seqs = [torch.randint(1, 61, (7,)).tolist(), torch.randint(1, 61, (5,)).tolist()]  # row 1 left-padded by 2
+    ids = torch.tensor([seqs[0], [0] * pad + seqs[1]])
+    mask = torch.tensor([[1] * 7, [0] * pad + [1] * 5])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        c = m.new_cache(2, 40)
+        m(ids, cache=c, attention_mask=mask)
+        for step in range(5):
+            nxt = torch.randint(1, 61, (2,), generator=gen)
+            d = m.draft(c, nxt, M)  # (B, M)
+            p = c.length - 1
+            for r in range(2):
+                full = torch.tensor(seqs[r] + [int(nxt[r])] + d[r].tolist())[None]
+                ref = m(full, return_all_heads=True)[0, len(seqs[r]) - 1]  # (n, V) at position p of row r
+                for k in range(1, M + 1):
+                    got = m.unembed(c.seq_out[k - 1, r, p], k)
+                    torch.testing.assert_close(got, ref[k], msg=f"step {step} row {r} module {k}")
+                    assert int(d[r, k - 1]) == int(ref[k].argmax())
+            # verify a block [nxt, d...], keep a prefix of it (as speculative decoding does), roll back
+            base = c.length
+            m(torch.cat([nxt[:, None], d], dim=1), cache=c)
+            n = int(torch.randint(0, M + 1, (), generator=gen))
+            c.truncate(base + n + 1)
+            for r in range(2):
+                seqs[r] += [int(nxt[r])] + d[r, :n].tolist()
+
+
+def test_draft_reusing_the_last_module_continues_its_own_stream():
+    from mtp_bench.reference_model.model import _attn_context
+
+    m = model64(head_type="sequential", n_future=2, n_layers=3)
+    x = torch.randint(1, 61, (1, 6))
+    nxt = torch.tensor([7])
+    with torch.no_grad():
+        c = m.new_cache(1, 20)
+        m(x, cache=c)
+        d = m.draft(c, nxt, 3, reuse_last=True)[0].tolist()
+        assert m.draft(c, nxt, 1)[0].tolist() == d[:1]
+        with pytest.raises(ConfigError, match="reuse_last"):
+            m.draft(c, nxt, 2)
+        # reference, no cache: module 1 over positions 0..5 on (h0, token t+1), then its own output
+        # and draft at positions 6, 7 (the vLLM recurrence)
+        mod = m.extra_heads[0]
+        h, ctx = m.trunk(x)
+        hid = list(m.head(0, h, ctx)[0])
+        toks = x[0, 1:].tolist() + [7]
+        for j in range(3):
+            T = len(toks)
+            z = mod.block(mod.fuse(torch.stack(hid)[None], m.tok_embeddings(torch.tensor(toks))[None]),
+                          _attn_context(None, 0, T, m.config, torch.float64, x.device))
+            tok = int(m.unembed(z[:, -1], 1).argmax())
+            assert tok == d[j], j
+            hid.append(z[0, -1])
+            toks.append(tok)

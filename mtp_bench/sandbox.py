@@ -42,6 +42,22 @@ import sys
 import time
 from types import SimpleNamespace
 
+
+def _load_wire():
+    """mtp_bench/wire.py, loaded by path: this script runs as `python -I`, outside the package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mtp_bench_wire", os.path.join(os.path.dirname(__file__), "wire.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:  # imported by the harness (mtp_bench.execution)
+    from mtp_bench import wire
+else:
+    wire = _load_wire()
+
 # -----------------------------------------------------------------------------
 # Linux constants (x86_64 and aarch64 share these) and libc
 
@@ -232,56 +248,250 @@ def _cpu_limit(config: SimpleNamespace) -> int:
 
 
 # -----------------------------------------------------------------------------
-# S: the sandboxed process
+# the sandboxed processes: S (single-process mode), or J (the judge) and C (the candidate)
 
 
-def _sandboxed(program: str, token: bytes, features: dict[str, bool], uid: int, config: SimpleNamespace,
-               workdir: str, out_w: int, err_w: int, res_w: int) -> None:
-    """Lock down, run the program, write the verdict. Never returns."""
-    try:
-        os.setsid()  # own session and process group: nothing it signals by group reaches the supervisor
-        _libc.prctl(PR_SET_NAME, b"mtp-sandbox", 0, 0, 0)
-        _lock_down(features, uid, config)
-        os.chdir(workdir)
-        # 3) fds: stdin /dev/null, stdout/stderr to the capture pipes, the verdict pipe at a high fd
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        res = os.dup2(res_w, config.max_files - 1)
-        os.closerange(3, res)
-        os.closerange(res + 1, 65536)
-        os.environ.clear()  # unsetenv() each variable: the C environ is emptied too
-        sys.stdin = open(0, closefd=False)
-        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
-        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
-        sys.argv = ["<program>"]
-        if "random" in sys.modules:  # what os.fork's at-fork hook would have done (see _clone)
-            sys.modules["random"].seed()
-    except BaseException as e:  # a setup failure is the harness's error, never the program's
-        try:
-            os.write(res_w, b"S" + f"{type(e).__name__}: {e}".encode(errors="replace")[:300])
-        finally:
-            os._exit(111)
-    status = None
-    try:
-        code = compile(program, "<program>", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})
-        status = b"P" + token  # 4) the test code ran to completion
-    except SystemExit as e:
-        status = b"X" + repr(e.code).encode(errors="replace")[:200]
-    except BaseException as e:
-        msg = str(e).split("\n", 1)[0]
-        status = b"E" + f"{type(e).__name__}: {msg}".encode(errors="replace")[:300]
+def _enter(features: dict[str, bool], uid: int, config: SimpleNamespace, workdir: str, out_w: int, err_w: int,
+           keep: list[int], dumpable: bool, cgroup_fd: int | None) -> list[int]:
+    """Steps 1-3 in a freshly cloned sandbox process; returns the new numbers of the `keep` fds."""
+    os.setsid()  # own session and process group: nothing it signals by group reaches the supervisor
+    if cgroup_fd is not None:  # 0) into the slot's cgroup before anything untrusted runs
+        os.write(cgroup_fd, b"0")
+    _libc.prctl(PR_SET_NAME, b"mtp-sandbox", 0, 0, 0)
+    _lock_down(features, uid, config)
+    if not dumpable:  # the judge: not even its own uid may ptrace it or read its memory
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
+    os.chdir(workdir)
+    # 3) fds: stdin /dev/null, stdout/stderr to the capture pipes, the kept fds at the top of the range
+    moved = [os.dup2(fd, config.max_files - 1 - i) for i, fd in enumerate(keep)]
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.closerange(3, config.max_files - len(keep))
+    os.closerange(config.max_files, 65536)
+    os.environ.clear()  # unsetenv() each variable: the C environ is emptied too
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.argv = ["<program>"]
+    if "random" in sys.modules:  # what os.fork's at-fork hook would have done (see _clone)
+        sys.modules["random"].seed()
+    return moved
+
+
+def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BaseException:
             pass
+
+
+def _exception_status(e: BaseException) -> bytes:
+    if isinstance(e, SystemExit):
+        return b"X" + repr(e.code).encode(errors="replace")[:200]
+    msg = str(e).split("\n", 1)[0]
+    return b"E" + f"{type(e).__name__}: {msg}".encode(errors="replace")[:300]
+
+
+def _sandboxed(run, features: dict[str, bool], uid: int, config: SimpleNamespace, workdir: str,
+               out_w: int, err_w: int, keep: list[int], dumpable: bool, cgroup_fd: int | None) -> None:
+    """Lock down, then `run(*kept_fds)`. Never returns. A setup failure is reported on keep[0]."""
     try:
-        os.write(res, status)
+        fds = _enter(features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fd)
+    except BaseException as e:  # a setup failure is the harness's error, never the program's
+        try:
+            os.write(keep[0], b"S" + f"{type(e).__name__}: {e}".encode(errors="replace")[:300])
+        finally:
+            os._exit(111)
+    try:
+        run(*fds)
     finally:
         os._exit(0)
+
+
+def _single(program: str, token: bytes):
+    """S: the whole program (candidate and tests) in one interpreter; the verdict on fd `res`."""
+    def run(res: int) -> None:
+        try:
+            exec(compile(program, "<program>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+            status = b"P" + token  # 4) the test code ran to completion
+        except BaseException as e:
+            status = _exception_status(e)
+        _flush_std()
+        os.write(res, status)
+    return run
+
+
+# The judge-candidate protocol: length-prefixed `wire` messages. Judge -> candidate: ("call", name,
+# args, kwargs). Candidate -> judge: once after loading ("ready",), then one reply per call:
+# ("value", v) | ("raise", builtin exception names of its MRO, args or None, str) | ("exit", code) |
+# ("unplain", description). The candidate's bytes are only ever decoded into plain values.
+_LEN = struct.Struct("<I")
+
+
+def _send_msg(fd: int, msg) -> None:
+    data = wire.encode(msg)
+    view = memoryview(_LEN.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _recv_msg(fd: int):
+    """The next message, or None at EOF (the other process is gone)."""
+    head = _read_n(fd, 4)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
+    if n > wire.MAX_BYTES:
+        raise wire.WireError(f"message of {n} bytes exceeds {wire.MAX_BYTES}")
+    body = _read_n(fd, n)
+    if body is None:
+        return None
+    return wire.decode(body)
+
+
+def _read_n(fd: int, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _describe_exception(e: BaseException):
+    names = [c.__name__ for c in type(e).__mro__ if c.__module__ == "builtins"]
+    try:
+        args = tuple(e.args)
+        wire.encode(args)
+    except BaseException:
+        args = None
+    try:
+        text = str(e)[:10000]
+    except BaseException:
+        text = f"<{type(e).__name__}>"
+    return ("raise", names, args, text)
+
+
+def _candidate(program: str):
+    """C: load the program (prompt + completion), then serve calls to its functions. It holds no
+    nonce and no verdict channel: the worst it can do is answer wrongly."""
+    def run(rep: int, req: int) -> None:
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+        try:
+            exec(compile(program, "<program>", "exec"), ns)
+            first = ("ready",)
+        except SystemExit as e:
+            first = ("exit", repr(e.code)[:200])
+        except BaseException as e:
+            first = _describe_exception(e)
+        _flush_std()
+        _send_msg(rep, first)
+        if first[0] != "ready":
+            return
+        while (msg := _recv_msg(req)) is not None:
+            _, name, args, kwargs = msg
+            try:
+                if name not in ns:
+                    raise NameError(f"name {name!r} is not defined")
+                value = ns[name](*args, **kwargs)
+                try:
+                    reply = ("value", value)
+                    data = wire.encode(reply)
+                except wire.WireError as e:
+                    reply, data = ("unplain", str(e)), None
+            except SystemExit as e:
+                reply, data = ("exit", repr(e.code)[:200]), None
+            except BaseException as e:
+                reply, data = _describe_exception(e), None
+            _flush_std()
+            if data is None:
+                _send_msg(rep, reply)
+            else:
+                view = memoryview(_LEN.pack(len(data)) + data)
+                while view:
+                    view = view[os.write(rep, view):]
+    return run
+
+
+class _Abort(BaseException):
+    """Ends the judge's tests at once (not an Exception, so no `except Exception` in a test catches it)."""
+
+
+def _raise_from_candidate(reply) -> None:
+    """Re-raise a candidate's exception in the judge as the nearest standard (builtin) type."""
+    _, names, args, text = reply
+    for name in names if isinstance(names, list) else []:
+        cls = getattr(builtins, name, None) if isinstance(name, str) else None
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                exc = cls(*args) if isinstance(args, tuple) else cls(text)
+            except Exception:
+                continue  # e.g. UnicodeDecodeError needs 5 arguments: try its base class
+            raise exc
+    raise _Abort(f"program raised {str(names[0]) if names else 'an exception'}: {text}"[:300])
+
+
+def _judge(tests: str, names: list[str], modules: list[str], token: bytes):
+    """J: run the dataset's tests, each call to a program function a request to C; the verdict is J's."""
+    def run(res: int, req: int, rep: int) -> None:
+        def call(name: str, args: tuple, kwargs: dict):
+            try:
+                _send_msg(req, ("call", name, args, kwargs))
+            except wire.WireError as e:
+                raise _Abort(f"the tests passed {name}() a value that is not plain data: {e}") from None
+            except OSError:
+                raise _Abort(f"the program's process exited before {name}() was called") from None
+            try:
+                reply = _recv_msg(rep)
+            except wire.WireError as e:
+                raise _Abort(f"{name}() answered with a malformed message: {e}") from None
+            return _answer(name, reply)
+
+        def proxy_for(name: str):
+            def proxy(*args, **kwargs):
+                return call(name, args, kwargs)
+            proxy.__name__ = proxy.__qualname__ = name
+            return proxy
+
+        try:
+            ns = {"__name__": "__main__", "__builtins__": builtins}
+            for m in modules:
+                ns[m] = __import__(m)
+            for name in names:
+                ns[name] = proxy_for(name)
+            _answer(None, _recv_msg(rep))  # the program loaded (or why not)
+            exec(compile(tests, "<tests>", "exec"), ns)
+            status = b"P" + token  # 4) the tests ran to completion, in this process
+        except _Abort as e:
+            status = b"A" + str(e).encode(errors="replace")[:300]
+        except BaseException as e:
+            status = _exception_status(e)
+        _flush_std()
+        os.write(res, status)
+    return run
+
+
+def _answer(name: str | None, reply):
+    """A candidate reply as the judge's result: the value, or the exception it stands for."""
+    what = "loading the program" if name is None else f"{name}()"
+    if reply is None:
+        raise _Abort(f"the program's process exited while {what} ran")
+    kind = reply[0] if isinstance(reply, tuple) and reply else None
+    if kind == "ready" and name is None:
+        return None
+    if kind == "value" and len(reply) == 2 and name is not None:
+        return reply[1]
+    if kind == "raise" and len(reply) == 4:
+        _raise_from_candidate(reply)
+    if kind == "exit" and len(reply) == 2:
+        raise _Abort(f"program called exit({reply[1]}) while {what} ran")
+    if kind == "unplain" and len(reply) == 2:
+        raise _Abort(f"{name}() returned a value that is not plain data: {reply[1]}")
+    raise _Abort(f"malformed reply from the program's process while {what} ran")
 
 
 # -----------------------------------------------------------------------------
@@ -291,34 +501,61 @@ _SIGNAL_DETAIL = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGXFSZ: "fi
                   signal.SIGKILL: "killed by SIGKILL", signal.SIGSEGV: "segmentation fault (SIGSEGV)"}
 
 
-def _run_one(program: str, config: SimpleNamespace, features: dict[str, bool], uid: int) -> dict:
-    """Run the program in a fresh sandbox under the deadline and decide the verdict (an ExecResult dict)."""
-    workdir = "/tmp"
-    if not features.get("private_tmp"):  # a fresh host directory instead, removed afterwards
+def _spawn(flags: int, run, features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fd) -> int:
+    pid = _clone(flags)
+    if pid == 0:
+        _sandboxed(run, features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fd)
+    return pid
+
+
+def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid: int, judge_uid: int,
+             cgroup_fd: int | None = None) -> dict:
+    """Run one job in fresh sandboxes under the deadline and decide the verdict (an ExecResult dict).
+
+    job: {"program": source} (single-process) or {"candidate", "tests", "names", "modules"} (judge +
+    candidate). The verdict comes from S or J alone, on a pipe only that process holds."""
+    workdirs = ["/tmp", "/tmp"]
+    if not features.get("private_tmp"):  # fresh host directories instead, removed afterwards
         import tempfile
-        workdir = tempfile.mkdtemp(prefix="mtp-sandbox-")
+        workdirs = [tempfile.mkdtemp(prefix="mtp-sandbox-") for _ in range(2)]
         if features.get("unprivileged_uid"):
-            os.chown(workdir, uid, uid)
-    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, verdict
+            os.chown(workdirs[0], judge_uid, judge_uid)
+            os.chown(workdirs[1], uid, uid)
+    split = "program" not in job
+    pipes = [os.pipe() for _ in range(5 if split else 3)]  # stdout, stderr, verdict[, requests, replies]
     token = os.urandom(16).hex().encode()  # the run's nonce
     flags = sum(_NS_FLAGS[name] for name in _PER_PROGRAM if features.get(name))
+    (out_r, out_w), (err_r, err_w), (res_r, res_w) = pipes[:3]
     t0 = time.monotonic()
+    pids: list[int] = []
     try:
-        pid = _clone(flags)
+        if split:
+            (req_r, req_w), (rep_r, rep_w) = pipes[3:]
+            pids.append(_spawn(flags, _judge(job["tests"], job["names"], job["modules"], token), features,
+                               judge_uid, config, workdirs[0], out_w, err_w, [res_w, req_w, rep_r], False, cgroup_fd))
+            pids.append(_spawn(flags, _candidate(job["candidate"]), features, uid, config, workdirs[1],
+                               out_w, err_w, [rep_w, req_r], True, cgroup_fd))
+        else:
+            pids.append(_spawn(flags, _single(job["program"], token), features, uid, config, workdirs[1],
+                               out_w, err_w, [res_w], True, cgroup_fd))
     except OSError:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         for fd in (fd for pair in pipes for fd in pair):
             os.close(fd)
         raise
-    if pid == 0:
-        _sandboxed(program, token, features, uid, config, workdir, pipes[0][1], pipes[1][1], pipes[2][1])
-    for _, w in pipes:
+    for r, w in pipes:
         os.close(w)
-    readers = {r: bytearray() for r, _ in pipes}
+        if r not in (out_r, err_r, res_r):
+            os.close(r)
+    readers = {r: bytearray() for r in (out_r, err_r, res_r)}
     for r in readers:
         os.set_blocking(r, False)
-    pidfd = os.pidfd_open(pid)
+    pidfds = {os.pidfd_open(pid): pid for pid in pids}
+    main_fd = next(iter(pidfds))  # S or J: its exit ends the run
 
-    # 5) wait for the sandbox with the deadline, draining the pipes so the program never blocks on a full one
+    # 5) wait for the verdict process with the deadline, draining the pipes so no process blocks on a full one
     def drain(fd: int) -> bool:
         try:
             chunk = os.read(fd, 65536)
@@ -327,28 +564,36 @@ def _run_one(program: str, config: SimpleNamespace, features: dict[str, bool], u
         if not chunk:
             return False
         buf = readers[fd]
-        if len(buf) < config.max_output_bytes:
-            buf += chunk[: config.max_output_bytes - len(buf)]
+        cap = config.max_output_bytes if fd != res_r else 4096
+        if len(buf) < cap:
+            buf += chunk[: cap - len(buf)]
         return True
 
     deadline = t0 + config.timeout_s
-    open_fds, timed_out = set(readers), False
+    open_fds, timed_out, waiting = set(readers), False, set(pidfds)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             timed_out = True
-            os.kill(pid, signal.SIGKILL)  # pid 1 of its namespace: the kernel then kills all the rest
             break
-        ready, _, _ = select.select([pidfd, *open_fds], [], [], left)
+        ready, _, _ = select.select([*waiting, *open_fds], [], [], left)
         for fd in ready:
-            if fd != pidfd and not drain(fd):
+            if fd in pidfds:
+                waiting.discard(fd)
+            elif not drain(fd):
                 open_fds.discard(fd)
-        if pidfd in ready:
+        if main_fd not in waiting:
             break
-    _, wstatus, usage = os.wait4(pid, 0)
+    for pid in pids:  # pid 1 of its namespace: the kernel then kills all the rest
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    statuses = [os.wait4(pid, 0)[1:] for pid in pids]
     duration = time.monotonic() - t0
     if not features.get("pid_namespace"):  # no namespace to die with: kill what we can reach
-        _kill_leftovers(pid, uid, features)
+        for pid, u in zip(pids, (judge_uid, uid) if split else (uid,)):
+            _kill_leftovers(pid, u, features)
     for fd in list(open_fds):  # whatever is still buffered (EOF once every writer is dead)
         while fd in open_fds and drain(fd):
             try:
@@ -358,20 +603,30 @@ def _run_one(program: str, config: SimpleNamespace, features: dict[str, bool], u
                 break
     for r in readers:
         os.close(r)
-    os.close(pidfd)
-    if workdir != "/tmp":
+    for fd in pidfds:
+        os.close(fd)
+    if workdirs[0] != "/tmp":
         import shutil
-        shutil.rmtree(workdir, ignore_errors=True)
+        for d in workdirs:
+            shutil.rmtree(d, ignore_errors=True)
 
-    out, err, verdict = (bytes(readers[r]) for r, _ in pipes)
-    result = dict(duration_s=round(duration, 4), stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"))
+    out, err, verdict = (bytes(readers[r]) for r in (out_r, err_r, res_r))
+    result = dict(duration_s=round(duration, 4), stdout=out.decode(errors="replace"),
+                  stderr=err.decode(errors="replace"), isolation="judge" if split else "single-process")
+    wstatus, usage = statuses[0]
+    if split and not verdict.startswith(b"P") and os.WIFEXITED(statuses[1][0]) and os.WEXITSTATUS(statuses[1][0]) == 111:
+        verdict = b"Sthe candidate process could not be set up"  # its setup error went to the reply pipe
+    elif split and verdict.startswith(b"A") and b"process exited" in verdict:
+        wstatus, usage = statuses[1]  # the candidate died under a call: say how (a signal, a limit)
+        if os.WIFSIGNALED(wstatus) and not timed_out:
+            verdict = b""
     cpu_limit_hit = usage.ru_utime + usage.ru_stime >= 0.8 * _cpu_limit(config)  # kernel CPU accounting is coarse
     return {**result, **_verdict(verdict, token, timed_out, wstatus, cpu_limit_hit, config)}
 
 
 def _verdict(verdict: bytes, token: bytes, timed_out: bool, wstatus: int, cpu_limit_hit: bool,
              config: SimpleNamespace) -> dict:
-    """The harness's decision. A pass needs exactly the trailer's nonce: nothing the program prints counts."""
+    """The harness's decision. A pass needs exactly the nonce from S or J: nothing the program prints counts."""
     if verdict == b"P" + token:
         return dict(passed=True, status="passed", detail="")
     if timed_out:
@@ -382,6 +637,8 @@ def _verdict(verdict: bytes, token: bytes, timed_out: bool, wstatus: int, cpu_li
     if kind == b"E":
         if text.startswith("MemoryError"):
             return dict(passed=False, status="killed", detail=f"memory limit of {config.memory_mb} MiB exceeded (MemoryError)")
+        return dict(passed=False, status="failed", detail=text)
+    if kind == b"A":
         return dict(passed=False, status="failed", detail=text)
     if kind == b"X":
         return dict(passed=False, status="failed", detail=f"program called exit({text}) before its tests finished")
@@ -564,7 +821,7 @@ def worker_main(slot: int, features: dict[str, bool] | None) -> None:
             config = SimpleNamespace(**msg["config"])  # SandboxConfig's fields
             try:
                 reply = (dict(passed=False, status="error", detail=broken, duration_s=0.0) if broken is not None
-                         else _run_one(msg["program"], config, features, msg["uid"]))
+                         else _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"]))
             except OSError as e:  # e.g. clone() refused (out of pids or memory): this program's error
                 reply = dict(passed=False, status="error", detail=f"could not start the sandbox: {e}", duration_s=0.0)
             _send(proto_out, reply)

@@ -20,15 +20,16 @@ PROBLEMS = read_problems()
 # HumanEval through the sandbox
 
 
-def test_canonical_solutions_pass_164_of_164():
-    progs = [humaneval.build_program(p, p["canonical_solution"]) for p in PROBLEMS.values()]
+def test_canonical_solutions_pass_164_of_164_judged_apart():
+    progs = [humaneval.build_split(p, p["canonical_solution"]) for p in PROBLEMS.values()]
     results = run_programs(progs)
     failed = {t: r.result for t, r in zip(PROBLEMS, results) if not r.passed}
     assert len(results) == 164 and failed == {}
+    assert {r.isolation for r in results} == {"judge"}  # every HumanEval problem splits
 
 
 def test_empty_bodies_fail_164_of_164():
-    progs = [humaneval.build_program(p, "    pass\n") for p in PROBLEMS.values()]
+    progs = [humaneval.build_split(p, "    pass\n") for p in PROBLEMS.values()]
     results = run_programs(progs)
     passed = [t for t, r in zip(PROBLEMS, results) if r.passed]
     assert len(results) == 164 and passed == []

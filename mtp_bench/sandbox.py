@@ -418,7 +418,14 @@ def _candidate(program: str):
 
 
 class _Abort(BaseException):
-    """Ends the judge's tests at once (not an Exception, so no `except Exception` in a test catches it)."""
+    """Ends the judge's tests at once (not an Exception, so no `except Exception` in a test catches it);
+    every one is also recorded, so a test that swallows it (`except BaseException`) still fails."""
+
+    raised: list[str] = []
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        _Abort.raised.append(detail)
 
 
 def _raise_from_candidate(reply) -> None:
@@ -465,6 +472,8 @@ def _judge(tests: str, names: list[str], modules: list[str], token: bytes):
                 ns[name] = proxy_for(name)
             _answer(None, _recv_msg(rep))  # the program loaded (or why not)
             exec(compile(tests, "<tests>", "exec"), ns)
+            if _Abort.raised:  # swallowed by the tests: still a failure
+                raise _Abort(_Abort.raised[0])
             status = b"P" + token  # 4) the tests ran to completion, in this process
         except _Abort as e:
             status = b"A" + str(e).encode(errors="replace")[:300]
@@ -523,19 +532,21 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
             os.chown(workdirs[1], uid, uid)
     split = "program" not in job
     pipes = [os.pipe() for _ in range(5 if split else 3)]  # stdout, stderr, verdict[, requests, replies]
-    token = os.urandom(16).hex().encode()  # the run's nonce
     flags = sum(_NS_FLAGS[name] for name in _PER_PROGRAM if features.get(name))
     (out_r, out_w), (err_r, err_w), (res_r, res_w) = pipes[:3]
     t0 = time.monotonic()
     pids: list[int] = []
     try:
-        if split:
+        if split:  # the candidate first: the nonce does not exist yet, so no copy of it is in its memory
             (req_r, req_w), (rep_r, rep_w) = pipes[3:]
-            pids.append(_spawn(flags, _judge(job["tests"], job["names"], job["modules"], token), features,
-                               judge_uid, config, workdirs[0], out_w, err_w, [res_w, req_w, rep_r], False, cgroup_fd))
-            pids.append(_spawn(flags, _candidate(job["candidate"]), features, uid, config, workdirs[1],
-                               out_w, err_w, [rep_w, req_r], True, cgroup_fd))
+            c_pid = _spawn(flags, _candidate(job["candidate"]), features, uid, config, workdirs[1],
+                           out_w, err_w, [rep_w, req_r], True, cgroup_fd)
+            pids.append(c_pid)
+            token = os.urandom(16).hex().encode()  # the run's nonce
+            pids.insert(0, _spawn(flags, _judge(job["tests"], job["names"], job["modules"], token), features,
+                                  judge_uid, config, workdirs[0], out_w, err_w, [res_w, req_w, rep_r], False, cgroup_fd))
         else:
+            token = os.urandom(16).hex().encode()
             pids.append(_spawn(flags, _single(job["program"], token), features, uid, config, workdirs[1],
                                out_w, err_w, [res_w], True, cgroup_fd))
     except OSError:

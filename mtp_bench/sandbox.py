@@ -252,11 +252,11 @@ def _cpu_limit(config: SimpleNamespace) -> int:
 
 
 def _enter(features: dict[str, bool], uid: int, config: SimpleNamespace, workdir: str, out_w: int, err_w: int,
-           keep: list[int], dumpable: bool, cgroup_fd: int | None) -> list[int]:
+           keep: list[int], dumpable: bool, cgroup_fds: list[int]) -> list[int]:
     """Steps 1-3 in a freshly cloned sandbox process; returns the new numbers of the `keep` fds."""
+    for fd in cgroup_fds:  # 0) into the slot's cgroups (every hierarchy) before anything untrusted runs
+        os.write(fd, b"0")
     os.setsid()  # own session and process group: nothing it signals by group reaches the supervisor
-    if cgroup_fd is not None:  # 0) into the slot's cgroup before anything untrusted runs
-        os.write(cgroup_fd, b"0")
     _libc.prctl(PR_SET_NAME, b"mtp-sandbox", 0, 0, 0)
     _lock_down(features, uid, config)
     if not dumpable:  # the judge: not even its own uid may ptrace it or read its memory
@@ -296,10 +296,10 @@ def _exception_status(e: BaseException) -> bytes:
 
 
 def _sandboxed(run, features: dict[str, bool], uid: int, config: SimpleNamespace, workdir: str,
-               out_w: int, err_w: int, keep: list[int], dumpable: bool, cgroup_fd: int | None) -> None:
+               out_w: int, err_w: int, keep: list[int], dumpable: bool, cgroup_fds: list[int]) -> None:
     """Lock down, then `run(*kept_fds)`. Never returns. A setup failure is reported on keep[0]."""
     try:
-        fds = _enter(features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fd)
+        fds = _enter(features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fds)
     except BaseException as e:  # a setup failure is the harness's error, never the program's
         try:
             os.write(keep[0], b"S" + f"{type(e).__name__}: {e}".encode(errors="replace")[:300])
@@ -510,15 +510,15 @@ _SIGNAL_DETAIL = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGXFSZ: "fi
                   signal.SIGKILL: "killed by SIGKILL", signal.SIGSEGV: "segmentation fault (SIGSEGV)"}
 
 
-def _spawn(flags: int, run, features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fd) -> int:
+def _spawn(flags: int, run, features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fds) -> int:
     pid = _clone(flags)
     if pid == 0:
-        _sandboxed(run, features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fd)
+        _sandboxed(run, features, uid, config, workdir, out_w, err_w, keep, dumpable, cgroup_fds)
     return pid
 
 
 def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid: int, judge_uid: int,
-             cgroup_fd: int | None = None) -> dict:
+             cgroup: SimpleNamespace | None = None) -> dict:
     """Run one job in fresh sandboxes under the deadline and decide the verdict (an ExecResult dict).
 
     job: {"program": source} (single-process) or {"candidate", "tests", "names", "modules"} (judge +
@@ -536,19 +536,22 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
     (out_r, out_w), (err_r, err_w), (res_r, res_w) = pipes[:3]
     t0 = time.monotonic()
     pids: list[int] = []
+    cgroup_fds = cgroup.fds if cgroup is not None else []
+    oom_before = _oom_kills(cgroup)
     try:
         if split:  # the candidate first: the nonce does not exist yet, so no copy of it is in its memory
             (req_r, req_w), (rep_r, rep_w) = pipes[3:]
             c_pid = _spawn(flags, _candidate(job["candidate"]), features, uid, config, workdirs[1],
-                           out_w, err_w, [rep_w, req_r], True, cgroup_fd)
+                           out_w, err_w, [rep_w, req_r], True, cgroup_fds)
             pids.append(c_pid)
             token = os.urandom(16).hex().encode()  # the run's nonce
             pids.insert(0, _spawn(flags, _judge(job["tests"], job["names"], job["modules"], token), features,
-                                  judge_uid, config, workdirs[0], out_w, err_w, [res_w, req_w, rep_r], False, cgroup_fd))
+                                  judge_uid, config, workdirs[0], out_w, err_w, [res_w, req_w, rep_r], False,
+                                  cgroup_fds))
         else:
             token = os.urandom(16).hex().encode()
             pids.append(_spawn(flags, _single(job["program"], token), features, uid, config, workdirs[1],
-                               out_w, err_w, [res_w], True, cgroup_fd))
+                               out_w, err_w, [res_w], True, cgroup_fds))
     except OSError:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -632,7 +635,26 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
         if os.WIFSIGNALED(wstatus) and not timed_out:
             verdict = b""
     cpu_limit_hit = usage.ru_utime + usage.ru_stime >= 0.8 * _cpu_limit(config)  # kernel CPU accounting is coarse
-    return {**result, **_verdict(verdict, token, timed_out, wstatus, cpu_limit_hit, config)}
+    decided = _verdict(verdict, token, timed_out, wstatus, cpu_limit_hit, config)
+    if not decided["passed"] and decided["status"] in ("killed", "failed") and _oom_kills(cgroup) > oom_before:
+        decided = dict(passed=False, status="killed",
+                       detail=f"memory limit of {config.memory_mb} MiB exceeded (cgroup, OOM kill)")
+    return {**result, **decided}
+
+
+def _oom_kills(cgroup: SimpleNamespace | None) -> int:
+    """OOM kills the kernel has counted in the slot's memory cgroup (v2 memory.events, v1 memory.oom_control)."""
+    total = 0
+    for path in cgroup.oom_files if cgroup is not None else []:
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        total += int(value)
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def _verdict(verdict: bytes, token: bytes, timed_out: bool, wstatus: int, cpu_limit_hit: bool,
@@ -805,7 +827,7 @@ def _warm_up() -> None:
     gc.freeze()
 
 
-def worker_main(slot: int, features: dict[str, bool] | None) -> None:
+def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None = None) -> None:
     """Serve jobs from the pool over stdin/stdout (length-prefixed JSON) until stdin closes.
 
     `features` None: a probe worker (answers "probe" only); else the isolation in force, set up now.
@@ -819,8 +841,12 @@ def worker_main(slot: int, features: dict[str, bool] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool shuts us down, not a Ctrl-C
     _libc.prctl(PR_SET_NAME, b"mtp-sandbox-wkr", 0, 0, 0)  # names in ps/top: worker, and each sandbox
     broken = None  # why this worker cannot run programs, if it cannot: every request then says so
+    groups = None
     if features is not None:
         try:
+            if cgroup is not None:  # opened now: the mounts are read-only from here on
+                groups = SimpleNamespace(fds=[os.open(p, os.O_WRONLY) for p in cgroup["procs"]],
+                                         oom_files=cgroup["oom_files"])
             prepare_worker(features)
         except OSError as e:
             broken = f"sandbox worker setup failed: {e}"
@@ -832,7 +858,7 @@ def worker_main(slot: int, features: dict[str, bool] | None) -> None:
             config = SimpleNamespace(**msg["config"])  # SandboxConfig's fields
             try:
                 reply = (dict(passed=False, status="error", detail=broken, duration_s=0.0) if broken is not None
-                         else _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"]))
+                         else _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"], groups))
             except OSError as e:  # e.g. clone() refused (out of pids or memory): this program's error
                 reply = dict(passed=False, status="error", detail=f"could not start the sandbox: {e}", duration_s=0.0)
             _send(proto_out, reply)
@@ -841,8 +867,9 @@ def worker_main(slot: int, features: dict[str, bool] | None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (3, 4) and sys.argv[1] == "--worker":
-        worker_main(int(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) == 4 else None)
+    if len(sys.argv) in (3, 4, 5) and sys.argv[1] == "--worker":
+        worker_main(int(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) >= 4 else None,
+                    json.loads(sys.argv[4]) if len(sys.argv) == 5 else None)
     else:
         print("usage: sandbox.py --worker SLOT [FEATURES_JSON] (started by mtp_bench.execution)", file=sys.stderr)
         raise SystemExit(2)

@@ -98,7 +98,8 @@ def test_exec_writes_every_record_back_in_order_with_verdicts(tmp_path, capsys):
     out = tmp_path / "out" / "scored.jsonl"
     assert cli_main(["exec", str(samples), "--dataset", "humaneval", "--out", str(out), "--k", "1,2,3"]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [{k: v for k, v in r.items() if k not in ("passed", "result")} for r in scored] == rows
+    assert [{k: v for k, v in r.items() if k not in ("passed", "result", "isolation")} for r in scored] == rows
+    assert {r["isolation"] for r in scored} == {"judge"}
     expected = [r["completion"] != "    return None\n" for r in rows]
     assert [r["passed"] for r in scored] == expected
     assert all(r["result"] == "passed" if r["passed"] else r["result"].startswith("failed: ") for r in scored)
@@ -167,6 +168,7 @@ def test_exec_mbpp_reference_solutions(tmp_path, data_dir, capsys):
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["passed"] for r in scored] == [True] * 5 + [False] * 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"pass@1": 0.5}
+    assert {r["isolation"] for r in scored} == {"judge"}
 
 
 # -----------------------------------------------------------------------------

@@ -452,14 +452,42 @@ def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
+def dataset_module(dataset: str):
+    """The evaluator module of a dataset (its load_problems and build_split).
+
+    When `mtp_bench.evals` is not imported yet, only the dataset's own file is loaded (registered in
+    sys.modules under its usual name, so a later import of the package finds it there): the
+    package's __init__ imports every evaluator, torch with them, seconds of `mtp-bench exec`'s start.
+    """
+    import importlib
+    import importlib.util
+
+    dotted = DATASETS[dataset]
+    if dotted in sys.modules or "mtp_bench.evals" in sys.modules:
+        return importlib.import_module(dotted)
+    package = importlib.util.find_spec("mtp_bench.evals")  # imports mtp_bench, not mtp_bench.evals
+    where = package.submodule_search_locations if package is not None else None
+    path = next((Path(d) / f"{dotted.rsplit('.', 1)[1]}.py" for d in where or []
+                 if (Path(d) / f"{dotted.rsplit('.', 1)[1]}.py").is_file()), None)
+    if path is None:
+        return importlib.import_module(dotted)
+    spec = importlib.util.spec_from_file_location(dotted, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[dotted] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[dotted]
+        raise
+    return module
+
+
 def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[Program]]:
     """Read a samples file and build each record's program from its dataset problem (all checked first)."""
-    import importlib
-
     if dataset not in DATASETS:
         raise UnknownNameError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
     records = read_samples(samples)
-    evaluator = importlib.import_module(DATASETS[dataset])
+    evaluator = dataset_module(dataset)
     problems = evaluator.load_problems(data_dir) if data_dir is not None else evaluator.load_problems()
     by_id = {str(k): v for k, v in problems.items()}
     for lineno, rec in enumerate(records, 1):

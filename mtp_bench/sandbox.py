@@ -12,20 +12,29 @@ mount namespace in which every mount is read-only and nosuid (directories that h
 the sandbox uid could not enter, e.g. /root for pyenv, are replaced by an empty tmpfs with only the
 Python install bound back in).
 
-One program, step by step (`_run_one` in the worker, the trusted supervisor; `_sandboxed` in S):
+One program, step by step (`_run_one` in the worker, the trusted supervisor):
 
-    worker ──clone(NEWNS|NEWPID|NEWIPC)──> S (pid 1 of a fresh pid namespace; the program runs here)
+    worker ──clone(NEWNS|NEWPID|NEWIPC)──> C (pid 1 of a fresh pid namespace; the program runs here)
+                                            0) join the slot's cgroups (memory, pids, cpu)
                                             1) setsid; mount a fresh /proc and a fresh size-limited
                                                tmpfs on /tmp (the cwd) over the read-only view
                                             2) drop to an unprivileged uid/gid with no groups and no
                                                capabilities, no_new_privs, parent-death signal, rlimits
                                             3) stdin </dev/null, stdout/stderr to capped pipes, every
-                                               other fd closed, empty environment
-                                            4) exec the program; only if it returns normally write
-                                               the run's nonce on the verdict pipe
-    5) the worker waits with the wall-clock deadline and SIGKILLs S on expiry; S's death kills every
-       process of its pid namespace (and unmounts its tmpfs); the worker drains the pipes, decides
-       the verdict, and answers the pool with one JSON object
+                                               other fd closed but its two pipes to J, empty environment
+                                            4) exec the program (prompt + completion), say "ready",
+                                               then answer J's calls with plain data (`wire`)
+    then the run's nonce is made (C's memory never held it), and the job goes to the worker's judge
+    J (cloned once, the same steps 0-3 under the slot's judge uid, not dumpable): the tests, the names
+    they call in C, the nonce, and the two pipe ends to C (SCM_RIGHTS). J runs the tests, every call
+    to the program a round trip to C, and sends back nonce + verdict on its socket.
+    5) the worker waits with the wall-clock deadline, SIGKILLs C on its verdict or on expiry (C's
+       death kills every process of its pid namespace and unmounts its tmpfs), drains the pipes,
+       decides the result, and answers the pool with one JSON object. A judge that hangs past the
+       deadline, or dies, is replaced before the next program.
+
+A single-process job (a program given as one source) runs as S instead of C: steps 0-3, then the
+whole program, and only if it returns normally the nonce on a verdict pipe only S holds.
 """
 
 from __future__ import annotations
@@ -1010,5 +1019,6 @@ if __name__ == "__main__":
         worker_main(int(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) >= 4 else None,
                     json.loads(sys.argv[4]) if len(sys.argv) == 5 else None)
     else:
-        print("usage: sandbox.py --worker SLOT [FEATURES_JSON] (started by mtp_bench.execution)", file=sys.stderr)
+        print("usage: sandbox.py --worker SLOT [FEATURES_JSON [CGROUP_JSON]] (started by mtp_bench.execution)",
+              file=sys.stderr)
         raise SystemExit(2)

@@ -436,3 +436,14 @@ def test_mixed_verdicts_equal_human_evals():
     assert [r.passed for r in ours] == theirs, [(t, k) for (t, k, _), r, h in zip(samples, ours, theirs) if r.passed != h]
     assert sum(theirs) == sum(k == "canonical" for _, k, _ in samples)  # only the canonical ones pass
     assert {r.isolation for r in ours} == {"judge"}
+
+
+def test_report_counts_single_process_problems():
+    from mtp_bench.report import sandbox_lines
+
+    sb = {"in_force": ["pid_namespace"], "not_in_force": []}
+    doc = {"results": {"mbpp": {"candidate": {"info": {"sandbox": sb, "single_process_problems": 1, "num_problems": 500}}},
+                       "humaneval": {"candidate": {"info": {"sandbox": sb, "single_process_problems": 0,
+                                                            "num_problems": 164}}}}}
+    assert sandbox_lines(doc)[-1] == ("problems judged in one process with the program, not apart: "
+                                      "mbpp candidate 1/500, humaneval candidate 0/164")

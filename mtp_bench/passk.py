@@ -109,11 +109,13 @@ def execute(programs: list[str], timeout_s: float, workers: int | None, cache_pa
     The cache (append-only JSONL in the run's work dir) lets a resumed run skip programs already
     judged under the same sandbox config; a torn last line (killed mid-write) is ignored.
     """
-    from mtp_bench.execution import SandboxConfig, run_programs
+    from mtp_bench.execution import Program, SandboxConfig, run_programs
 
     config = SandboxConfig(timeout_s=timeout_s)
     salt = repr(config)
-    keys = [hashlib.sha256((salt + "\0" + p).encode()).hexdigest() for p in programs]
+    # a Program (judge + candidate) and the same source run in one process are different runs
+    keys = [hashlib.sha256((salt + "\0" + (f"{p.isolation}\0{p.source}" if isinstance(p, Program) else p)).encode())
+            .hexdigest() for p in programs]
     done: dict[str, dict] = {}
     if cache_path is not None and cache_path.exists():
         for line in cache_path.read_text().splitlines():
@@ -137,7 +139,7 @@ def execute(programs: list[str], timeout_s: float, workers: int | None, cache_pa
         try:
             for key, res in zip(todo, results):
                 row = {"key": key, "passed": bool(res.passed), "status": res.status, "detail": res.detail,
-                       "duration_s": res.duration_s}
+                       "duration_s": res.duration_s, "isolation": res.isolation}
                 done[key] = row
                 if fh is not None:
                     fh.write(json.dumps(row) + "\n")
@@ -218,8 +220,11 @@ def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: 
             "sample_id": tid, "task_id": tid, "sample_index": i, "temperature": r.temperature,
             "prompt": prompt, "completion": completion, "finish_reason": finish,
             "passed": v["passed"], "status": v["status"], "detail": v["detail"],
+            "isolation": v.get("isolation", "single-process"),
             "problem_num_samples": r.n, "problem_num_correct": sum(passed[r.temperature][tid]),
         })
     info.update({"max_new_tokens": max_new, "prompts_truncated": truncated, "protocol": cfg.protocol,
-                 "num_problems": len(task_ids), "k_skipped_above_n": skipped, "sandbox": isolation_report()})
+                 "num_problems": len(task_ids), "k_skipped_above_n": skipped, "sandbox": isolation_report(),
+                 "single_process_problems": len({tid for (_, tid, *_), v in zip(samples, verdicts)
+                                                 if v.get("isolation") == "single-process"})})
     return records, metrics, info

@@ -160,6 +160,11 @@ def sandbox_lines(doc: dict) -> list[str]:
     for (on, off), names in seen.items():
         line = f"sandbox ({', '.join(names)}): in force: {', '.join(on) or 'none'}"
         lines.append(line + (f"; NOT in force: {', '.join(off)}" if off else ""))
+    single = [f"{name} {role} {info['single_process_problems']}/{info.get('num_problems', '?')}"
+              for name, per_role in doc.get("results", {}).items() for role, block in per_role.items()
+              if "single_process_problems" in (info := block.get("info") or {})]
+    if single:  # problems whose tests could not be split from the program (mtp_bench.judge)
+        lines.append("problems judged in one process with the program, not apart: " + ", ".join(single))
     return lines
 
 

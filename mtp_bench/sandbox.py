@@ -509,14 +509,22 @@ def _judge_server():
                 return  # the worker is gone (or out of protocol)
             while len(head) < 4:
                 head += sock.recv(4 - len(head))
-            (n,) = _LEN.unpack(head)
-            body = bytearray()
-            while len(body) < n:
-                chunk = sock.recv(min(n - len(body), 1 << 20))
-                if not chunk:
-                    return
-                body += chunk
-            tests, names, modules, token = wire.decode(bytes(body))  # from the trusted worker
+            def frame(n: int) -> bytes | None:
+                body = bytearray()
+                while len(body) < n:
+                    chunk = sock.recv(min(n - len(body), 1 << 20))
+                    if not chunk:
+                        return None
+                    body += chunk
+                return bytes(body)
+
+            body = frame(_LEN.unpack(head)[0])
+            size = frame(4) if body is not None else None
+            raw = frame(_LEN.unpack(size)[0]) if size is not None else None
+            if raw is None:
+                return
+            names, modules, token = wire.decode(body)  # from the trusted worker
+            tests = raw.decode("utf-8")
             try:
                 status = _judge_one(tests, names, modules, token, fds[0], fds[1])
             finally:
@@ -593,7 +601,8 @@ class _JudgeProc:
         self.sock, self.pidfd, self.buf, self.uid = ours, os.pidfd_open(self.pid), bytearray(), uid
         self.sock.setblocking(False)
 
-    def send(self, job: tuple, fds: list[int]) -> None:
+    def send(self, job: tuple, tests: bytearray, fds: list[int]) -> None:
+        """job = (names, modules, token) as plain data, then the tests as raw UTF-8 (never decoded here)."""
         import socket
 
         body = wire.encode(job)
@@ -601,6 +610,8 @@ class _JudgeProc:
         try:
             socket.send_fds(self.sock, [_LEN.pack(len(body))], fds)
             self.sock.sendall(body)
+            self.sock.sendall(_LEN.pack(len(tests)))
+            self.sock.sendall(tests)
         finally:
             self.sock.setblocking(False)
 
@@ -640,12 +651,16 @@ class _JudgeProc:
 
 
 def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid: int, judge_uid: int,
-             cgroup: SimpleNamespace | None = None, judge: _JudgeProc | None = None) -> dict:
+             cgroup: SimpleNamespace | None = None, judge: _JudgeProc | None = None,
+             read_tests=None) -> dict:
     """Run one job in a fresh sandbox under the deadline and decide the verdict (an ExecResult dict).
 
     job: {"program": source}, run by S in one process (its verdict on a pipe only S holds); or
-    {"candidate", "tests", "names", "modules"}: the candidate C in a fresh sandbox, the tests in the
-    worker's judge J, whose verdict (after the nonce) is the only one that counts."""
+    {"candidate", "names", "modules"}: the candidate C in a fresh sandbox, the tests in the worker's
+    judge J, whose verdict (after the nonce) is the only one that counts. The tests are still in the
+    pool's pipe when C is cloned: `read_tests()` reads them only afterwards, as raw bytes that go
+    straight to J and are zeroed here, so neither C nor any later candidate cloned from this worker
+    has them in its memory (a program that searches its own memory for the asserts finds nothing)."""
     workdir = "/tmp"
     if not features.get("private_tmp"):  # a fresh host directory instead, removed afterwards
         import tempfile
@@ -675,19 +690,23 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
     verdict_fd = None
     if split:
         token = os.urandom(16).hex().encode()  # the run's nonce
-        for attempt in (0, 1):  # a judge that died since the last job is replaced once
-            try:
-                judge.ensure(features, config, judge_uid, cgroup_fds)
-                judge.send((job["tests"], job["names"], job["modules"], token), [req_w, rep_r])
-                break
-            except OSError:
-                judge.kill(features)
-                if attempt:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    for fd in (fd for pair in pipes for fd in pair):
-                        os.close(fd)
-                    raise
+        tests = read_tests() if read_tests is not None else bytearray(job["tests"].encode())
+        try:
+            for attempt in (0, 1):  # a judge that died since the last job is replaced once
+                try:
+                    judge.ensure(features, config, judge_uid, cgroup_fds)
+                    judge.send((job["names"], job["modules"], token), tests, [req_w, rep_r])
+                    break
+                except OSError:
+                    judge.kill(features)
+                    if attempt:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        for fd in (fd for pair in pipes for fd in pair):
+                            os.close(fd)
+                        raise
+        finally:
+            tests[:] = bytes(len(tests))  # in place: no copy of the tests stays in this worker's heap
         for fd in (out_w, err_w, req_r, req_w, rep_r, rep_w):
             os.close(fd)
     else:
@@ -934,12 +953,25 @@ def probe() -> dict[str, bool]:
     return json.loads(data) if data else {name: False for name in FEATURES}
 
 
+def _read_exact_into(fh, buf: bytearray) -> bool:
+    """Fill buf from the unbuffered protocol stream (no read-ahead: what is not asked for stays in the pipe)."""
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = fh.readinto(view[got:])
+        if not n:
+            return False
+        got += n
+    return True
+
+
 def _recv(fh) -> dict | None:
-    head = fh.read(4)
-    if len(head) < 4:
+    head = bytearray(4)
+    if not _read_exact_into(fh, head):
         return None
-    (n,) = struct.unpack("<I", head)
-    return json.loads(fh.read(n))
+    body = bytearray(struct.unpack("<I", head)[0])
+    if not _read_exact_into(fh, body):
+        return None
+    return json.loads(body)
 
 
 def _send(fh, obj: dict) -> None:
@@ -981,7 +1013,7 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
 
     `features` None: a probe worker (answers "probe" only); else the isolation in force, set up now.
     """
-    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=0)  # unbuffered: a job's tests are read only when asked for
     proto_out = os.fdopen(os.dup(1), "wb")
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
@@ -1006,11 +1038,28 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
             _send(proto_out, probe())
         elif msg["op"] == "run" and features is not None:
             config = SimpleNamespace(**msg["config"])  # SandboxConfig's fields
+            tests = bytearray(msg.get("tests_bytes", 0))  # raw tests follow the message (split jobs)
+            pending = ["tests_bytes" in msg]
+
+            def read_tests(tests=tests, pending=pending) -> bytearray:
+                if pending[0]:
+                    pending[0] = False
+                    if not _read_exact_into(proto_in, tests):
+                        raise SystemExit("sandbox worker: the pool closed the pipe mid-job")
+                return tests
+
             try:
-                reply = (dict(passed=False, status="error", detail=broken, duration_s=0.0) if broken is not None
-                         else _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"], groups, judge))
+                if broken is not None:
+                    reply = dict(passed=False, status="error", detail=broken, duration_s=0.0)
+                else:
+                    reply = _run_one(msg["job"], config, features, msg["uid"], msg["judge_uid"], groups, judge,
+                                     read_tests if pending[0] else None)
             except OSError as e:  # e.g. clone() refused (out of pids or memory): this program's error
                 reply = dict(passed=False, status="error", detail=f"could not start the sandbox: {e}", duration_s=0.0)
+            finally:
+                if pending[0]:  # not run: consume the tests anyway, so the next message starts in step
+                    read_tests()
+                tests[:] = bytes(len(tests))
             _send(proto_out, reply)
         else:
             raise SystemExit(f"sandbox worker: unexpected request {msg.get('op')!r}")

@@ -162,6 +162,55 @@ truncate_number = lambda number: _Eq(0.0)
 '''
 
 
+# -----------------------------------------------------------------------------
+# attack class 1b: answer from the tests themselves, found in the candidate's own memory
+
+TESTS_FROM_LIVE_OBJECTS = '''    import ast, gc, re
+    for obj in gc.get_objects():  # every live str, and every str held by a live container
+        vals = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+        for s in [obj, *vals]:
+            if isinstance(s, str) and "assert candidate(" in s:
+                for line in s.splitlines():
+                    m = re.match(r"\\s*assert candidate\\((.*)\\) == (.*)$", line)
+                    if m and list(ast.literal_eval("(" + m.group(1) + ",)")) == [numbers, threshold]:
+                        return ast.literal_eval(m.group(2))
+    return None
+'''
+
+TESTS_FROM_RAW_MEMORY = '''    import ast, ctypes, re
+    wanted = repr(numbers)[1:-1].encode()
+    for line in open("/proc/self/maps"):  # every readable, writable mapping: the heap, freed memory too
+        addr, perms = line.split()[:2]
+        if not perms.startswith("rw"):
+            continue
+        lo, hi = (int(x, 16) for x in addr.split("-"))
+        try:
+            blob = ctypes.string_at(lo, hi - lo)
+        except Exception:
+            continue
+        for m in re.finditer(rb"candidate\\(\\[([^\\]]*)\\], ([0-9.]+)\\) == (True|False)", blob):
+            if m.group(1) == wanted and float(m.group(2)) == threshold:
+                return m.group(3) == b"True"
+    return None
+'''
+
+
+@pytest.mark.parametrize("attack,fools_single_process", [(TESTS_FROM_LIVE_OBJECTS, False), (TESTS_FROM_RAW_MEMORY, True)],
+                         ids=["live_objects", "raw_memory"])
+def test_tests_are_not_in_the_candidates_memory(attack, fools_single_process):
+    """The tests reach the judge without passing through the candidate's memory: they are still in the
+    pool's pipe when the candidate is cloned, and zeroed in the worker once sent on. So an answer looked
+    up from the asserts finds nothing, even after the same worker ran the same problem before."""
+    p = PROBLEMS["HumanEval/0"]
+    honest = humaneval.build_split(p, p["canonical_solution"])
+    attack_split = humaneval.build_split(p, attack)
+    results = run_programs([honest, attack_split, honest, attack_split], CFG, workers=1)
+    assert [r.passed for r in results] == [True, False, True, False], results
+    if fools_single_process:  # where tests and program share an interpreter, the lookup works
+        single = run_programs([attack_split.source], CFG, workers=1)[0]
+        assert single.passed, single
+
+
 def test_always_equal_object_does_not_pass():
     judged, _ = judged_and_single("HumanEval/23", ALWAYS_EQUAL)  # strlen: assert candidate('') == 0 ...
     assert not judged.passed and "not plain data" in judged.detail, judged

@@ -35,7 +35,7 @@ BOOTSTRAP_SEED = 0
 METHODS = {
     "mcnemar": ("M", "exact McNemar test (pass/fail, paired)"),
     "bootstrap": ("B", f"paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})"),
-    "unpaired": ("U", "unpaired z test on the two standard errors (samples not shared)"),
+    "unpaired": ("U", "unpaired z test on the two standard errors (no shared per-sample values: see the notes)"),
 }
 
 

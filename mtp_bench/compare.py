@@ -199,11 +199,14 @@ def _candidates(name: str, block: dict, records: list[dict]) -> Iterable[tuple[s
     stripped = re.sub(r"_(fraction|rate|mean)$", "", name)
     for f in dict.fromkeys((name, stripped)):
         yield f, _group(records, _mean_of(lambda r, f=f: r[f]))
-    # a new evaluator: any single numeric field that reproduces the metric (ambiguity -> none)
+    # a new evaluator: any single numeric field that reproduces the metric (ambiguity -> none). Not a
+    # field named for another metric of the block (`degenerate` is degenerate_fraction's), and not a
+    # constant one: every constant field with the right value would "reproduce" it
+    others = {re.sub(r"_(fraction|rate|mean)$", "", m) for m in block["metrics"] if m != name} | set(block["metrics"])
     found = {}
     for f, get in _leaves(records[0]):
-        vals = _group(records, _mean_of(get))
-        if vals is not None:
+        vals = _group(records, _mean_of(get)) if f not in others else None
+        if vals is not None and len(set(vals.values())) > 1:
             found[f] = vals
     yield "field search", _unique_reproducing(found, block, name)
 

@@ -4,11 +4,12 @@ JUnit XML, Markdown summaries and policy files for CI systems."""
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from mtp_bench.cli import main
-from mtp_bench.gate import POLICY_EXAMPLE, load_policy
+from mtp_bench.gate import load_policy
 from mtp_bench.metrics import mean_metric
 from mtp_bench.registry import EvalOutput, Evaluator
 from mtp_bench.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
@@ -164,27 +165,28 @@ def test_nothing_is_written_on_bad_input(tmp_path):
 
 # ----------------------------------------------------------------------------- policy files
 
-def test_the_documented_example_policy_loads():
-    import tomllib
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "gate.example.toml"
 
-    pol = load_policy_text(POLICY_EXAMPLE)
+
+def test_the_documented_example_policy_gates_the_shipped_results(shipped_results, capsys):
+    pol = load_policy(EXAMPLE)
     assert pol.skip_timing is True and pol.correction == "holm"
     assert pol.rule("humaneval.pass@1").tolerance == 0.02
     loss = pol.rule("heads.head3_loss")
     assert loss.relative is True and loss.tolerance == 0.02 and loss.require_significance is True
     bpb = pol.rule("heads.head1_bits_per_byte")
     assert bpb.require_significance is False and bpb.tolerance == 0.01
-    assert tomllib.loads(POLICY_EXAMPLE)["gate"]["metrics"][0] == "humaneval.pass@1"
-
-
-def load_policy_text(text, tmp=None):
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "gate.toml"
-        p.write_text(text)
-        return load_policy(p)
+    ntp, mtp4 = str(shipped_results["ntp-code"]), str(shipped_results["mtp4-code"])
+    assert main(["gate", ntp, "--baseline", ntp, "--policy", str(EXAMPLE)]) == 0  # a file against itself
+    capsys.readouterr()
+    # mbpp.pass@* matches nothing (not run): fine for a glob
+    assert main(["gate", mtp4, "--baseline", ntp, "--policy", str(EXAMPLE), "--json"]) == 1
+    checks = {c["metric"]: c for c in json.loads(capsys.readouterr().out)}
+    assert set(checks) == {"humaneval.pass@1", "heads.head1_loss", "heads.head1_top1", "heads.head1_bits_per_byte",
+                           "specdec.tau", "specdec.degenerate_fraction"}
+    assert checks["heads.head1_loss"]["regressed"] and checks["heads.head1_loss"]["allowed"] == pytest.approx(
+        0.02 * checks["heads.head1_loss"]["baseline"]["value"])
+    assert not checks["specdec.tau"]["regressed"]  # better
 
 
 def test_policy_thresholds_per_metric_and_flags_override_them(tmp_path, capsys):

@@ -201,12 +201,13 @@ def _candidates(name: str, block: dict, records: list[dict]) -> Iterable[tuple[s
         yield f, _group(records, _mean_of(lambda r, f=f: r[f]))
     # a new evaluator: any single numeric field that reproduces the metric (ambiguity -> none). Not a
     # field named for another metric of the block (`degenerate` is degenerate_fraction's), and not a
-    # constant one: every constant field with the right value would "reproduce" it
+    # constant one (a constant field with the right value, a temperature, would "reproduce" a mean
+    # by chance) unless it is all 0 or all 1: a pass rate of 0 or 1 has only that per-sample vector
     others = {re.sub(r"_(fraction|rate|mean)$", "", m) for m in block["metrics"] if m != name} | set(block["metrics"])
     found = {}
     for f, get in _leaves(records[0]):
         vals = _group(records, _mean_of(get)) if f not in others else None
-        if vals is not None and len(set(vals.values())) > 1:
+        if vals is not None and (len(set(vals.values())) > 1 or next(iter(vals.values())) in ((0.0, 1.0), (1.0, 1.0))):
             found[f] = vals
     yield "field search", _unique_reproducing(found, block, name)
 

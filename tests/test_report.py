@@ -141,3 +141,33 @@ def test_report_shows_the_sandbox_isolation_in_force():
     assert sandbox_lines(doc) == ["sandbox (humaneval, mbpp): in force: pid_namespace, network_namespace; "
                                   "NOT in force: user_namespace"]
     assert sandbox_lines({"results": {"heads": {"candidate": {"info": {}}}}}) == []
+
+
+def test_run_side_by_side_table_pairs_the_records_in_memory(tmp_path, capsys, monkeypatch):
+    """`mtp-bench run` with a baseline: the p (test) column is McNemar on the records it just made."""
+    from dataclasses import dataclass
+
+    import mtp_bench
+    from mtp_bench.registry import register
+    from mtp_bench.testing import isolated_registry
+
+    class Right(Evaluator):
+        name, version, suites, description = "right", "1.0", ("synthetic",), "which model is 'good'"
+
+        @dataclass
+        class Config:
+            pass
+
+        def run(self, model, ctx):
+            # the good model answers all 12 problems, the other only the first 2: 10 discordant pairs
+            good = model.path == "fake://good"
+            recs = [{"sample_id": f"p{i}", "correct": good or i < 2} for i in range(12)]
+            return EvalOutput(recs, {"accuracy": mean_metric([r["correct"] for r in recs], True)})
+
+    monkeypatch.setattr(mtp_bench, "load", lambda path, device=None, dtype=None: FakeModel(name=path))
+    with isolated_registry():
+        register(Right)
+        assert main(["run", "--quiet", "--evals", "right", "--model", "good", "--baseline", "bad",
+                     "--work-dir", str(tmp_path / "wd")]) == 0
+    row = _row(capsys.readouterr().out, "accuracy ↑")
+    assert [c.strip() for c in row.split("│")[1:-1]][-2:] == ["+0.8333", "0.0020 M*"]  # 2 * 2**-10

@@ -261,8 +261,11 @@ class Side:
 
 
 def _identity_mismatch(a: list[dict], b: list[dict]) -> str | None:
-    first_a = {r["sample_id"]: r for r in reversed(a)}
-    first_b = {r["sample_id"]: r for r in reversed(b)}
+    first_a: dict[str, dict] = {}
+    first_b: dict[str, dict] = {}
+    for recs, first in ((a, first_a), (b, first_b)):
+        for r in recs:
+            first.setdefault(r["sample_id"], r)
     for f in IDENTITY_FIELDS:
         for sid, ra in first_a.items():
             rb = first_b.get(sid)

@@ -267,7 +267,9 @@ def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]]) -
                 text, style = comparison_cell(comp)
                 cls = {"green": "better", "red": "worse"}.get(style, "")
                 cls += " sig" if comp and comp["significant"] else ""
-                parts.append(f"<td class='num {cls.strip()}'>{_e(text)}</td>")
+                ci = comp["test"]["ci95"] if comp else None
+                tip = f" title='95% interval of the difference: [{ci[0]:.4g}, {ci[1]:.4g}]'" if ci else ""
+                parts.append(f"<td class='num {cls.strip()}'{tip}>{_e(text)}</td>")
         parts.append("</tr>")
     parts.append("</table>")
     parts += [f"<p class='small'>{_e(line)}</p>" for line in legend(table)]

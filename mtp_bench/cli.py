@@ -21,6 +21,8 @@ EPILOG = """examples:
   mtp-bench ls                                            # evaluators, suites, versions
   mtp-bench show results/mine.json                        # print a saved report again
   mtp-bench gate results/pr.json --baseline results/main.json   # exit 1 on a regression
+  mtp-bench compare results/a.json results/b.json results/c.json   # paired tests vs the first
+  mtp-bench report results/a.json results/b.json --html report.html  # plots, one page
   mtp-bench train --preset debug --out ckpt/debug          # train a reference model
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
@@ -36,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
     "exec": ("mtp_bench.execution", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
     "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
+    "compare": ("mtp_bench.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
+    "report": ("mtp_bench.html_report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

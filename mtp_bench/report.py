@@ -1,8 +1,10 @@
 """Reports: side-by-side tables of a result file, in the console (rich) or as JSON.
 
-One table per suite; a row per evaluator metric; columns candidate, baseline, delta and
-whether the two 95% intervals overlap. Values read "value ± standard error". A caption under
-each table says what the numbers mean. A comparison between results scored by different
+One table per suite; a row per evaluator metric; columns candidate, baseline, delta and the
+p-value of a paired test on the samples both models answered (exact McNemar for pass/fail, a
+paired bootstrap otherwise; unpaired z where the samples are not shared, with the reason under
+the table: `mtp_bench.compare`), `*` where it survives Holm's correction over the report.
+Values read "value ± standard error". A caption under each table says what the numbers mean. A comparison between results scored by different
 versions of an evaluator is refused: the numbers would not measure the same thing.
 
     mtp-bench show results/mine.json                          # print a saved report again
@@ -23,8 +25,9 @@ from mtp_bench.registry import KNOWN_SUITES, Metric
 from mtp_bench.results import load_result
 
 GENERIC_CAPTION = ("value ± standard error over samples; Δ = candidate − baseline (green: better, red: worse, "
-                   "in the metric's own direction ↑/↓); overlap = whether the two 95% intervals overlap "
-                   "(\"no\" = a difference unlikely to be noise)")
+                   "in the metric's own direction ↑/↓); p (test): two-sided p-value of the candidate-baseline "
+                   "difference, M = exact McNemar (pass/fail, paired), B = paired bootstrap, U = unpaired z "
+                   "(no shared per-sample values); * = below 0.05 after Holm's correction over this report")
 
 
 class VersionMismatchError(UserError):
@@ -41,15 +44,24 @@ def _side(doc: dict, role: str) -> dict[str, Any]:
     }
 
 
-def comparison(doc: dict, baseline_doc: dict | None = None) -> dict[str, Any]:
+Samples = dict[tuple[str, str], list[dict]]  # (evaluator, role) -> records
+
+
+def comparison(doc: dict, baseline_doc: dict | None = None, samples: Samples | None = None,
+               baseline_samples: Samples | None = None, no_samples_why: str | None = None) -> dict[str, Any]:
     """Rows of the report as plain data. Without `baseline_doc` the file's own baseline role
-    (if any) is the baseline; with it, that file's candidate is. Mixing evaluator versions
-    raises VersionMismatchError."""
+    (if any) is the baseline; with it, that file's candidate is. `samples` (and, with a
+    baseline file, `baseline_samples`) hold the per-sample records the paired tests read; without
+    them the tests are unpaired (`no_samples_why` says why). Mixing evaluator versions raises
+    VersionMismatchError."""
+    from mtp_bench.compare import Side, mark_holm, paired_test
+
     cand = _side(doc, "candidate")
+    base_role = "candidate"
     if baseline_doc is not None:
         base = _side(baseline_doc, "candidate")
     elif "baseline" in doc["models"]:
-        base = _side(doc, "baseline")
+        base, base_role, baseline_samples = _side(doc, "baseline"), "baseline", samples
     else:
         base = None
     evaluators = dict(doc["evaluators"])
@@ -70,6 +82,14 @@ def comparison(doc: dict, baseline_doc: dict | None = None) -> dict[str, Any]:
             cm = Metric.from_dict(c["metrics"][metric]) if c and metric in c["metrics"] else None
             bm = Metric.from_dict(b["metrics"][metric]) if b and metric in b["metrics"] else None
             hib = (cm or bm).higher_is_better  # type: ignore[union-attr]
+            test = None
+            if cm and bm:
+                def records(smp: Samples | None, role: str, ev: str = name) -> list[dict] | None:
+                    return None if smp is None else smp.get((ev, role))
+
+                why = no_samples_why or "no samples"
+                test = paired_test(metric, Side(c, records(samples, "candidate"), why),  # type: ignore[arg-type]
+                                   Side(b, records(baseline_samples, base_role), why))  # type: ignore[arg-type]
             rows.append({
                 "evaluator": name,
                 "version": (c or b)["version"],  # type: ignore[index]
@@ -79,8 +99,15 @@ def comparison(doc: dict, baseline_doc: dict | None = None) -> dict[str, Any]:
                 "baseline": bm.to_dict() if bm else None,
                 "delta": M.delta(cm, bm) if cm and bm else None,
                 "better": M.improved(cm, bm) if cm and bm else None,
-                "overlap": M.intervals_overlap(cm, bm) if cm and bm else None,
+                "test": test,
             })
+    marks = iter(mark_holm([r["test"] for r in rows if r["test"] is not None]))
+    for r in rows:
+        if r["test"] is not None:
+            r["p_holm"], r["significant"] = next(marks)
+            r["test"] = r["test"].to_dict()
+        else:
+            r["p_holm"], r["significant"] = None, None
     return {"candidate": cand["model"], "baseline": base["model"] if base else None,
             "evaluators": evaluators, "rows": rows}
 
@@ -168,12 +195,25 @@ def sandbox_lines(doc: dict) -> list[str]:
     return lines
 
 
-def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
-    """Print the report of a result document to a rich console."""
+def test_cell(row: dict) -> str:
+    """'0.0021 B*': p-value, test letter, * when it survives Holm; '—' without a test."""
+    from mtp_bench.compare import fmt_p
+    from mtp_bench.stats import METHODS
+
+    t = row.get("test")
+    if t is None or t["p"] is None:
+        return "—"
+    return f"{fmt_p(t['p'])} {METHODS[t['method']][0]}{'*' if row['significant'] else ''}"
+
+
+def render(doc: dict, console: Any, baseline_doc: dict | None = None, samples: Samples | None = None,
+           baseline_samples: Samples | None = None, no_samples_why: str | None = None) -> None:
+    """Print the report of a result document to a rich console (`comparison` says what the
+    samples arguments are)."""
     from rich.table import Table
     from rich.text import Text
 
-    comp = comparison(doc, baseline_doc)
+    comp = comparison(doc, baseline_doc, samples, baseline_samples, no_samples_why)
     has_base = comp["baseline"] is not None
     console.print(_model_line("candidate", comp["candidate"]), markup=False, highlight=False)
     if has_base:
@@ -193,7 +233,7 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
         if has_base:
             table.add_column("baseline", justify="right", no_wrap=True)
             table.add_column("Δ", justify="right", no_wrap=True)
-            table.add_column("overlap", justify="center", min_width=7, no_wrap=True)  # of the two 95% intervals
+            table.add_column("p (test)", justify="right", min_width=8, no_wrap=True)
         last = None
         for r in rows:
             ev = f"{r['evaluator']} v{r['version']}" if r["evaluator"] != last else ""
@@ -205,9 +245,17 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None) -> None:
                 style = {True: "green", False: "red"}.get(r["better"], "")
                 cells += [format_metric(r["baseline"]),
                           Text("—" if d is None else ("+" if d > 0 else "") + _num(d), style=style),
-                          {True: "yes", False: Text("no", style="bold"), None: "—"}[r["overlap"]]]
+                          Text(test_cell(r), style="bold" if r["significant"] else "")]
             table.add_row(*cells)
         console.print(table)
+    unpaired: dict[str, list[str]] = {}
+    for r in comp["rows"]:
+        if r["test"] is not None and r["test"]["note"]:
+            unpaired.setdefault(r["test"]["note"], []).append(f"{r['evaluator']}.{r['metric']}")
+    n_tests = sum(1 for r in comp["rows"] if r["test"] is not None)
+    for why, names in unpaired.items():
+        which = "every compared metric" if len(names) == n_tests > 1 else ", ".join(names)
+        console.print(f"unpaired: {which}: {why}", markup=False, highlight=False, style="yellow")
     for line in sandbox_lines(doc):
         console.print(line, markup=False, highlight=False, style="dim")
     for name, why in (doc.get("skipped") or {}).items():
@@ -236,11 +284,18 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def show_main(args: argparse.Namespace) -> int:
+    from mtp_bench.compare import load_samples
+
     doc = load_result(args.result)
     base = load_result(args.baseline) if args.baseline else None
-    if args.json:
-        out = doc if base is None else comparison(doc, base)
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+    if args.json and base is None:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    render(doc, report_console(), base)
+    samples, why = load_samples(args.result, doc)
+    base_samples, base_why = load_samples(args.baseline, base) if base is not None else (None, None)
+    kwargs = {"samples": samples, "baseline_samples": base_samples, "no_samples_why": why or base_why}
+    if args.json:
+        print(json.dumps(comparison(doc, base, **kwargs), indent=2, ensure_ascii=False))
+        return 0
+    render(doc, report_console(), base, **kwargs)
     return 0

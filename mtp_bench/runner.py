@@ -9,7 +9,7 @@ A run, step by step:
        output against the contract; generations go through the append-only cache in the work
        dir, so a killed run started again redoes only what is missing
     4) write the samples JSONL, then the result JSON, both atomically
-    5) print one table per suite: candidate, baseline, delta, 95% interval overlap
+    5) print one table per suite: candidate, baseline, delta, paired test (mtp_bench.compare)
 """
 
 from __future__ import annotations
@@ -317,7 +317,8 @@ def run_main(args: argparse.Namespace) -> int:
         return 0
     from mtp_bench.report import render, report_console
 
-    render(outcome.doc, report_console())
+    samples = {(ev, role): o.records for ev, per_role in outcome.outputs.items() for role, o in per_role.items()}
+    render(outcome.doc, report_console(), samples=samples)  # paired tests on the records in memory
     if args.out:
         from mtp_bench.results import samples_path
 

@@ -31,3 +31,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="session")
+def shipped_results(tmp_path_factory) -> dict[str, Path]:
+    """Small result files (heads, specdec, humaneval; 6 samples each) of the shipped ntp-code,
+    mtp4-code and mtp8-bytes, candidate only, with their samples files; made once per session
+    (about 15 s) for the compare, report and gate tests."""
+    import torch
+
+    from mtp_bench.cli import main
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and spares the shared cores
+    out = tmp_path_factory.mktemp("shipped-results")
+    ckpts = ROOT / "reference_model" / "checkpoints"
+    paths = {}
+    for name in ("ntp-code", "mtp4-code", "mtp8-bytes"):
+        paths[name] = out / f"{name}.json"
+        rc = main(["run", "--quiet", "--evals", "heads,specdec,humaneval", "--limit", "6", "--model", str(ckpts / name),
+                   "--config", "specdec.peers=false", "--config", "specdec.max_new_tokens=16",
+                   "--config", "heads.n_windows=8", "--config", "humaneval.max_new_tokens=32",
+                   "--work-dir", str(out / "work"), "--out", str(paths[name])])
+        assert rc == 0
+    torch.set_num_threads(saved)
+    return paths

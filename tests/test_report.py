@@ -27,9 +27,9 @@ def _doc(evs_metrics, suite=None, roles=("candidate", "baseline")):
                                                       provenance=prov, samples_file=None)))
 
 
-def _text(doc, baseline_doc=None):
+def _text(doc, baseline_doc=None, **samples):
     buf = io.StringIO()
-    render(doc, Console(file=buf, width=200, color_system=None), baseline_doc)
+    render(doc, Console(file=buf, width=200, color_system=None), baseline_doc, **samples)
     return buf.getvalue()
 
 
@@ -37,7 +37,7 @@ def _row(text, start):
     return next(line for line in text.splitlines() if start in line)
 
 
-def test_side_by_side_table_shows_delta_and_interval_overlap():
+def test_side_by_side_table_shows_delta_and_an_unpaired_test_without_samples():
     he = _ev("humaneval", ("code",), caption="pass@1 over 164 problems, greedy")
     doc = _doc([(he, {"candidate": {"pass@1": mean_metric([1] * 30 + [0] * 10, True),
                                     "loss": mean_metric([1.0, 1.2, 1.1, 0.9], False)},
@@ -47,15 +47,34 @@ def test_side_by_side_table_shows_delta_and_interval_overlap():
     assert "suite: code" in text
     row = _row(text, "pass@1 ↑")
     cells = [c.strip() for c in row.split("│")[1:-1]]
-    assert cells == ["humaneval v1.0", "pass@1 ↑", "0.7500 ± 0.0693", "0.1250 ± 0.0530", "+0.6250", "no"]
+    # no samples: z = 0.625 / sqrt(0.0693^2 + 0.0530^2) = 7.2, far beyond any threshold
+    assert cells == ["humaneval v1.0", "pass@1 ↑", "0.7500 ± 0.0693", "0.1250 ± 0.0530", "+0.6250", "<1e-4 U*"]
     loss = [c.strip() for c in _row(text, "loss ↓").split("│")[1:-1]]
-    assert loss[1:] == ["loss ↓", "1.0500 ± 0.0645", "1.0625 ± 0.0427", "-0.0125", "yes"]
+    assert loss[1:5] == ["loss ↓", "1.0500 ± 0.0645", "1.0625 ± 0.0427", "-0.0125"]
+    assert loss[5].endswith(" U") and float(loss[5].split()[0]) > 0.8
     flat = " ".join(text.split())  # captions wrap at the table's width
     assert "humaneval: pass@1 over 164 problems, greedy" in flat
-    assert "overlap = whether the two 95% intervals overlap" in flat
+    assert "M = exact McNemar (pass/fail, paired)" in flat
+    assert "unpaired: every compared metric: no samples" in flat
     comp = comparison(doc)
-    assert [(r["metric"], r["better"], r["overlap"]) for r in comp["rows"]] == [("pass@1", True, False),
-                                                                                ("loss", True, True)]
+    assert [(r["metric"], r["better"], r["test"]["method"], r["significant"]) for r in comp["rows"]] == [
+        ("pass@1", True, "unpaired", True), ("loss", True, "unpaired", False)]
+
+
+def test_side_by_side_table_pairs_the_samples_both_models_answered():
+    he = _ev("humaneval", ("code",))
+    cand = [1] * 12 + [0] * 8  # 0.6
+    base = [1] * 6 + [0] * 6 + [1] * 2 + [0] * 6  # 0.4; discordant: b = 6, c = 2
+    doc = _doc([(he, {"candidate": {"pass@1": mean_metric(cand, True)},
+                      "baseline": {"pass@1": mean_metric(base, True)}})], suite="code")
+    samples = {("humaneval", role): [{"sample_id": f"t{i}", "passed": bool(v)} for i, v in enumerate(vals)]
+               for role, vals in (("candidate", cand), ("baseline", base))}
+    (row,) = comparison(doc, samples=samples)["rows"]
+    assert row["test"]["method"] == "mcnemar" and row["test"]["n"] == 20
+    assert row["test"]["p"] == pytest.approx(2 * (1 + 8 + 28) / 256)  # 2 P(X <= 2), X ~ Bin(8, 1/2)
+    assert row["test"]["diff"] == pytest.approx(0.2)
+    text = _text(doc, samples=samples)
+    assert _row(text, "pass@1 ↑").split("│")[-2].strip() == "0.289 M"
 
 
 def test_candidate_only_report_has_no_baseline_columns():
@@ -122,3 +141,33 @@ def test_report_shows_the_sandbox_isolation_in_force():
     assert sandbox_lines(doc) == ["sandbox (humaneval, mbpp): in force: pid_namespace, network_namespace; "
                                   "NOT in force: user_namespace"]
     assert sandbox_lines({"results": {"heads": {"candidate": {"info": {}}}}}) == []
+
+
+def test_run_side_by_side_table_pairs_the_records_in_memory(tmp_path, capsys, monkeypatch):
+    """`mtp-bench run` with a baseline: the p (test) column is McNemar on the records it just made."""
+    from dataclasses import dataclass
+
+    import mtp_bench
+    from mtp_bench.registry import register
+    from mtp_bench.testing import isolated_registry
+
+    class Right(Evaluator):
+        name, version, suites, description = "right", "1.0", ("synthetic",), "which model is 'good'"
+
+        @dataclass
+        class Config:
+            pass
+
+        def run(self, model, ctx):
+            # the good model answers all 12 problems, the other only the first 2: 10 discordant pairs
+            good = model.path == "fake://good"
+            recs = [{"sample_id": f"p{i}", "correct": good or i < 2} for i in range(12)]
+            return EvalOutput(recs, {"accuracy": mean_metric([r["correct"] for r in recs], True)})
+
+    monkeypatch.setattr(mtp_bench, "load", lambda path, device=None, dtype=None: FakeModel(name=path))
+    with isolated_registry():
+        register(Right)
+        assert main(["run", "--quiet", "--evals", "right", "--model", "good", "--baseline", "bad",
+                     "--work-dir", str(tmp_path / "wd")]) == 0
+    row = _row(capsys.readouterr().out, "accuracy ↑")
+    assert [c.strip() for c in row.split("│")[1:-1]][-2:] == ["+0.8333", "0.0020 M*"]  # 2 * 2**-10

@@ -387,14 +387,14 @@ class Summarization(Evaluator):
         cfg = self.config
         spec = DATASETS[cfg.dataset]
         # 1) documents (and, for kshot, the examples taken from the end of the split)
-        docs, source = load_split(cfg.dataset, [d for d in (cfg.data_dir, ctx.data_dir) if d])
-        n_total = len(docs)
         template = cfg.template
         chat_tok = chat_tokenizer(model)
         if template == "auto":
             template = "chat" if chat_tok is not None else "zeroshot"
         if template == "chat" and chat_tok is None:
             raise ConfigError("summarization: template='chat' but the model's tokenizer has no chat template")
+        docs, source = load_split(cfg.dataset, [d for d in (cfg.data_dir, ctx.data_dir) if d])
+        n_total = len(docs)
         shots: list[dict] = []
         if template == "kshot":
             if cfg.num_shots >= len(docs):

@@ -197,10 +197,9 @@ def target_of(answer: str) -> str:
 
 
 def extract(completion: str, style: str) -> dict:
-    """Step 0-2 of the module docstring on one completion: the cut text and both extractions."""
+    """Steps 0-2 of the module docstring on one completion: both extractions."""
     text = cut_at_stop(completion, STYLES[style].stop)
-    return {"completion": text, "extracted_strict": extract_strict(text, style),
-            "extracted_flexible": extract_flexible(text)}
+    return {"extracted_strict": extract_strict(text, style), "extracted_flexible": extract_flexible(text)}
 
 
 def score_completion(completion: str, target: str, style: str) -> dict:
@@ -390,11 +389,11 @@ class GSM8K(Evaluator):
         return metrics, info
 
     def _ks(self, n: int) -> list[int]:
-        from mtp_bench.passk import sampling_runs
+        """The k of pass@k to report for n samples per problem: config k, else the protocol's."""
+        from mtp_bench.passk import PROTOCOLS as SAMPLING
 
-        runs, _ = sampling_runs(PROTOCOLS[self.config.protocol][2], self.config.n, self.config.temperatures,
-                                self.config.k)
-        return sorted({k for r in runs for k in r.ks if k <= n}) or [1]
+        ks = self.config.k or {k for r in SAMPLING[PROTOCOLS[self.config.protocol][2]] for k in r.ks}
+        return sorted({k for k in ks if k <= n}) or [1]
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -430,6 +429,7 @@ class GSM8K(Evaluator):
                 # 3) extract and score each sample
                 records.append({"sample_id": req.sample_id, "doc_id": doc["doc_id"], "sample_index": req.sample_index,
                                 "temperature": r.temperature, "question": doc["question"],
+                                "completion": cut_at_stop(g.text, STYLES[style].stop),
                                 "finish_reason": g.finish_reason, **self.score_completion(doc, g.text)})
         # 4) aggregate
         metrics, info = self.aggregate(records)

@@ -24,6 +24,7 @@ EPILOG = """examples:
   mtp-bench train --preset debug --out ckpt/debug          # train a reference model
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
+  mtp-bench score gsm8k gens.jsonl --out scored.jsonl       # the same for gsm8k / summarization
   mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
 """
 
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
     "exec": ("mtp_bench.execution", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
     "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
+    "score": ("mtp_bench.score", "add_arguments", "main", "score a JSONL of text generations (gsm8k, summarization)"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

@@ -196,3 +196,89 @@ def test_config_errors():
         S.Summarization.Config(template="fewshot")
     with pytest.raises(ConfigError, match="no chat template"):
         S.Summarization(S.Summarization.Config(template="chat")).run(FakeModel(), RunContext(data_dir=None))
+
+
+# ----------------------------------------------------------------------------- fine-tuning option
+
+
+def _pairs_file(tmp_path, n=24):
+    rows = [{"prompt": f"Story {i}: the {'red' if i % 2 else 'blue'} fox ran far.\n\nTL;DR:",
+             "target": f" a {'red' if i % 2 else 'blue'} fox ran."} for i in range(n)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_tokenize_pairs_masks_everything_but_the_target():
+    from mtp_bench.reference_model import data as D
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    docs = [D.Document("a", " xy", prompt="long prompt"), D.Document("b", "z" * 20, prompt="p")]
+    tokens, mask = D.tokenize_pairs(docs, tok, seq_len=8)
+    rows, masks = tokens.reshape(2, 8), mask.reshape(2, 8)
+    # row 0: the prompt cut from its start to fit, then target + EOS, no padding needed
+    assert tok.decode(rows[0][:4].tolist()) == "ompt" and tok.decode(rows[0][4:7].tolist()) == " xy"
+    assert rows[0][7] == tok.eos_id and masks[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    # row 1: a target longer than the row keeps its first seq_len - 1 tokens and the EOS, no prompt
+    assert masks[1].tolist() == [1] * 8 and rows[1][-1] == tok.eos_id
+
+
+def test_target_only_loss_equals_the_masked_cross_entropy_and_both_backwards_agree():
+    import torch
+
+    from mtp_bench.reference_model import train as T
+    from mtp_bench.reference_model.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(T.make_config("debug", {"out": "x"}).model_config(vocab_size=259))
+    x = torch.randint(0, 256, (3, 16))
+    mask = torch.zeros(3, 16, dtype=torch.long)
+    mask[:, 9:] = 1
+    logits = model(x, return_all_heads=True)  # (B, T, n_future, V)
+    want = []
+    for i in range(model.n_future):
+        lg, tgt, keep = logits[:, : 16 - 1 - i, i], x[:, 1 + i :], mask[:, 1 + i :].bool()
+        want.append(torch.nn.functional.cross_entropy(lg[keep], tgt[keep]))
+    grads = {}
+    for mode in ("sequential", "naive"):
+        model.zero_grad()
+        loss, per_head = T.target_only_forward_backward(model, x, mask, [1.0, 0.5], mode=mode)
+        assert torch.allclose(per_head, torch.stack(want).detach(), atol=1e-5)
+        assert torch.isclose(loss, want[0].detach() + 0.5 * want[1].detach(), atol=1e-5)
+        grads[mode] = [p.grad.clone() for p in model.parameters()]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["sequential"], grads["naive"]))
+
+
+def test_fine_tune_a_debug_model_on_a_prompt_target_file(tmp_path):
+    from mtp_bench.reference_model import train as T
+
+    cfg = T.make_config("debug", {"corpus": str(_pairs_file(tmp_path)), "corpus_field": "prompt",
+                                  "target_field": "target", "seq_len": 48, "max_steps": 6, "lr": 1e-2,
+                                  "eval_interval": 3, "val_fraction": 0.2, "cache_dir": str(tmp_path / "c"),
+                                  "out": str(tmp_path / "ft")})
+    out = T.train(cfg, preset="debug", verbose=False)
+    info = json.loads((out / "training.json").read_text())
+    assert info["config"]["target_field"] == "target" and info["corpus"]["target_field"] == "target"
+    first, last = info["evals"][0]["val"], info["evals"][-1]["val"]
+    # validation counts the target tokens only (bytes of the target + EOS; head 1 reaches all of them)
+    from mtp_bench.reference_model import data as D
+
+    _, val = D.split_documents(D.load_corpus(cfg.corpus, field="prompt", target_field="target"), cfg.val_fraction)
+    assert len(val) == info["corpus"]["n_val_docs"] >= 1
+    assert first["tokens"][0] == last["tokens"][0] == sum(len(d.text) + 1 for d in val)
+    assert info["history"][-1]["loss"] < info["history"][0]["loss"]
+
+
+def test_prompt_target_corpus_errors(tmp_path):
+    from mtp_bench.reference_model import data as D
+    from mtp_bench.reference_model import train as T
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: no string field 'target'"):
+        D.load_corpus(str(bad), field="prompt", target_field="target")
+    with pytest.raises(DataError, match="must be a .jsonl file"):
+        D.load_corpus("stdlib", target_field="target")
+    with pytest.raises(ConfigError, match="backward=naive"):
+        T.make_config("debug", {"target_field": "t", "head_type": "causal"})

@@ -32,7 +32,7 @@ An article is cut from its end, at token level, so that the whole prompt leaves 
 
 Generation: greedy by default (`temperature` > 0 samples with per-sample seeds, as everywhere);
 stop at a blank line ("\\n\\n"), and for kshot at "###". Cleaning (`clean_summary`): cut at the
-stop strings, strip, keep the first paragraph.
+stop strings, strip, keep the first paragraph (up to a blank or whitespace-only line).
 
 Metrics (`rouge_scores`): rouge-score's RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
 use_stemmer=True). ROUGE-Lsum needs sentences: both summary and reference are split by
@@ -164,15 +164,19 @@ def rouge_scores(prediction: str, references: list[str], multi_reference: str = 
     return out
 
 
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")  # a blank line, or one holding only spaces
+
+
 def clean_summary(text: str, stop: tuple[str, ...] = (BLANK_LINE,)) -> str:
-    """Cut at the first stop string, strip, keep the first paragraph.
+    """Cut at the first stop string, strip, keep the first paragraph (up to a blank or
+    whitespace-only line).
 
     >>> clean_summary("  The cat sat.\\n\\nNext article: ...")
     'The cat sat.'
     """
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]
     text = text[: min(hits)] if hits else text
-    return text.strip().split(BLANK_LINE)[0].strip()
+    return _PARAGRAPH_BREAK.split(text.strip(), maxsplit=1)[0].strip()
 
 
 def word_count(text: str) -> int:

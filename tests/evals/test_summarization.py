@@ -107,6 +107,8 @@ def test_clean_summary_takes_the_first_paragraph_before_a_stop():
     assert S.clean_summary("\n  A summary.\nSecond line.\n\nNext") == "A summary.\nSecond line."
     assert S.clean_summary(" Short.###\nArticle: x", (S.BLANK_LINE, S.KSHOT_SEPARATOR)) == "Short."
     assert S.clean_summary("") == ""
+    assert S.clean_summary("\n   \n   \n    # the the") == "# the the"  # whitespace-only lines are blank
+    assert S.clean_summary("First.\n \t \nSecond.") == "First."
 
 
 # ----------------------------------------------------------------------------- data, templates

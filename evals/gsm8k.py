@@ -304,7 +304,8 @@ class GSM8K(Evaluator):
     suites = ("nl",)
     description = "GSM8K exact match (1319 test problems; 8-shot chain of thought, lm-eval extraction)"
     caption = ("exact_match: share of problems whose final number equals the reference after lm-eval's "
-               "normalisation; strict = the protocol's answer format, flexible = the last number in the output")
+               "normalisation; strict = the answer in the protocol's format, flexible = the last number in the "
+               "output; a model that never learnt word problems (such as the shipped code models) scores 0")
 
     @dataclass
     class Config:

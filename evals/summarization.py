@@ -325,8 +325,10 @@ class Summarization(Evaluator):
     version = "1.0"
     suites = ("nl",)
     description = "abstractive summarization ROUGE-1/2/L/Lsum F1 (XSum, SciTLDR, CNN/DM; rouge-score, stemmed)"
-    caption = ("rougeN/L/Lsum: mean over documents of the F1 of the summary against the reference "
-               "(0..1, stemmed); summary_words: mean length (descriptive); empty_fraction: empty summaries")
+    caption = ("rougeN/L/Lsum: mean over documents of the summary's F1 against its reference (0..1, stemmed); "
+               "for scale, XSum's first-sentence baseline scores rouge1 0.158 / rougeL 0.117, and a model that "
+               "writes no prose scores about 0; summary_words: mean length (descriptive); empty_fraction: "
+               "share of empty summaries")
 
     @dataclass
     class Config:

@@ -41,7 +41,8 @@ equal strings score 1. So "$1,000." matches 1000, but "18.0" does not match 18 (
 as in lm-evaluation-harness).
 
 Metrics: `exact_match_strict`, `exact_match_flexible` (mean over problems of the share of
-correct samples; with greedy n=1 the share of problems solved), `maj@n_strict` / `maj@n_flexible`
+correct samples in the first sampling run, the lowest temperature of `paper`; with greedy n=1 the
+share of problems solved), `maj@n_strict` / `maj@n_flexible`
 when n > 1 (majority vote of the normalised extractions, ties to the answer seen first; best
 temperature), and `pass@k_strict` / `pass@k_flexible` when a sampling run reports k > 1 or n > 1.
 Changing a template, exemplar, stop sequence, regex or normalisation changes `version`.

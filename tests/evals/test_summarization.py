@@ -284,3 +284,32 @@ def test_prompt_target_corpus_errors(tmp_path):
         D.load_corpus("stdlib", target_field="target")
     with pytest.raises(ConfigError, match="backward=naive"):
         T.make_config("debug", {"target_field": "t", "head_type": "causal"})
+
+
+def test_zero_config_nl_settings_are_valid_subsets():
+    from mtp_bench.registry import config_from_dict
+    from mtp_bench.runner import DEFAULT_RUN_CONFIG
+
+    for name in ("gsm8k", "summarization"):
+        cfg = config_from_dict(REGISTRY[name].Config, DEFAULT_RUN_CONFIG[name], owner=name)
+        assert 1 <= cfg.limit <= 100  # a small subset, recorded in the result's config
+
+
+def test_auto_template_uses_the_tokenizers_chat_template():
+    from transformers import PreTrainedTokenizerFast
+
+    from mtp_bench.adapters import HFTokenizer
+    from mtp_bench.evals.summarization import chat_tokenizer, render_chat
+    from mtp_bench.runner import default_checkpoints_dir
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(default_checkpoints_dir() / "ntp-code" / "tokenizer.json"))
+
+    class Model:  # only the tokenizer matters here
+        tokenizer = HFTokenizer(tok)
+
+    assert chat_tokenizer(Model) is None  # no chat template: auto -> zeroshot
+    tok.chat_template = ("{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert chat_tokenizer(Model) is tok
+    assert render_chat("The article.", tok, 1) == \
+        "<user>Summarize the following article in 1 sentence.\n\nThe article.</user><assistant>"

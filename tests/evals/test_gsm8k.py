@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import doctest
 import json
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,24 @@ def test_paper_protocol_reports_pass_at_k_and_majority(tmp_path):
     assert 0.0 <= p1 <= p2 <= 1.0
     again = gsm8k.GSM8K(ev.config).run(model, RunContext(seed=0, work_dir=tmp_path, data_dir=data))
     assert [r["completion"] for r in again.records] == [r["completion"] for r in out.records]
+
+
+def test_zero_config_nl_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch):
+    from mtp_bench.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "nl.json"
+    rc = main(["run", "--suite", "nl", "--limit", "2", "--data-dir", str(data_dir), "--quiet",
+               "--config", "gsm8k.max_new_tokens=16", "--config", "summarization.max_new_tokens=16", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["evals"]) == {"gsm8k", "summarization"} and not doc["skipped"]
+    for ev, metric in (("gsm8k", "exact_match_flexible"), ("summarization", "rougeL")):
+        for role in ("candidate", "baseline"):
+            block = doc["results"][ev][role]
+            assert block["config"]["limit"] == 50 and block["metrics"][metric]["n"] == 2  # --limit 2 wins
+    committed = json.loads((Path(__file__).resolve().parents[2] / "results" / "nl-default.json").read_text())
+    assert {m["weights_sha256"] for m in committed["models"].values()} == \
+        {m["weights_sha256"] for m in doc["models"].values()}
+    assert {ev: committed["results"][ev]["candidate"]["version"] for ev in committed["evals"]} == \
+        {"gsm8k": gsm8k.GSM8K.version, "summarization": REGISTRY["summarization"].version}

@@ -207,7 +207,7 @@ def test_zero_config_nl_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "nl.json"
     rc = main(["run", "--suite", "nl", "--limit", "2", "--data-dir", str(data_dir), "--quiet",
-               "--config", "gsm8k.max_new_tokens=16", "--config", "summarization.max_new_tokens=16", "--out", str(out)])
+               "--config", "gsm8k.max_new_tokens=4", "--config", "summarization.max_new_tokens=4", "--out", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert set(doc["evals"]) == {"gsm8k", "summarization"} and not doc["skipped"]

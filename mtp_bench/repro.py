@@ -93,7 +93,7 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                                 lr=3e-3, warmup_steps=1, eval_batches=1, ckpt_interval=2),
                   "eval": {"n_stories": 20}, "eval_random": {"n_seqs": 8, "half_len": 16}},
         "quick": {"seeds": (0, 1), "data": {"max_train_stories": 0},
-                  "train": dict(_SMALL, dim=128, n_layers=4, n_heads=4, multiple_of=32, seq_len=256, batch_size=16,
+                  "train": dict(_SMALL, dim=128, n_layers=4, n_heads=4, multiple_of=32, seq_len=512, batch_size=8,
                                 max_steps=400, lr=2e-3, warmup_steps=30, eval_batches=4, ckpt_interval=50),
                   "eval": {"n_stories": 500}, "eval_random": {"n_seqs": 64, "half_len": 64}},
         "full": {"seeds": (0, 1, 2), "data": {"max_train_stories": 0},

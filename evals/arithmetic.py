@@ -164,11 +164,14 @@ def test_prompts(ms=IN_DOMAIN + OUT_OF_DOMAIN, n: int = DEFAULT_N_TEST, seed: in
     return {p["prompt"] for m in ms for p in problems(m, n, seed, "test")}
 
 
-def train_problems(m: int, n: int, seed: int, exclude: set[str]) -> list[dict]:
-    """n training problems with m operations, none of whose prompts is in `exclude`
-    (drawn on from the same stream until n are found)."""
+def train_problems(m: int, n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+    """n training problems with m operations, none of whose prompts is in `exclude` (default:
+    the default test set's problems with m operations; a prompt determines its m, so no other
+    test prompt can collide), drawn on from the same stream until n are found."""
     if seed == TEST_SEED:
         raise ConfigError(f"training seed {seed} is the test seed; pick another")
+    if exclude is None:
+        exclude = test_prompts(ms=(m,))
     rng = np.random.default_rng([int(seed), int(m), _SPLIT_TAG["train"]])
     out: list[dict] = []
     i = 0

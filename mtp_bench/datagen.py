@@ -60,8 +60,7 @@ def arithmetic_rows(split: str, ms: list[int], n: int, seed: int) -> list[dict]:
         raise ConfigError(f"--n must be >= 1, got {n}")
     if split == "test":
         return [p for m in ms for p in A.problems(m, n, seed, "test")]
-    exclude = A.test_prompts()
-    return [p for m in ms for p in A.train_problems(m, n, seed, exclude)]
+    return [p for m in ms for p in A.train_problems(m, n, seed)]
 
 
 def induction_rows(split: str, tokenizer: str, source: str, eval_fraction: float, seed: int,

@@ -219,12 +219,12 @@ def prepare_data(finding: str, plan: dict, work: Path, source: str) -> tuple[Pat
         from mtp_bench.evals import arithmetic as A
 
         n = plan["data"]["n_train_per_m"]
-        test = A.test_prompts()
-        probs = [p for m in A.IN_DOMAIN for p in A.train_problems(m, n, seed=1, exclude=test)]
+        test = A.test_prompts(ms=A.IN_DOMAIN)  # a prompt determines its m: other test prompts cannot collide
+        probs = [p for m in A.IN_DOMAIN for p in A.train_problems(m, n, seed=1)]
         overlap = sum(p["prompt"] in test for p in probs)
         rows = [{"text": p["text"]} for p in probs]
         info = {"n_train_per_m": n, "ms": list(A.IN_DOMAIN), "seed": 1, "train_test_overlap": overlap,
-                "checked_against": f"test seed {A.TEST_SEED}, {A.DEFAULT_N_TEST} per m, m=1..10"}
+                "checked_against": f"test seed {A.TEST_SEED}, {A.DEFAULT_N_TEST} per m, m=1..5"}
     if overlap:
         raise DataError(f"{finding}: {overlap} training items are in the evaluation set")
     write_jsonl(out, rows)

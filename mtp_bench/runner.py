@@ -43,6 +43,8 @@ DEFAULT_RUN_CONFIG: dict[str, dict[str, Any]] = {
     "mbpp": {"max_new_tokens": 128, "batch_size": 32},
     "specdec": {"n_prompts": 10, "max_new_tokens": 64},
     "heads": {"n_windows": 32},
+    "arithmetic": {"n_per_m": 50},
+    "induction": {"n_stories": 100},
 }
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -64,7 +64,7 @@ def test_replacement_names_are_two_tokens_at_known_positions(which, bpe):
     ids, occ = I.encode_with_names(tok, text, list(mapping.values()))
     assert ids == tok.encode(text)  # the tokenizer's own encoding of the whole story
     assert len(occ) == len(re.findall(r" (" + "|".join(mapping.values()) + r")\b", text))
-    for pos, name, repeated in occ:
+    for pos, name, _ in occ:
         # independent check: the two tokens decode to the name, preceded by text ending in a space
         assert tok.decode(ids[pos:pos + 2]).strip() == name
         assert tok.decode(ids[:pos + 2]).endswith(" " + name)

@@ -283,8 +283,11 @@ def evaluate_arm(name: str, config: dict, ckpt: Path, device: str, work: Path, d
 
 def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_dir: str | None = None,
         device: str = "cpu", source: str = "", data_dir: str | None = None, verbose: bool = True,
-        argv: list[str] | None = None) -> dict:
-    """Steps 1-5; returns the result document (also written to OUT/result.json)."""
+        argv: list[str] | None = None, only_arm: int | None = None) -> dict:
+    """Steps 1-5; returns the result document (also written to OUT/result.json).
+
+    only_arm=N runs steps 1-3 for the arm n_future=N alone (a worker: several processes or
+    machines may train different arms into one work dir); a run without it then reuses them."""
     from mtp_bench.metrics import mean
     from mtp_bench.provenance import collect, utc_now
     from mtp_bench.results import atomic_write_json
@@ -294,6 +297,8 @@ def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_di
     if budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
     f, plan, rule = FINDINGS[finding], PLANS[finding][budget], RULES[finding]
+    if only_arm is not None and only_arm not in f.arms:
+        raise UserError(f"--arm {only_arm}: {finding}'s arms are n_future = {', '.join(map(str, f.arms))}")
     t0, started = time.perf_counter(), utc_now()
     work = Path(work_dir) if work_dir else _default_cache() / "repro" / f"{finding}-{budget}"
     out = Path(out_dir) if out_dir else Path("results") / "repro" / f"{finding}-{budget}"
@@ -320,6 +325,8 @@ def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_di
     arms: dict[str, dict] = {}
     units: dict[str, list[dict]] = {}
     for n in f.arms:
+        if only_arm is not None and n != only_arm:
+            continue
         arm = f"n={n}"
         arms[arm] = {"n_future": n, "seeds": {}}
         units[arm] = []
@@ -339,6 +346,10 @@ def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_di
             units[arm].append(_units(finding, ev["records"]))
         vals = [arms[arm]["seeds"][str(s)]["metrics"][f"{f.evaluator}.{f.metric}"]["value"] for s in plan["seeds"]]
         arms[arm].update({"values": vals, "mean": mean(vals), "spread": max(vals) - min(vals)})
+
+    if only_arm is not None:
+        msg = f"trained and evaluated arm n={only_arm}; run without --arm to combine the arms"
+        return {"sentence": msg, "to_conclude": "", "arms": arms}
 
     # 4) verdict
     base = f"n={f.arms[0]}"
@@ -475,6 +486,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (training uses bf16 on CUDA)")
     p.add_argument("--source", default="", help="induction: story file (default DATA_DIR/tinystories/...)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default $MTP_BENCH_DATA)")
+    p.add_argument("--arm", type=int, default=None, metavar="N",
+                   help="train and evaluate only the arm n_future=N (parallel workers on one --work-dir)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--quiet", action="store_true")
 
@@ -487,7 +500,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     doc = run(args.finding, args.budget, args.work_dir, args.out, args.device, args.source, args.data_dir,
-              verbose=not args.quiet, argv=sys.argv[1:])
+              verbose=not args.quiet, argv=sys.argv[1:], only_arm=args.arm)
     print(doc["sentence"])
     if doc["to_conclude"]:
         print(f"to make it conclusive: {doc['to_conclude']}")

@@ -35,6 +35,8 @@ looking back (induction); the first token of the name is reported beside it.
 vocabulary, repeated once. `copy_acc` and `copy_loss` score head 1 on tokens 2..L of the second
 copy (the first token of the copy cannot be known); `first_copy_loss` scores the first copy for
 contrast (about log V for a model that has not memorised random strings). Samples = sequences.
+
+Both probes put a BOS first for models trained with one (`mtp_bench.generation.uses_bos`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 
 from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.generation import uses_bos
 from mtp_bench.metrics import mean_metric, normal_ci95
 from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
 
@@ -292,6 +295,7 @@ class Induction(Evaluator):
         if not ev:
             raise DataError(f"induction: no evaluation story in {where} at eval_fraction={cfg.eval_fraction}")
         pool = name_pool(tok, cfg.seed, cfg.pool_size)
+        bos = [tok.bos_id] if uses_bos(model) else []  # models trained with BOS get it first
         max_len = int(model.max_seq_len)
         limit = cfg.n_stories if ctx.limit is None else min(cfg.n_stories, ctx.limit)
         items, dropped, no_repeat = [], 0, 0
@@ -305,8 +309,8 @@ class Induction(Evaluator):
                 no_repeat += not mapping
                 continue
             ids, occ = enc
-            ids = ids[:max_len]
-            scored = [(p, nm) for p, nm, rep in occ if rep and 1 <= p and p + 1 < len(ids)]
+            ids = (bos + ids)[:max_len]
+            scored = [(p + len(bos), nm) for p, nm, rep in occ if rep and 1 <= p + len(bos) and p + len(bos) + 1 < len(ids)]
             if not scored:
                 no_repeat += 1
                 continue
@@ -354,7 +358,8 @@ class Induction(Evaluator):
     def _random(self, model, ctx: RunContext) -> EvalOutput:
         cfg = self.config
         tok = model.tokenizer
-        L = min(cfg.half_len, int(model.max_seq_len) // 2)
+        o = 1 if uses_bos(model) else 0  # a BOS first for models trained with it
+        L = min(cfg.half_len, (int(model.max_seq_len) - o) // 2)
         if L < 2:
             raise ConfigError(f"induction: max_seq_len={model.max_seq_len} leaves no room for two copies")
         special = {i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None}
@@ -362,7 +367,8 @@ class Induction(Evaluator):
         n = cfg.n_seqs if ctx.limit is None else min(cfg.n_seqs, ctx.limit)
         rng = np.random.default_rng([int(cfg.seed), 11])
         halves = vocab[rng.integers(0, len(vocab), size=(n, L))]  # (N, L)
-        seqs = torch.from_numpy(np.concatenate([halves, halves], axis=1))  # (N, 2L)
+        seqs = torch.from_numpy(np.concatenate([np.full((n, o), tok.bos_id or 0, dtype=np.int64), halves, halves],
+                                               axis=1))  # (N, o + 2L)
         records = []
         with ctx.progress(f"induction random [{ctx.role}]", n) as bar, torch.inference_mode():
             for start in range(0, n, cfg.batch_size):
@@ -371,8 +377,8 @@ class Induction(Evaluator):
                 tgt = x[:, 1:]  # (B, 2L-1): position t predicts t+1
                 lp = logp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, 2L-1)
                 hit = logp[:, :-1].argmax(-1) == tgt
-                second = slice(L, 2 * L - 1)  # predicting tokens L+1..2L-1 (copy tokens 2..L)
-                first = slice(0, L - 1)
+                second = slice(o + L, o + 2 * L - 1)  # predicting copy tokens 2..L
+                first = slice(o, o + L - 1)
                 for b in range(x.shape[0]):
                     records.append({"sample_id": f"seq-{start + b}",
                                     "copy_acc": float(hit[b, second].float().mean()),

@@ -56,6 +56,10 @@ def test_smoke_arithmetic_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(T, "train", crashing_train)
     args = ["repro", "arithmetic", "--budget", "smoke", "--work-dir", str(work), "--out", str(out), "--quiet"]
+    # a worker trains the n=4 arm alone into the same work dir: no result yet
+    assert main([*args, "--arm", "4"]) == 0
+    assert (work / "ckpt" / "n4-s1" / "training.json").is_file() and not (work / "ckpt" / "n1-s0").exists()
+    assert not (out / "result.json").exists()
     with pytest.raises(RuntimeError, match="killed"):
         main(args)
     assert (work / "ckpt" / "n1-s0" / "training.json").is_file()
@@ -66,7 +70,7 @@ def test_smoke_arithmetic_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     # the finished arm is reused, the killed one resumed, the rest trained
     assert (str(work / "ckpt" / "n1-s1"), True) in calls
-    assert all(not p.endswith("n1-s0") for p, _ in calls)
+    assert all(not p.endswith(("n1-s0", "n4-s0", "n4-s1")) for p, _ in calls)
     assert (work / "ckpt" / "n1-s0" / "training.json").stat().st_mtime_ns == done_before
     assert json.loads((work / "ckpt" / "n1-s1" / "training.json").read_text())["steps"] == 4
 

@@ -39,6 +39,7 @@ always `inconclusive` and says so (the rule's outcome is recorded beside it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -244,11 +245,42 @@ def train_arm(cfg_overrides: dict, out: Path, verbose: bool) -> dict:
         if diff:
             raise ConfigError(f"{out} was trained with another config ({', '.join(diff)}); use another --work-dir")
     else:
-        T.train(cfg, resume=T.state_path(out).is_file(), verbose=verbose)
+        with _arm_lock(out):
+            T.train(cfg, resume=T.state_path(out).is_file(), verbose=verbose)
         info = json.loads(done.read_text())
     return {"checkpoint": str(out), "steps": info["steps"], "tokens_seen": info["tokens_seen"],
             "num_params": info["num_params"], "duration_s": info["duration_s"], "seed": info["seed"],
             "final_val_loss": info["final"]["val"]["loss"], "command": info["command"]}
+
+
+@contextlib.contextmanager
+def _arm_lock(out: Path):
+    """OUT.lock holds the pid of the process training OUT, so two workers never train one arm;
+    a lock left by a dead process (a killed run) is taken over."""
+    lock = out.parent / f"{out.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                pass
+            raise UserError(f"{out} is being trained by process {pid}; wait for it or stop it") from None
+    else:
+        raise UserError(f"cannot take the lock {lock}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def evaluate_arm(name: str, config: dict, ckpt: Path, device: str, work: Path, data_dir: Path | None) -> dict:

@@ -101,3 +101,24 @@ def test_smoke_induction_end_to_end(tmp_path, data_dir, capsys):
 def test_unknown_finding_exits_2(tmp_path, capsys):
     assert main(["repro", "nonsense", "--work-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "unknown finding" in capsys.readouterr().err
+
+
+def test_an_arm_in_training_is_locked_and_a_dead_lock_is_taken_over(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from mtp_bench.errors import UserError
+
+    out = tmp_path / "ckpt" / "n1-s0"
+    lock = tmp_path / "ckpt" / "n1-s0.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))  # a live process holds it
+    with pytest.raises(UserError, match="being trained by process"):
+        with repro._arm_lock(out):
+            pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # its holder has exited
+    with repro._arm_lock(out):
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()

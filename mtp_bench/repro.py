@@ -315,11 +315,12 @@ def evaluate_arm(name: str, config: dict, ckpt: Path, device: str, work: Path, d
 
 def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_dir: str | None = None,
         device: str = "cpu", source: str = "", data_dir: str | None = None, verbose: bool = True,
-        argv: list[str] | None = None, only_arm: int | None = None) -> dict:
+        argv: list[str] | None = None, only_arm: int | None = None, only_seed: int | None = None) -> dict:
     """Steps 1-5; returns the result document (also written to OUT/result.json).
 
-    only_arm=N runs steps 1-3 for the arm n_future=N alone (a worker: several processes or
-    machines may train different arms into one work dir); a run without it then reuses them."""
+    only_arm=N (and/or only_seed=S) runs steps 1-3 for that arm (seed) alone: a worker, so that
+    several processes or machines train different arms into one work dir; a run without them
+    then reuses what they trained."""
     from mtp_bench.metrics import mean
     from mtp_bench.provenance import collect, utc_now
     from mtp_bench.results import atomic_write_json
@@ -331,6 +332,9 @@ def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_di
     f, plan, rule = FINDINGS[finding], PLANS[finding][budget], RULES[finding]
     if only_arm is not None and only_arm not in f.arms:
         raise UserError(f"--arm {only_arm}: {finding}'s arms are n_future = {', '.join(map(str, f.arms))}")
+    if only_seed is not None and only_seed not in plan["seeds"]:
+        raise UserError(f"--seed {only_seed}: the {budget} budget's seeds are {', '.join(map(str, plan['seeds']))}")
+    worker = only_arm is not None or only_seed is not None
     t0, started = time.perf_counter(), utc_now()
     work = Path(work_dir) if work_dir else _default_cache() / "repro" / f"{finding}-{budget}"
     out = Path(out_dir) if out_dir else Path("results") / "repro" / f"{finding}-{budget}"
@@ -363,6 +367,8 @@ def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_di
         arms[arm] = {"n_future": n, "seeds": {}}
         units[arm] = []
         for s in plan["seeds"]:
+            if only_seed is not None and s != only_seed:
+                continue
             ckpt = work / "ckpt" / f"n{n}-s{s}"
             say(f"[{arm} seed {s}] train -> {ckpt}")
             tr = train_arm({**plan["train"], "n_future": n, "seed": TRAIN_SEED_BASE + s, "corpus": str(corpus),
@@ -376,11 +382,14 @@ def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_di
             arms[arm]["seeds"][str(s)] = {"train": tr, "weights_sha256": ev["weights_sha256"], "metrics": metrics,
                                           "eval_info": ev["info"]}
             units[arm].append(_units(finding, ev["records"]))
+        if worker:
+            continue
         vals = [arms[arm]["seeds"][str(s)]["metrics"][f"{f.evaluator}.{f.metric}"]["value"] for s in plan["seeds"]]
         arms[arm].update({"values": vals, "mean": mean(vals), "spread": max(vals) - min(vals)})
 
-    if only_arm is not None:
-        msg = f"trained and evaluated arm n={only_arm}; run without --arm to combine the arms"
+    if worker:
+        msg = "trained and evaluated " + ", ".join(f"{a} seeds {', '.join(v['seeds'])}" for a, v in arms.items()) + \
+            "; run without --arm/--seed to combine the arms"
         return {"sentence": msg, "to_conclude": "", "arms": arms}
 
     # 4) verdict
@@ -520,6 +529,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default $MTP_BENCH_DATA)")
     p.add_argument("--arm", type=int, default=None, metavar="N",
                    help="train and evaluate only the arm n_future=N (parallel workers on one --work-dir)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="train and evaluate only seed S of each arm (parallel workers on one --work-dir)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--quiet", action="store_true")
 
@@ -532,7 +543,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     doc = run(args.finding, args.budget, args.work_dir, args.out, args.device, args.source, args.data_dir,
-              verbose=not args.quiet, argv=sys.argv[1:], only_arm=args.arm)
+              verbose=not args.quiet, argv=sys.argv[1:], only_arm=args.arm, only_seed=args.seed)
     print(doc["sentence"])
     if doc["to_conclude"]:
         print(f"to make it conclusive: {doc['to_conclude']}")

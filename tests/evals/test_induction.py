@@ -169,3 +169,18 @@ def test_random_probe_scores_a_perfect_copier_and_a_uniform_model(tmp_path):
     u = ev.run(Uniform(10), RunContext(seed=0, work_dir=tmp_path))
     assert u.metrics["copy_loss"].value == pytest.approx(math.log(259), rel=1e-5)
     assert u.metrics["first_copy_loss"].value == pytest.approx(math.log(259), rel=1e-5)
+
+
+def test_random_probe_puts_bos_first_for_models_trained_with_it(tmp_path):
+    class BosCopier(_Copier):
+        add_bos = True
+        seen = None
+
+        def __call__(self, x, return_all_heads=False):
+            BosCopier.seen = x
+            return super().__call__(x, return_all_heads)
+
+    ev = I.Induction({"probe": "random", "n_seqs": 3, "half_len": 8})
+    out = ev.run(BosCopier(8), RunContext(seed=0, work_dir=tmp_path))
+    assert (BosCopier.seen[:, 0] == byte_tokenizer().bos_id).all() and BosCopier.seen.shape[1] == 17
+    assert out.metrics["copy_acc"].value == 1.0  # the copies are still scored, one position later

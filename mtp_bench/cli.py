@@ -28,6 +28,8 @@ EPILOG = """examples:
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
   mtp-bench score gsm8k gens.jsonl --out scored.jsonl       # the same for gsm8k / summarization
   mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
+  mtp-bench repro induction --budget smoke                 # a paper finding end to end (verdict)
+  mtp-bench data arithmetic --split test --m 3 --n 2000 --out test.jsonl
 """
 
 # name -> (module, add_arguments function, main function, one-line help)
@@ -42,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "compare": ("mtp_bench.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
     "report": ("mtp_bench.html_report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),
     "score": ("mtp_bench.score", "add_arguments", "main", "score a JSONL of text generations (gsm8k, summarization)"),
+    "repro": ("mtp_bench.repro", "add_arguments", "main", "reproduce a finding of the paper: train arms, evaluate, verdict"),
+    "data": ("mtp_bench.datagen", "add_arguments", "main", "write synthetic-suite data (arithmetic problems, name-replaced stories)"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

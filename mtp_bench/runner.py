@@ -46,6 +46,8 @@ DEFAULT_RUN_CONFIG: dict[str, dict[str, Any]] = {
     # nl suite: a fixed subset (the first N documents / problems, recorded in the config)
     "gsm8k": {"limit": 50, "max_new_tokens": 128, "batch_size": 25},
     "summarization": {"limit": 50, "batch_size": 25},
+    "arithmetic": {"n_per_m": 50},
+    "induction": {"n_stories": 100},
 }
 DTYPES = ("float32", "bfloat16", "float16")
 

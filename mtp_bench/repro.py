@@ -1,0 +1,550 @@
+"""`mtp-bench repro FINDING`: train the compared arms from scratch, evaluate them, decide a verdict.
+
+    mtp-bench repro induction                       # n=1 vs n=2 on stories with two-token names
+    mtp-bench repro arithmetic --budget smoke       # n=1 vs n=2 vs n=4 on F7[X]/(X^5); pipeline check
+    mtp-bench repro arithmetic --budget full --device cuda
+
+Findings (Gloeckle et al. 2024, Section 4):
+  induction   2-token prediction improves induction in small models (Figure 7): arms n=1 and n=2,
+              metric induction.second_token_acc (names probe), the random-token probe beside it
+  arithmetic  multi-token prediction improves polynomial arithmetic (Figure 8): arms n=1, 2, 4,
+              metric arithmetic.acc_in_domain (m = 1..5), out of domain beside it
+
+A run, step by step:
+  1) data: the training corpus as JSONL in the work dir (the names-replaced training stories;
+     arithmetic problems m = 1..5 with no test prompt among them, which is checked)
+  2) for each arm and seed: train with the project's trainer (`reference_model.train.train`);
+     arms are compute matched as in the paper: the same total depth (trunk + heads) and the
+     same data, steps and batch; only n_future differs. A finished checkpoint is reused and an
+     interrupted one resumed, so a killed repro rerun with the same arguments continues.
+  3) evaluate every checkpoint with the evaluators (results cached in the work dir)
+  4) the verdict, by `decide` (the rule below, fixed before any run was looked at)
+  5) the result directory: result.json, plot.png; the console says the verdict in a sentence
+
+The verdict rule (`decide`, constants in `RULES`). For each MTP arm against the n=1 arm:
+  gap    = mean over seeds of the MTP arm's metric - the same for n=1
+  spread = the larger of the two arms' seed ranges (max - min over seeds)
+  paired = 95% interval of the metric's difference over evaluation samples, both arms averaged
+           over seeds, samples paired (same stories / problems)
+  better  if gap > spread and paired excludes 0 from below
+  worse   if -gap > spread and paired excludes 0 from above
+  no_gain if not better and the paired interval's upper end is below `min_effect`
+           (an improvement as large as min_effect is ruled out)
+Verdict: `inconclusive` if no arm reaches `floor` (the models did not learn the task: nothing
+can be said); else `reproduced` if every MTP arm is better; `not_reproduced` if every MTP arm is
+worse or no_gain; else `inconclusive`. The smoke budget proves the pipeline only: its verdict is
+always `inconclusive` and says so (the rule's outcome is recorded beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtp_bench.atomic import atomic_write_bytes
+from mtp_bench.errors import ConfigError, DataError, UserError
+
+SCHEMA = "mtp-bench-repro/1"
+BUDGETS = ("smoke", "quick", "full")
+VERDICTS = ("reproduced", "not_reproduced", "inconclusive")
+
+# fixed before any run: see the module docstring
+RULES: dict[str, dict[str, float]] = {
+    # names probe, byte-level names: chance on the 2nd letter of a name is about 1/26
+    "induction": {"floor": 0.10, "min_effect": 0.05},
+    # exact match of 5 coefficients: chance is 7^-5
+    "arithmetic": {"floor": 0.05, "min_effect": 0.02},
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    claim: str
+    arms: tuple[int, ...]  # n_future of each arm; the first is the next-token baseline
+    evaluator: str
+    metric: str  # the primary metric of `evaluator`
+    secondary: tuple[str, ...]  # evaluator.metric shown beside it
+
+
+FINDINGS: dict[str, Finding] = {
+    "induction": Finding("induction", "2-token prediction improves induction in small models (paper Fig. 7)",
+                         (1, 2), "induction", "second_token_acc",
+                         ("induction.first_token_acc", "induction_random.copy_acc")),
+    "arithmetic": Finding("arithmetic", "multi-token prediction improves polynomial arithmetic (paper Fig. 8)",
+                          (1, 2, 4), "arithmetic", "acc_in_domain", ("arithmetic.acc_out_of_domain",)),
+}
+
+_SMALL = dict(multiple_of=16, eval_interval=0, log_interval=50, tokenizer="byte", val_fraction=0.02)
+# Budgets, fixed before any run. Per finding: train (TrainConfig overrides), eval (evaluator
+# config), data (corpus sizes), seeds. quick fits 30 minutes on 2 idle CPU cores for each finding.
+# quick was cut once, for time only, before any arm had been evaluated: from dim 128 / 512-byte
+# windows / 400 steps (induction) and dim 96 / 300 steps (arithmetic), which the shared machine's
+# load (7-11 runnable processes on 2 cores) would have stretched to about 3 hours.
+PLANS: dict[str, dict[str, dict[str, Any]]] = {
+    "induction": {
+        "smoke": {"seeds": (0, 1), "data": {"max_train_stories": 80},
+                  "train": dict(_SMALL, dim=32, n_layers=3, n_heads=2, seq_len=64, batch_size=4, max_steps=4,
+                                lr=3e-3, warmup_steps=1, eval_batches=1, ckpt_interval=2),
+                  "eval": {"n_stories": 20}, "eval_random": {"n_seqs": 8, "half_len": 16}},
+        "quick": {"seeds": (0, 1), "data": {"max_train_stories": 0},
+                  "train": dict(_SMALL, dim=96, n_layers=4, n_heads=4, multiple_of=32, seq_len=256, batch_size=16,
+                                max_steps=250, lr=2e-3, warmup_steps=30, eval_batches=4, ckpt_interval=50),
+                  "eval": {"n_stories": 500}, "eval_random": {"n_seqs": 64, "half_len": 64}},
+        "full": {"seeds": (0, 1, 2), "data": {"max_train_stories": 0},
+                 "train": dict(_SMALL, dim=256, n_layers=6, n_heads=8, multiple_of=64, seq_len=512, batch_size=32,
+                               max_steps=4000, lr=1e-3, warmup_steps=200, eval_batches=8, ckpt_interval=500),
+                 "eval": {"n_stories": 2000}, "eval_random": {"n_seqs": 256, "half_len": 128}},
+    },
+    "arithmetic": {
+        "smoke": {"seeds": (0, 1), "data": {"n_train_per_m": 60},
+                  "train": dict(_SMALL, dim=32, n_layers=5, n_heads=2, seq_len=64, batch_size=4, max_steps=4,
+                                lr=3e-3, warmup_steps=1, eval_batches=1, ckpt_interval=2),
+                  "eval": {"n_per_m": 4, "batch_size": 64}},
+        "quick": {"seeds": (0, 1), "data": {"n_train_per_m": 4000},
+                  "train": dict(_SMALL, dim=64, n_layers=6, n_heads=4, multiple_of=32, seq_len=256, batch_size=16,
+                                max_steps=250, lr=2e-3, warmup_steps=30, eval_batches=4, ckpt_interval=50),
+                  "eval": {"n_per_m": 200, "batch_size": 100}},
+        "full": {"seeds": (0, 1, 2), "data": {"n_train_per_m": 100_000},
+                 "train": dict(_SMALL, dim=384, n_layers=8, n_heads=6, multiple_of=64, seq_len=256, batch_size=64,
+                               max_steps=20_000, lr=1e-3, warmup_steps=500, eval_batches=8, ckpt_interval=1000),
+                 "eval": {"n_per_m": 2000, "batch_size": 256}},
+    },
+}
+TRAIN_SEED_BASE = 1000  # arm seed s trains with seed 1000 + s (init and data order), the same for every arm
+
+
+# ----------------------------------------------------------------------------- the rule
+
+def compare(mtp: list[float], ntp: list[float], paired: tuple[float, float] | None,
+            min_effect: float) -> dict[str, Any]:
+    """One MTP arm against the next-token arm (module docstring). Returns gap, spread, outcome.
+
+    >>> compare([0.5, 0.6], [0.2, 0.25], (0.2, 0.4), 0.05)["outcome"]
+    'better'
+    >>> compare([0.2, 0.21], [0.2, 0.22], (-0.01, 0.01), 0.05)["outcome"]
+    'no_gain'
+    """
+    gap = sum(mtp) / len(mtp) - sum(ntp) / len(ntp)
+    spread = max(max(mtp) - min(mtp), max(ntp) - min(ntp))
+    lo, hi = paired if paired is not None else (-math.inf, math.inf)
+    if gap > spread and lo > 0:
+        outcome = "better"
+    elif -gap > spread and hi < 0:
+        outcome = "worse"
+    elif hi < min_effect:
+        outcome = "no_gain"
+    else:
+        outcome = "unclear"
+    return {"gap": gap, "spread": spread, "paired_ci95": None if paired is None else list(paired), "outcome": outcome}
+
+
+def decide(arm_means: dict[str, float], comparisons: dict[str, dict[str, Any]], floor: float) -> str:
+    """The verdict from the comparisons (module docstring).
+
+    >>> decide({"n=1": 0.01, "n=2": 0.02}, {"n=2": {"outcome": "better"}}, floor=0.1)
+    'inconclusive'
+    >>> decide({"n=1": 0.3, "n=2": 0.5}, {"n=2": {"outcome": "better"}}, floor=0.1)
+    'reproduced'
+    >>> decide({"n=1": 0.3, "n=2": 0.3}, {"n=2": {"outcome": "no_gain"}}, floor=0.1)
+    'not_reproduced'
+    """
+    if max(arm_means.values()) < floor:
+        return "inconclusive"
+    outcomes = [c["outcome"] for c in comparisons.values()]
+    if all(o == "better" for o in outcomes):
+        return "reproduced"
+    if all(o in ("worse", "no_gain") for o in outcomes):
+        return "not_reproduced"
+    return "inconclusive"
+
+
+def paired_interval(per_seed_a: list[dict[str, tuple[float, int]]], per_seed_b: list[dict[str, tuple[float, int]]]):
+    """95% interval of (a - b) over samples: each sample's hits averaged over seeds, per arm,
+    paired by sample id; a ratio with a standard error clustered by sample (hits/count units)."""
+    from mtp_bench.evals.induction import clustered_ratio
+
+    ids = sorted(set.intersection(*(set(d) for d in per_seed_a + per_seed_b)))
+    if not ids:
+        raise ValueError("no evaluation sample is shared by the compared arms")
+    diffs, counts = [], []
+    for i in ids:
+        a = sum(d[i][0] for d in per_seed_a) / len(per_seed_a)
+        b = sum(d[i][0] for d in per_seed_b) / len(per_seed_b)
+        diffs.append(a - b)
+        counts.append(per_seed_a[0][i][1])
+    return clustered_ratio(diffs, counts, higher_is_better=True)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _units(finding: str, records: list[dict]) -> dict[str, tuple[float, int]]:
+    """sample id -> (hits, count) of the primary metric, for pairing."""
+    if finding == "induction":
+        return {r["sample_id"]: (float(r["second_correct"]), int(r["n_occurrences"])) for r in records}
+    return {r["sample_id"]: (float(r["correct"]), 1) for r in records if r["in_domain"]}
+
+
+def prepare_data(finding: str, plan: dict, work: Path, source: str) -> tuple[Path, dict]:
+    """Step 1: the training corpus (JSONL, field text) and what it holds."""
+    from mtp_bench.datagen import write_jsonl
+
+    out = work / "data" / f"{finding}-train.jsonl"
+    info_path = work / "data" / f"{finding}-train.info.json"
+    if out.is_file() and info_path.is_file():
+        return out, json.loads(info_path.read_text())
+    if finding == "induction":
+        from mtp_bench.evals import induction as I
+        from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+        stories, where = I.resolve_source(source, None)
+        train, ev = I.split_stories(stories, 0.1)
+        k = plan["data"]["max_train_stories"]
+        train = train[:k] if k else train
+        rows = [{"text": t} for t, _ in I.transform_stories(train, byte_tokenizer(), seed=0)]
+        eval_set = set(ev)
+        overlap = sum(s in eval_set for s in train)
+        info = {"source": where, "source_sha256": I._sha_of(stories), "n_train_stories": len(rows),
+                "n_eval_stories": len(ev), "split": "sha256(story) < 0.1 -> eval", "tokenizer": "byte",
+                "train_eval_overlap": overlap, "names_seed": 0}
+    else:
+        from mtp_bench.evals import arithmetic as A
+
+        n = plan["data"]["n_train_per_m"]
+        test = A.test_prompts(ms=A.IN_DOMAIN)  # a prompt determines its m: other test prompts cannot collide
+        probs = [p for m in A.IN_DOMAIN for p in A.train_problems(m, n, seed=1)]
+        overlap = sum(p["prompt"] in test for p in probs)
+        rows = [{"text": p["text"]} for p in probs]
+        info = {"n_train_per_m": n, "ms": list(A.IN_DOMAIN), "seed": 1, "train_test_overlap": overlap,
+                "checked_against": f"test seed {A.TEST_SEED}, {A.DEFAULT_N_TEST} per m, m=1..5"}
+    if overlap:
+        raise DataError(f"{finding}: {overlap} training items are in the evaluation set")
+    write_jsonl(out, rows)
+    write_jsonl(info_path, [info])  # one line of JSON, atomically
+    return out, info
+
+
+def train_arm(cfg_overrides: dict, out: Path, verbose: bool) -> dict:
+    """Step 2: train one arm (or reuse / resume it); returns its training summary."""
+    from mtp_bench.reference_model import train as T
+
+    cfg = T.make_config(None, {**cfg_overrides, "out": str(out)})
+    done = out / "training.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        diff = sorted(k for k, v in cfg.to_dict().items() if k not in T.RESUME_MUTABLE and info["config"].get(k) != v)
+        if diff:
+            raise ConfigError(f"{out} was trained with another config ({', '.join(diff)}); use another --work-dir")
+    else:
+        with _arm_lock(out):
+            T.train(cfg, resume=T.state_path(out).is_file(), verbose=verbose)
+        info = json.loads(done.read_text())
+    return {"checkpoint": str(out), "steps": info["steps"], "tokens_seen": info["tokens_seen"],
+            "num_params": info["num_params"], "duration_s": info["duration_s"], "seed": info["seed"],
+            "final_val_loss": info["final"]["val"]["loss"], "command": info["command"]}
+
+
+@contextlib.contextmanager
+def _arm_lock(out: Path):
+    """OUT.lock holds the pid of the process training OUT, so two workers never train one arm;
+    a lock left by a dead process (a killed run) is taken over."""
+    lock = out.parent / f"{out.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                pass
+            raise UserError(f"{out} is being trained by process {pid}; wait for it or stop it") from None
+    else:
+        raise UserError(f"cannot take the lock {lock}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def evaluate_arm(name: str, config: dict, ckpt: Path, device: str, work: Path, data_dir: Path | None) -> dict:
+    """Step 3: one evaluator on one checkpoint, cached by (weights, evaluator, version, config)."""
+    import hashlib
+
+    import mtp_bench
+    from mtp_bench import registry
+    from mtp_bench.registry import RunContext
+    from mtp_bench.runner import seed_everything
+
+    cls = registry.get(name)
+    ev = cls(config)
+    model = mtp_bench.load(ckpt, device=device)
+    key = hashlib.sha256(json.dumps([model.weights_sha256, name, cls.version, ev.config_dict()],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = work / "evals" / f"{ckpt.name}-{name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    seed_everything(0)
+    out = ev.run(model, RunContext(seed=0, work_dir=work, data_dir=data_dir))
+    doc = {"evaluator": name, "version": cls.version, "config": ev.config_dict(),
+           "weights_sha256": model.weights_sha256, "metrics": {k: m.to_dict() for k, m in out.metrics.items()},
+           "info": out.info, "records": out.records}
+    from mtp_bench.results import atomic_write_json
+
+    atomic_write_json(path, doc)
+    return doc
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run(finding: str, budget: str = "quick", work_dir: str | None = None, out_dir: str | None = None,
+        device: str = "cpu", source: str = "", data_dir: str | None = None, verbose: bool = True,
+        argv: list[str] | None = None, only_arm: int | None = None, only_seed: int | None = None) -> dict:
+    """Steps 1-5; returns the result document (also written to OUT/result.json).
+
+    only_arm=N (and/or only_seed=S) runs steps 1-3 for that arm (seed) alone: a worker, so that
+    several processes or machines train different arms into one work dir; a run without them
+    then reuses what they trained."""
+    from mtp_bench.metrics import mean
+    from mtp_bench.provenance import collect, utc_now
+    from mtp_bench.results import atomic_write_json
+
+    if finding not in FINDINGS:
+        raise UserError(f"unknown finding {finding!r}; findings: {', '.join(FINDINGS)}")
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
+    f, plan, rule = FINDINGS[finding], PLANS[finding][budget], RULES[finding]
+    if only_arm is not None and only_arm not in f.arms:
+        raise UserError(f"--arm {only_arm}: {finding}'s arms are n_future = {', '.join(map(str, f.arms))}")
+    if only_seed is not None and only_seed not in plan["seeds"]:
+        raise UserError(f"--seed {only_seed}: the {budget} budget's seeds are {', '.join(map(str, plan['seeds']))}")
+    worker = only_arm is not None or only_seed is not None
+    t0, started = time.perf_counter(), utc_now()
+    work = Path(work_dir) if work_dir else _default_cache() / "repro" / f"{finding}-{budget}"
+    out = Path(out_dir) if out_dir else Path("results") / "repro" / f"{finding}-{budget}"
+    for p in (work, out):
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {p}: {e.strerror or e}") from None
+    ddir = _resolve_data_dir(data_dir)
+    if finding == "induction" and not source:
+        from mtp_bench.evals.induction import DEFAULT_FILE
+
+        if ddir is None or not (ddir / DEFAULT_FILE[0] / DEFAULT_FILE[1]).is_file():
+            raise DataError("repro induction needs stories: --source FILE or --data-dir DIR holding "
+                            f"{'/'.join(DEFAULT_FILE)}")
+        source = str(ddir / DEFAULT_FILE[0] / DEFAULT_FILE[1])
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else (lambda s: None)
+
+    # 1) data
+    corpus, data_info = prepare_data(finding, plan, work, source)
+    say(f"repro {finding} --budget {budget}: data {corpus}")
+    # 2) + 3) arms
+    eval_cfg = {**plan["eval"], **({"source": source} if finding == "induction" else {})}
+    arms: dict[str, dict] = {}
+    units: dict[str, list[dict]] = {}
+    for n in f.arms:
+        if only_arm is not None and n != only_arm:
+            continue
+        arm = f"n={n}"
+        arms[arm] = {"n_future": n, "seeds": {}}
+        units[arm] = []
+        for s in plan["seeds"]:
+            if only_seed is not None and s != only_seed:
+                continue
+            ckpt = work / "ckpt" / f"n{n}-s{s}"
+            say(f"[{arm} seed {s}] train -> {ckpt}")
+            tr = train_arm({**plan["train"], "n_future": n, "seed": TRAIN_SEED_BASE + s, "corpus": str(corpus),
+                            "cache_dir": str(work / "cache"), "device": device}, ckpt, verbose)
+            say(f"[{arm} seed {s}] evaluate")
+            ev = evaluate_arm(f.evaluator, eval_cfg, ckpt, device, work, ddir)
+            metrics = {f"{f.evaluator}.{k}": v for k, v in ev["metrics"].items()}
+            if finding == "induction":
+                rnd = evaluate_arm("induction", {"probe": "random", **plan["eval_random"]}, ckpt, device, work, ddir)
+                metrics.update({f"induction_random.{k}": v for k, v in rnd["metrics"].items()})
+            arms[arm]["seeds"][str(s)] = {"train": tr, "weights_sha256": ev["weights_sha256"], "metrics": metrics,
+                                          "eval_info": ev["info"]}
+            units[arm].append(_units(finding, ev["records"]))
+        if worker:
+            continue
+        vals = [arms[arm]["seeds"][str(s)]["metrics"][f"{f.evaluator}.{f.metric}"]["value"] for s in plan["seeds"]]
+        arms[arm].update({"values": vals, "mean": mean(vals), "spread": max(vals) - min(vals)})
+
+    if worker:
+        msg = "trained and evaluated " + ", ".join(f"{a} seeds {', '.join(v['seeds'])}" for a, v in arms.items()) + \
+            "; run without --arm/--seed to combine the arms"
+        return {"sentence": msg, "to_conclude": "", "arms": arms}
+
+    # 4) verdict
+    base = f"n={f.arms[0]}"
+    comparisons = {}
+    for n in f.arms[1:]:
+        arm = f"n={n}"
+        paired = paired_interval(units[arm], units[base])
+        c = compare(arms[arm]["values"], arms[base]["values"], paired.ci95, rule["min_effect"])
+        c["paired"] = paired.to_dict()
+        comparisons[f"{arm} vs {base}"] = c
+    rule_verdict = decide({a: arms[a]["mean"] for a in arms}, comparisons, rule["floor"])
+    verdict = "inconclusive" if budget == "smoke" else rule_verdict
+    sentence, needed = explain(f, budget, verdict, rule_verdict, arms, comparisons, rule)
+
+    # 5) result directory
+    doc = {"schema": SCHEMA, "finding": finding, "claim": f.claim, "budget": budget, "verdict": verdict,
+           "rule_verdict": rule_verdict, "sentence": sentence, "to_conclude": needed,
+           "metric": f"{f.evaluator}.{f.metric}", "secondary": list(f.secondary),
+           "rule": {**rule, "text": RULE_TEXT}, "arms": arms, "comparisons": comparisons,
+           "plan": _jsonable(plan), "eval_config": eval_cfg, "data": data_info,
+           "provenance": collect(seed=TRAIN_SEED_BASE, device=device, argv=argv, start_time=started,
+                                 duration_s=time.perf_counter() - t0)}
+    atomic_write_json(out / "result.json", doc)
+    atomic_write_bytes(out / "plot.png", plot(doc))
+    say(f"wrote {out / 'result.json'} and {out / 'plot.png'}")
+    return doc
+
+
+RULE_TEXT = ("per MTP arm vs n=1: better if gap > seed spread and the paired 95% interval > 0; worse if -gap > "
+             "spread and the interval < 0; no_gain if the interval's upper end < min_effect. inconclusive if no "
+             "arm reaches floor; reproduced if every MTP arm is better; not_reproduced if every one is worse or "
+             "no_gain; else inconclusive. smoke: always inconclusive (pipeline only).")
+
+
+def explain(f: Finding, budget: str, verdict: str, rule_verdict: str, arms: dict, comparisons: dict,
+            rule: dict) -> tuple[str, str]:
+    """The verdict in a sentence, and what would make an inconclusive one conclusive."""
+    means = ", ".join(f"{a} {arms[a]['mean']:.3f}" for a in arms)
+    parts = "; ".join(f"{k}: {c['outcome']} (gap {c['gap']:+.3f}, seed spread {c['spread']:.3f}, paired 95% "
+                      f"[{c['paired']['ci95'][0]:+.3f}, {c['paired']['ci95'][1]:+.3f}])"
+                      if c["paired"]["ci95"] else f"{k}: {c['outcome']}" for k, c in comparisons.items())
+    head = f"{f.name} ({budget}): {verdict}. {f.evaluator}.{f.metric} means: {means}. {parts}."
+    if budget == "smoke":
+        return (head + " The smoke budget proves the pipeline only; it says nothing about the finding "
+                f"(the rule alone would say {rule_verdict}).", "run --budget quick (CPU) or full (GPU)")
+    if verdict != "inconclusive":
+        return head, ""
+    if max(arms[a]["mean"] for a in arms) < rule["floor"]:
+        need = (f"no arm reached the floor {rule['floor']}: the models did not learn the task at this budget; "
+                "train longer or larger (--budget full on a GPU)")
+    else:
+        need = ("the arms differ by less than the seed spread or the paired interval straddles the effect; "
+                "more seeds (smaller spread) and more evaluation samples (narrower interval) would decide it")
+    return head, need
+
+
+def plot(doc: dict) -> bytes:
+    """A PNG in the style of the paper's figure: per-arm points per seed and the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = doc["arms"]
+    colors = {"n=1": "#444444", "n=2": "#d62728", "n=4": "#1f77b4"}
+    if doc["finding"] == "arithmetic":
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        ms = doc["eval_config"].get("ms") or list(range(1, 11))
+        for arm, a in arms.items():
+            per_seed = [[s["metrics"][f"arithmetic.acc_m{m}"]["value"] for m in ms] for s in a["seeds"].values()]
+            avg = [sum(col) / len(col) for col in zip(*per_seed)]
+            ax.plot(ms, avg, marker="o", label=arm, color=colors.get(arm))
+            for row in per_seed:
+                ax.plot(ms, row, color=colors.get(arm), alpha=0.25, linewidth=0.8)
+        ax.axvspan(5.5, max(ms) + 0.5, color="#eeeeee", zorder=0)
+        ax.text(5.6, ax.get_ylim()[1] * 0.95 or 0.01, "out of domain", fontsize=8, va="top")
+        ax.set_xlabel("number of operations m")
+        ax.set_ylabel("exact-match accuracy")
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3.4), dpi=100)
+        for ax, key, label in ((axes[0], "induction.second_token_acc", "names: 2nd-token accuracy"),
+                               (axes[1], "induction_random.copy_acc", "random: copy accuracy")):
+            for i, (arm, a) in enumerate(arms.items()):
+                vals = [s["metrics"][key]["value"] for s in a["seeds"].values()]
+                ax.scatter([i] * len(vals), vals, color=colors.get(arm), alpha=0.6)
+                ax.plot([i - 0.2, i + 0.2], [sum(vals) / len(vals)] * 2, color=colors.get(arm), linewidth=2)
+            ax.set_xticks(range(len(arms)), list(arms))
+            ax.set_xlim(-0.6, len(arms) - 0.4)
+            ax.set_title(label, fontsize=9)
+        axes[0].set_ylabel("accuracy")
+        ax = axes[0]
+    fig.suptitle(f"{doc['finding']} ({doc['budget']}): {doc['verdict']}", fontsize=10)
+    if doc["finding"] == "arithmetic":
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtp-bench"
+
+
+def _resolve_data_dir(data_dir: str | None) -> Path | None:
+    from mtp_bench.runner import resolve_data_dir
+
+    d = resolve_data_dir(data_dir)
+    if d is None:  # the checkout's sibling shared/data, where this project keeps its benchmark data
+        guess = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+        d = guess if guess.is_dir() else None
+    return d
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"{p.description or ''}\n\n" + __doc__.split("\n\n")[1]
+    p.epilog = "findings: " + ", ".join(FINDINGS) + "\nverdict rule:\n  " + RULE_TEXT
+    p.add_argument("finding", help=" | ".join(FINDINGS))
+    p.add_argument("--budget", default="quick", choices=BUDGETS,
+                   help="smoke (< 3 min, pipeline only) | quick (30 min on 2 CPU cores, default) | full (GPU)")
+    p.add_argument("--out", default=None, metavar="DIR", help="result dir (default results/repro/FINDING-BUDGET)")
+    p.add_argument("--work-dir", default=None, help="checkpoints and caches (default ~/.cache/mtp-bench/repro/FINDING-BUDGET)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (training uses bf16 on CUDA)")
+    p.add_argument("--source", default="", help="induction: story file (default DATA_DIR/tinystories/...)")
+    p.add_argument("--data-dir", default=None, help="benchmark data folder (default $MTP_BENCH_DATA)")
+    p.add_argument("--arm", type=int, default=None, metavar="N",
+                   help="train and evaluate only the arm n_future=N (parallel workers on one --work-dir)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="train and evaluate only seed S of each arm (parallel workers on one --work-dir)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    doc = run(args.finding, args.budget, args.work_dir, args.out, args.device, args.source, args.data_dir,
+              verbose=not args.quiet, argv=sys.argv[1:], only_arm=args.arm, only_seed=args.seed)
+    print(doc["sentence"])
+    if doc["to_conclude"]:
+        print(f"to make it conclusive: {doc['to_conclude']}")
+    return 0

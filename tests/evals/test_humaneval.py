@@ -265,7 +265,7 @@ def test_chat_mode_scores_body_only_and_prose_answers(tmp_path):
     p0, p1, p2 = (PROBLEMS[t] for t in IDS[:3])
     model = chat_model()
     answers = {
-        he.build_chat_prompt(model, p0): "```python\n" + "\n".join(l[4:] for l in p0["canonical_solution"].strip("\n").split("\n")) + "\n```",
+        he.build_chat_prompt(model, p0): "```python\n" + "\n".join(line[4:] for line in p0["canonical_solution"].strip("\n").split("\n")) + "\n```",
         he.build_chat_prompt(model, p1): "Sure! Here it is:\n" + p1["prompt"] + p1["canonical_solution"] + "\nHope it helps.",
         he.build_chat_prompt(model, p2): "```python\ndef truncate_number(number: float) -> float:\n    return number\n```",
     }

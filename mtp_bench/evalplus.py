@@ -613,6 +613,8 @@ def add_exec_arguments(p) -> None:
         if action.dest == "dataset":
             action.choices = sorted([*action.choices, *FILES])
             action.help = "which problems the task ids refer to (humaneval_plus, mbpp_plus: EvalPlus's samples format)"
+        if action.dest == "timeout":
+            action.help += " (humaneval_plus, mbpp_plus: EvalPlus's per-input limits instead)"
     p.description += ("\n\n  mtp-bench exec samples.jsonl --dataset humaneval_plus --data-dir ../shared/data\n"
                       "      EvalPlus's format ({task_id, solution} or {task_id, completion}): base and base+plus pass@k")
 

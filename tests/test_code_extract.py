@@ -42,7 +42,7 @@ SPANS = [  # (case, code, longest_valid_span's result)
     ("prose before and after", f"Here it is:\n{F}\nThis returns the sum.", F),
     ("longest of two valid runs", "x = 1\nnot valid here\n" + F + "\nneither here", F),
     ("blank lines do not count towards the length", "a = 1\n\n\n\nbad line\nb = 2\nc = 3", "b = 2\nc = 3"),
-    ("nothing valid", "this is prose, not code", ""),
+    ("nothing valid", "this is prose: not code.", ""),  # (with a comma it would parse: a tuple)
 ]
 
 

@@ -25,7 +25,21 @@ best pass@k over the runs that report k, and `info["best_temperature"]` names th
 Picking the best of several temperatures on the test set is optimistic by design (it is the paper's
 protocol); its stderr is that of the chosen run and does not account for the choice.
 
-Changing the prompt template, stop sequences, extraction or program layout changes `version`.
+Prompt modes (config field `prompt_mode`, `mtp_bench.chat`): `completion` is the above; `chat`
+sends the prompt inside `chat.FUNCTION_INSTRUCTION` as one user turn in the tokenizer's chat
+template, generates with no stop sequence (the model's end-of-turn token ends it), and takes the
+solution out of the answer (`mtp_bench.code_extract.chat_solution`: the first Python block or the
+whole answer, its longest valid span, sanitized to the entry point and what it needs; an answer
+that does not define the entry point is taken as its body). The program is then
+
+    solution + "\n" + test + "\n" + f"check({entry_point})\n"
+
+where the solution keeps the prompt in front (its imports and helpers), the answer's definition
+replacing the stub. `auto` (the default) is chat when the tokenizer has a chat template. Results
+record `info.prompt_mode` and `info.chat_template_sha256`; the version is VERSION in completion
+mode and VERSION + "-chat" in chat mode (`chat.version`), so the two are never compared.
+
+Changing the prompt template, instruction, stop sequences, extraction or program layout changes `version`.
 """
 
 from __future__ import annotations
@@ -33,11 +47,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench import chat
+from mtp_bench.code_extract import chat_solution, extract_fenced
 from mtp_bench.errors import ConfigError, DataError
 from mtp_bench.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
 from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+VERSION = "1.1"  # 1.1: prompt_mode (chat prompts and code extraction)
 VARIANTS = ("humaneval",)
 
 
@@ -89,6 +106,21 @@ def build_split(problem: dict, completion: str):
                          reference=problem["prompt"] + problem["canonical_solution"])
 
 
+def build_chat_prompt(model, problem: dict) -> str:
+    """The chat mode's prompt: the instruction and the problem as one user turn in the model's template."""
+    return chat.render_chat(model, chat.FUNCTION_INSTRUCTION.format(prompt=problem["prompt"]))
+
+
+def build_chat_program(problem: dict, code: str):
+    """The chat mode's program: the solution taken from the answer's code, then the tests, split for
+    the judge like `build_split` (the candidate process holds the solution, the judge the tests)."""
+    from mtp_bench.judge import split_program
+
+    solution = chat_solution(problem["prompt"], code, problem["entry_point"])
+    return split_program(solution, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
+                         reference=problem["prompt"] + problem["canonical_solution"])
+
+
 
 # -----------------------------------------------------------------------------
 # the evaluator
@@ -97,7 +129,7 @@ def build_split(problem: dict, completion: str):
 @register
 class HumanEval(Evaluator):
     name = "humaneval"
-    version = "1.0"
+    version = VERSION  # VERSION + "-chat" once a run resolved to the chat mode (module docstring)
     suites = ("code",)
     description = "HumanEval pass@k (164 problems) in the mtp-bench sandbox"
     caption = "pass@k: fraction of problems solved (unbiased estimator over n samples), mean over problems"
@@ -105,6 +137,7 @@ class HumanEval(Evaluator):
     @dataclass
     class Config:
         protocol: str = "quick"  # quick | standard | paper (module docstring)
+        prompt_mode: str = "auto"  # completion | chat | auto (chat when the tokenizer has a chat template)
         n: int | None = None  # samples per problem and temperature; None = the protocol's
         temperatures: tuple[float, ...] | None = None  # None = the protocol's; else one run each, best per k
         k: tuple[int, ...] | None = None  # pass@k to report; None = the protocol's; k > n is skipped
@@ -117,6 +150,7 @@ class HumanEval(Evaluator):
         def __post_init__(self):
             try:
                 validate_sampling_config(self)
+                chat.validate_prompt_mode(self.prompt_mode)
             except ConfigError as e:
                 raise ConfigError(f"humaneval config: {e}") from None
 
@@ -125,7 +159,17 @@ class HumanEval(Evaluator):
         task_ids = list(problems)[: ctx.limit] if ctx.limit is not None else list(problems)
         if not task_ids:
             raise ConfigError(f"{self.name}: no problems to run (limit={ctx.limit})")
-        records, metrics, info = generate_execute_score(
-            self, model, ctx, task_ids, {tid: build_prompt(problems[tid]) for tid in task_ids}, STOP_SEQUENCES,
-            extract=extract_completion, build_program=lambda tid, completion: build_split(problems[tid], completion))
+        mode, template = chat.resolve_prompt_mode(self.config.prompt_mode, model, self.name)
+        self.version = chat.set_run_version(self, VERSION, mode)
+        if mode == "chat":
+            prompts = {tid: build_chat_prompt(model, problems[tid]) for tid in task_ids}
+            records, metrics, info = generate_execute_score(
+                self, model, ctx, task_ids, prompts, (), extract=extract_fenced,
+                build_program=lambda tid, code: build_chat_program(problems[tid], code), keep_generation=True)
+        else:
+            records, metrics, info = generate_execute_score(
+                self, model, ctx, task_ids, {tid: build_prompt(problems[tid]) for tid in task_ids}, STOP_SEQUENCES,
+                extract=extract_completion,
+                build_program=lambda tid, completion: build_split(problems[tid], completion))
+        info.update({"prompt_mode": mode, "chat_template_sha256": chat.template_sha256(template)})
         return EvalOutput(records=records, metrics=metrics, info=info)

@@ -37,7 +37,17 @@ evaluator's default timeout is 10 s.
 
 Scoring and protocols are those of evals/humaneval.py (quick: greedy pass@1; standard: n=20 at
 T=0.2 for pass@1 and T=0.8 for pass@10; paper: n=200 over T=0.1..1.0, best temperature per k).
-Changing the template, stops, extraction, split or program layout changes `version`.
+Prompt modes (config field `prompt_mode`, `mtp_bench.chat`): `completion` is the above (3-shot);
+`chat` sends the task's text and its `test_list` inside `chat.TASK_INSTRUCTION` as one user turn
+in the tokenizer's chat template (zero-shot), generates with no stop sequence, and takes the code out
+of the answer: the first Python block or the whole answer (`code_extract.extract_fenced`), its
+longest valid span, sanitized to the tested function (the first non-builtin name the asserts call)
+and what it needs (`code_extract.sanitize`). The program is then that code, the test setup code
+and the asserts, as above. `auto` (the default) is chat when the tokenizer has a chat template.
+Results record `info.prompt_mode` and `info.chat_template_sha256`; the version is VERSION in
+completion mode and VERSION + "-chat" in chat mode.
+
+Changing the template, instruction, stops, extraction, split or program layout changes `version`.
 """
 
 from __future__ import annotations
@@ -47,10 +57,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench import chat
+from mtp_bench.code_extract import entry_point_of_tests, extract_fenced, sanitize
 from mtp_bench.errors import ConfigError, DataError
 from mtp_bench.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
 from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 
+VERSION = "1.1"  # 1.1: prompt_mode (chat prompts and code extraction)
 HUB_ID = "google-research-datasets/mbpp"
 FILES = {"full": "mbpp.jsonl", "sanitized": "sanitized-mbpp.json"}  # variant -> file name
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}  # by task id
@@ -209,6 +222,17 @@ def build_split(problem: dict, completion: str, include_challenge: bool = False)
                          reference=problem["code"])
 
 
+def build_chat_prompt(model, problem: dict) -> str:
+    """The chat mode's prompt: the instruction with the task and its tests, in the model's template."""
+    return chat.render_chat(model, chat.TASK_INSTRUCTION.format(text=problem["text"],
+                                                                tests="\n".join(problem["test_list"])))
+
+
+def chat_code(problem: dict, code: str) -> str:
+    """The chat mode's solution: the answer's code sanitized to the tested function and its needs."""
+    return sanitize(code, entry_point_of_tests(problem["test_list"]))
+
+
 
 # -----------------------------------------------------------------------------
 # the evaluator
@@ -217,7 +241,7 @@ def build_split(problem: dict, completion: str, include_challenge: bool = False)
 @register
 class MBPP(Evaluator):
     name = "mbpp"
-    version = "1.0"
+    version = VERSION  # VERSION + "-chat" once a run resolved to the chat mode (module docstring)
     suites = ("code",)
     description = "MBPP pass@k (500 test tasks, 3-shot [BEGIN]/[DONE] prompt) in the mtp-bench sandbox"
     caption = "pass@k: fraction of tasks solved (unbiased estimator over n samples), mean over tasks"
@@ -225,6 +249,7 @@ class MBPP(Evaluator):
     @dataclass
     class Config:
         protocol: str = "quick"  # quick | standard | paper (evals/humaneval.py docstring)
+        prompt_mode: str = "auto"  # completion | chat | auto (chat when the tokenizer has a chat template)
         variant: str = "full"  # full (500 test tasks) | sanitized (257 test tasks)
         data_dir: str | None = None  # overrides --data-dir / $MTP_BENCH_DATA for this evaluator
         include_challenge: bool = False  # also run challenge_test_list (full set; 11 test tasks have one)
@@ -247,6 +272,7 @@ class MBPP(Evaluator):
             if self.variant not in FILES:
                 raise ConfigError(f"unknown mbpp variant {self.variant!r}; valid: {', '.join(FILES)}")
             validate_sampling_config(self)
+            chat.validate_prompt_mode(self.prompt_mode)
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         cfg = self.config
@@ -261,9 +287,18 @@ class MBPP(Evaluator):
         task_ids = task_ids[: ctx.limit] if ctx.limit is not None else task_ids
         if not task_ids:
             raise ConfigError(f"{self.name}: no problems to run (limit={ctx.limit})")
-        records, metrics, info = generate_execute_score(
-            self, model, ctx, task_ids, {tid: build_prompt(everything[tid], shots) for tid in task_ids}, STOP_SEQUENCES,
-            extract=extract_code,
-            build_program=lambda tid, code: build_split(everything[tid], code, cfg.include_challenge))
-        info["variant"] = cfg.variant
+        mode, template = chat.resolve_prompt_mode(cfg.prompt_mode, model, self.name)
+        self.version = chat.set_run_version(self, VERSION, mode)
+        if mode == "chat":
+            records, metrics, info = generate_execute_score(
+                self, model, ctx, task_ids, {tid: build_chat_prompt(model, everything[tid]) for tid in task_ids}, (),
+                extract=extract_fenced, keep_generation=True,
+                build_program=lambda tid, code: build_split(everything[tid], chat_code(everything[tid], code),
+                                                            cfg.include_challenge))
+        else:
+            records, metrics, info = generate_execute_score(
+                self, model, ctx, task_ids, {tid: build_prompt(everything[tid], shots) for tid in task_ids},
+                STOP_SEQUENCES, extract=extract_code,
+                build_program=lambda tid, code: build_split(everything[tid], code, cfg.include_challenge))
+        info.update({"variant": cfg.variant, "prompt_mode": mode, "chat_template_sha256": chat.template_sha256(template)})
         return EvalOutput(records=records, metrics=metrics, info=info)

@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "show": ("mtp_bench.report", "add_show_arguments", "show_main", "print a saved result file as a report"),
     "train": ("mtp_bench.reference_model.train", "add_arguments", "main", "train a reference MTP model"),
     "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
-    "exec": ("mtp_bench.execution", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
+    "exec": ("mtp_bench.evalplus", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
     "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
     "compare": ("mtp_bench.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
     "report": ("mtp_bench.html_report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),

@@ -103,15 +103,17 @@ def score(runs: list[SamplingRun], passed: dict[float, dict[str, list[bool]]]) -
 # execution with a resumable verdict cache
 
 
-def execute(programs: list[str], timeout_s: float, workers: int | None, cache_path: Path | None, bar=None) -> list[dict]:
+def execute(programs: list[str], timeout_s: float, workers: int | None, cache_path: Path | None, bar=None,
+            memory_mb: int | None = None) -> list[dict]:
     """Run programs in the sandbox; identical programs run once; verdicts are cached by program hash.
 
     The cache (append-only JSONL in the run's work dir) lets a resumed run skip programs already
     judged under the same sandbox config; a torn last line (killed mid-write) is ignored.
+    memory_mb: the address-space limit when not the sandbox's default.
     """
     from mtp_bench.execution import Program, SandboxConfig, run_programs
 
-    config = SandboxConfig(timeout_s=timeout_s)
+    config = SandboxConfig(timeout_s=timeout_s, **({"memory_mb": memory_mb} if memory_mb is not None else {}))
     salt = repr(config)
     # a Program (judge + candidate) and the same source run in one process are different runs
     keys = [hashlib.sha256((salt + "\0" + (f"{p.isolation}\0{p.source}" if isinstance(p, Program) else p)).encode())
@@ -176,9 +178,11 @@ def validate_sampling_config(cfg) -> None:
 
 
 def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: dict[str, str],
-                           stop: tuple[str, ...], extract, build_program) -> tuple[list[dict], dict[str, Metric], dict]:
+                           stop: tuple[str, ...], extract, build_program,
+                           keep_generation: bool = False) -> tuple[list[dict], dict[str, Metric], dict]:
     """The pipeline both code evaluators share; they differ only in prompts, stops, extraction and
-    program layout. Returns (records, metrics, info).
+    program layout. Returns (records, metrics, info). keep_generation: records also hold the raw
+    generated text as "generation" (the chat prompt mode, whose extraction drops a lot).
 
     1) generate every sampling run of the protocol (cached and resumable through ctx.generate); a
        model with a short context keeps half of it for the prompt (the engine truncates it from the left)
@@ -203,9 +207,9 @@ def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: 
         generations = ctx.generate(model, requests, gen_config, evaluator)
         truncated += sum(1 for g in generations if getattr(g, "prompt_truncated", 0))
         for req, g in zip(requests, generations):
-            samples.append((r, req.sample_id, req.sample_index, req.prompt, extract(g.text), g.finish_reason))
+            samples.append((r, req.sample_id, req.sample_index, req.prompt, extract(g.text), g.finish_reason, g.text))
     # 2)
-    programs = [build_program(tid, completion) for _, tid, _, _, completion, _ in samples]
+    programs = [build_program(tid, completion) for _, tid, _, _, completion, _, _ in samples]
     cache_path = Path(ctx.work_dir) / f"{evaluator.name}-{evaluator.version}-exec.jsonl"
     with ctx.progress(f"{evaluator.name} [{ctx.role}]: execute", len(programs)) as bar:
         verdicts = execute(programs, cfg.timeout_s, cfg.workers, cache_path, bar=bar)
@@ -215,13 +219,14 @@ def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: 
         passed[r.temperature][tid].append(v["passed"])
     metrics, info = score(runs, passed)
     records = []
-    for (r, tid, i, prompt, completion, finish), v in zip(samples, verdicts):
+    for (r, tid, i, prompt, completion, finish, text), v in zip(samples, verdicts):
         records.append({
             "sample_id": tid, "task_id": tid, "sample_index": i, "temperature": r.temperature,
             "prompt": prompt, "completion": completion, "finish_reason": finish,
             "passed": v["passed"], "status": v["status"], "detail": v["detail"],
             "isolation": v.get("isolation", "single-process"),
             "problem_num_samples": r.n, "problem_num_correct": sum(passed[r.temperature][tid]),
+            **({"generation": text} if keep_generation else {}),
         })
     info.update({"max_new_tokens": max_new, "prompts_truncated": truncated, "protocol": cfg.protocol,
                  "num_problems": len(task_ids), "k_skipped_above_n": skipped, "sandbox": isolation_report(),

@@ -41,6 +41,8 @@ DEFAULT_BASELINE = "ntp-code"
 DEFAULT_RUN_CONFIG: dict[str, dict[str, Any]] = {
     "humaneval": {"max_new_tokens": 128, "batch_size": 32},
     "mbpp": {"max_new_tokens": 128, "batch_size": 32},
+    "humaneval_plus": {"max_new_tokens": 128, "batch_size": 32},
+    "mbpp_plus": {"max_new_tokens": 128, "batch_size": 32},
     "specdec": {"n_prompts": 10, "max_new_tokens": 64},
     "heads": {"n_windows": 32},
     # nl suite: a fixed subset (the first N documents / problems, recorded in the config)

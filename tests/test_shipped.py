@@ -40,7 +40,11 @@ def test_zero_config_code_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch)
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["models"]["candidate"]["n_future"] == 4 and doc["models"]["baseline"]["n_future"] == 1
-    assert set(doc["evals"]) == {"heads", "humaneval", "mbpp", "specdec"} and not doc["skipped"]
+    assert set(doc["evals"]) == {"heads", "humaneval", "mbpp", "humaneval_plus", "mbpp_plus", "specdec"}
+    assert not doc["skipped"]
+    # no chat template in the shipped models: `auto` keeps the paper's completion protocol
+    assert all(doc["results"][e]["candidate"]["info"]["prompt_mode"] == "completion"
+               for e in ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus"))
     cand = doc["results"]["specdec"]["candidate"]
     assert cand["metrics"]["lossless_fraction"]["value"] == 1.0 and cand["info"]["k"] == 4
     assert doc["results"]["humaneval"]["candidate"]["config"]["max_new_tokens"] == 128  # the zero-config settings

@@ -200,3 +200,101 @@ def test_standard_protocol_reports_pass1_at_t02_and_pass10_at_t08(tmp_path):
     # 80 samples, but only 6 distinct programs (canonical / wrong / broken for each problem) ran
     cache = (tmp_path / f"humaneval-{he.HumanEval.version}-exec.jsonl").read_text().splitlines()
     assert len(cache) == 6
+
+
+# ----------------------------------------------------------------------------- prompt modes
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def chat_model(template: str | None = CHAT_TEMPLATE) -> FakeModel:
+    """The fake model with a transformers tokenizer beside its byte tokenizer, for its chat template."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model = FakeModel()
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    hf.chat_template = template
+    model.tokenizer.tok = hf  # adapters.HFTokenizer keeps the transformers tokenizer as .tok
+    return model
+
+
+def test_chat_prompt_is_the_instruction_in_the_template():
+    from mtp_bench import chat
+
+    p = PROBLEMS[IDS[0]]
+    got = he.build_chat_prompt(chat_model(), p)
+    assert got == "<|user|>\n" + chat.FUNCTION_INSTRUCTION.format(prompt=p["prompt"]) + "<|end|>\n<|assistant|>\n"
+    assert "```python\n" + p["prompt"] + "```" in got
+
+
+def test_auto_mode_is_chat_with_a_template_and_completion_without(tmp_path):
+    p = PROBLEMS[IDS[0]]
+    body = p["canonical_solution"]
+    fenced = "Here you go:\n```python\n" + p["prompt"] + body + "```\nIt sorts first."
+    model = chat_model()
+    chat_prompt = he.build_chat_prompt(model, p)
+    seen = []
+
+    def generate_fn(m, prompts, config, seeds=None):
+        seen.append((prompts, config.stop))
+        text = fenced if prompts[0] == chat_prompt else body
+        return [Generation(text=text, token_ids=[], prompt_ids=[], finish_reason="eos")]
+
+    ctx = RunContext(seed=0, limit=1, work_dir=tmp_path, generate_fn=generate_fn)
+    ev = he.HumanEval()
+    out = ev.run(model, ctx)
+    assert seen[0] == ([chat_prompt], ())  # chat: no stop sequence, the end-of-turn token ends it
+    assert out.records[0]["passed"] and out.records[0]["generation"] == fenced
+    assert out.records[0]["completion"] == p["prompt"] + body.rstrip("\n")  # the fenced block's body
+    assert out.info["prompt_mode"] == "chat" and ev.version == he.VERSION + "-chat"
+    assert out.info["chat_template_sha256"] == __import__("hashlib").sha256(CHAT_TEMPLATE.encode()).hexdigest()
+
+    (tmp_path / "plain").mkdir()
+    ctx = RunContext(seed=0, limit=1, work_dir=tmp_path / "plain", generate_fn=generate_fn)
+    ev = he.HumanEval()
+    out = ev.run(FakeModel(), ctx)  # no chat template: completion, as before
+    assert seen[1] == ([p["prompt"]], he.STOP_SEQUENCES)
+    assert out.records[0]["passed"] and out.info["prompt_mode"] == "completion"
+    assert out.info["chat_template_sha256"] is None and ev.version == he.VERSION and "generation" not in out.records[0]
+
+
+def test_chat_mode_scores_body_only_and_prose_answers(tmp_path):
+    # problem 0: the body alone, not indented; problem 1: unfenced code inside prose; problem 2: a wrong function
+    p0, p1, p2 = (PROBLEMS[t] for t in IDS[:3])
+    model = chat_model()
+    answers = {
+        he.build_chat_prompt(model, p0): "```python\n" + "\n".join(line[4:] for line in p0["canonical_solution"].strip("\n").split("\n")) + "\n```",
+        he.build_chat_prompt(model, p1): "Sure! Here it is:\n" + p1["prompt"] + p1["canonical_solution"] + "\nHope it helps.",
+        he.build_chat_prompt(model, p2): "```python\ndef truncate_number(number: float) -> float:\n    return number\n```",
+    }
+
+    def generate_fn(m, prompts, config, seeds=None):
+        return [Generation(text=answers[p], token_ids=[], prompt_ids=[], finish_reason="eos") for p in prompts]
+
+    out = he.HumanEval(he.HumanEval.Config(prompt_mode="chat")).run(
+        model, RunContext(seed=0, limit=3, work_dir=tmp_path, generate_fn=generate_fn))
+    assert [r["passed"] for r in out.records] == [True, True, False]
+    assert out.metrics["pass@1"].value == pytest.approx(2 / 3)
+
+
+def test_chat_mode_needs_a_template_and_modes_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="valid: completion, chat, auto"):
+        he.HumanEval.Config(prompt_mode="instruct")
+    ctx = RunContext(seed=0, limit=1, work_dir=tmp_path, generate_fn=scripted_generate({}))
+    with pytest.raises(ConfigError, match="no chat template"):
+        he.HumanEval(he.HumanEval.Config(prompt_mode="chat")).run(FakeModel(), ctx)
+
+
+def test_one_run_refuses_two_prompt_modes(tmp_path):
+    # candidate with a template, baseline without, both on `auto`: one result version cannot hold both
+    p = PROBLEMS[IDS[0]]
+
+    def generate_fn(m, prompts, config, seeds=None):
+        return [Generation(text=p["canonical_solution"], token_ids=[], prompt_ids=[], finish_reason="eos")]
+
+    ev = he.HumanEval()
+    ev.run(chat_model(), RunContext(seed=0, limit=1, work_dir=tmp_path, generate_fn=generate_fn))
+    with pytest.raises(ConfigError, match="prompt_mode=completion"):
+        ev.run(FakeModel(), RunContext(seed=0, limit=1, work_dir=tmp_path, role="baseline", generate_fn=generate_fn))

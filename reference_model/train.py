@@ -102,18 +102,28 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     dtype: str = "auto"  # autocast dtype: "auto" (bfloat16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
     out: str = ""  # final checkpoint directory (resumable state goes to OUT.state/); required, no silent default
+    # --- heads on a pretrained trunk (pretrained_heads.py; `--init BASE`) ---
+    init: str = ""  # base next-token model (.gguf, HF dir, hub id, native): model shape and tokenizer come from it
+    freeze_trunk: bool = False  # init only: train the extra heads alone; the rest stays bit-identical
+    head_init: str = "copy"  # init only: "copy" of the base's last block (identity for linear) | "fresh" | "lstsq"
+    lstsq_windows: int = 64  # head_init=lstsq (linear heads): training windows the closed-form fit reads
+    hidden_cache: bool = False  # freeze_trunk only: keep the trunk's output per window on disk (later epochs: heads only)
+    heads_dtype: str = "float32"  # freeze_trunk only: storage dtype of heads.safetensors ("float32" | "bfloat16")
+    head_targets: str = "tokens"  # freeze_trunk only: "tokens" (the data) | "base" (head 1's distribution: self-distillation)
 
     def __post_init__(self) -> None:
         choices = {"tokenizer": ("bpe", "byte"), "backward": ("sequential", "naive"),
                    "dtype": ("auto", "float32", "bfloat16"),
-                   "head_type": ("parallel", "linear", "causal", "anticausal", "sequential")}
+                   "head_type": ("parallel", "linear", "causal", "anticausal", "sequential"),
+                   "head_init": ("copy", "fresh", "lstsq"), "heads_dtype": ("float32", "bfloat16"),
+                   "head_targets": ("tokens", "base")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(valid)}")
         for name in ("dim", "n_layers", "n_heads", "n_future", "seq_len", "batch_size", "grad_accum",
-                     "max_steps", "eval_batches", "log_interval", "bpe_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                     "max_steps", "eval_batches", "log_interval", "bpe_vocab_size", "lstsq_windows"):
+            if getattr(self, name) < (0 if name == "max_steps" and self.head_init == "lstsq" else 1):
+                raise ConfigError(f"{name} must be >= 1 (max_steps >= 0 after head_init=lstsq), got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_interval", "ckpt_interval", "max_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -130,6 +140,14 @@ class TrainConfig:
         if self.target_field and self.backward == "sequential" and self.head_type in ("causal", "anticausal"):
             raise ConfigError("target_field with causal/anticausal heads needs backward=naive")
         self.model_config(vocab_size=259)  # validate the model shape now, not after data prep
+        if self.head_targets != "tokens" and not self.freeze_trunk:
+            raise ConfigError("head_targets=base needs freeze_trunk=true (the teacher is the frozen head 1)")
+        if (self.freeze_trunk or self.hidden_cache) and not self.init:
+            raise ConfigError("freeze_trunk and hidden_cache need init=BASE (--init): heads on a pretrained trunk")
+        if self.target_field and self.freeze_trunk:
+            raise ConfigError("target_field (loss on target tokens only) is not implemented with freeze_trunk=true")
+        if self.hidden_cache and not self.freeze_trunk:
+            raise ConfigError("hidden_cache=true needs freeze_trunk=true (a trained trunk changes its output)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -416,14 +434,16 @@ def resolve_device(cfg: TrainConfig, dd: Dist) -> torch.device:
 # data + tokenizer
 
 
-def prepare_data(cfg: TrainConfig, dd: Dist) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict]:
+def prepare_data(cfg: TrainConfig, dd: Dist, tokenizer=None) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict]:
     """Corpus -> split -> tokenizer -> cached token arrays. Rank 0 builds the caches first."""
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else D.default_cache_dir()
     if dd.enabled and not dd.main:
         dd.barrier()  # wait until rank 0 has filled the caches; then this rank only reads them
     docs = D.load_corpus(cfg.corpus, cfg.corpus_glob, cfg.corpus_field, cfg.target_field)
     train_docs, val_docs = D.split_documents(docs, cfg.val_fraction)
-    if cfg.tokenizer == "byte":
+    if tokenizer is not None:  # --init: the base model's own tokenizer
+        tok = tokenizer
+    elif cfg.tokenizer == "byte":
         tok = byte_tokenizer()
     else:  # trained on the training split only, cached per (vocab size, training documents)
         tok_path = cache_dir / "tokenizers" / f"bpe-{cfg.bpe_vocab_size}-{D.corpus_sha256(train_docs)[:24]}.json"
@@ -534,14 +554,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
         raise ConfigError(f"{spath} holds an unfinished run: pass --resume to continue it, or remove it / pick another --out")
 
     # 1) data and tokenizer (cached), model, optimizer, schedule, loader
-    tok, train_tokens, val_tokens, corpus_info = prepare_data(cfg, dd)
+    base = None
+    if cfg.init:  # heads on a pretrained trunk: the model and tokenizer come from the base
+        from mtp_bench.reference_model import pretrained_heads as PH
+
+        model, base_tok, base = PH.init_model(cfg, device)
+    tok, train_tokens, val_tokens, corpus_info = prepare_data(cfg, dd, base_tok if base else None)
     train_mask = val_mask = None  # loss masks of prompt/target corpora (target tokens only)
     if cfg.target_field:
         (train_tokens, train_mask), (val_tokens, val_mask) = train_tokens, val_tokens
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = Transformer(cfg.model_config(tok.vocab_size)).to(device)
+    if base is None:
+        model = Transformer(cfg.model_config(tok.vocab_size)).to(device)
     if dd.enabled:  # identical start on every rank, whatever the RNG did
         for p in model.parameters():
             dist.broadcast(p.data, src=0)
@@ -558,6 +584,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
     val_masks = D.eval_windows(val_mask, cfg.seq_len, n_eval) if val_mask is not None else None
     train_masks = D.eval_windows(train_mask, cfg.seq_len, n_eval) if train_mask is not None else None
     step, history, evals = 0, [], []
+    lstsq = None
+    if cfg.init and cfg.head_init == "lstsq" and not resume:  # closed-form linear heads before any step
+        fit_windows = D.eval_windows(train_tokens, cfg.seq_len, cfg.lstsq_windows)
+        lstsq = PH.fit_linear_heads(model, fit_windows, cfg.batch_size, autocast=autocast,
+                                    log=print if dd.main and verbose else None)
+    hidden = None
+    if cfg.hidden_cache:
+        hidden = PH.HiddenCache(Path(corpus_info["cache_dir"]), base["sha256"], train_tokens, cfg.seq_len, model.config.dim)
+    # frozen trunk: only the extra heads are in the resumable state
+    trained_state = (lambda: {k: v for k, v in model.state_dict().items() if k.startswith("extra_heads.")}) \
+        if cfg.freeze_trunk else model.state_dict
 
     # 2) resume: everything that determines the next step
     if resume:
@@ -568,7 +605,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
         diff = sorted(k for k, v in state["config"].items() if k not in RESUME_MUTABLE and cfg.to_dict().get(k) != v)
         if diff:
             raise ConfigError(f"cannot resume {spath}: config differs in {', '.join(diff)}")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=not cfg.freeze_trunk)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -577,7 +614,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
 
     def save_state(sync: bool = True) -> None:
         if dd.main:
-            _atomic_torch_save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            _atomic_torch_save({"config": cfg.to_dict(), "model": trained_state(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "step": step,
                                 "history": history, "evals": evals, "rng": rng_state()}, spath)
         if sync:
@@ -616,13 +653,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             optimizer.zero_grad(set_to_none=True)
             per_head = torch.zeros(cfg.n_future, dtype=torch.float64)
             for _ in range(cfg.grad_accum):
+                idx = PH.window_indices(loader, cfg.batch_size) if hidden is not None else None
                 x, m = loader.next_batch_with_mask()  # (B, T), loss mask (B, T) or None
                 x = x.to(device, non_blocking=True)
-                with autocast:
-                    if m is None:
-                        _, ph = mtp_forward_backward(model, x, micro_w, mode=cfg.backward)
-                    else:  # prompt/target corpus: loss on the target tokens only
-                        _, ph = target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)
+                if cfg.freeze_trunk:  # trunk once, without a graph (or from the on-disk cache); extra heads only
+                    h = hidden.get(idx) if hidden is not None else None
+                    if hidden is not None and h is None:
+                        with torch.no_grad(), autocast:
+                            h = model.trunk(x)[0].float()
+                        hidden.put(idx, h)
+                    _, ph = PH.frozen_forward_backward(model, x, micro_w, h.to(device) if h is not None else None, autocast,
+                                                       cfg.head_targets)
+                else:
+                    with autocast:
+                        if m is None:
+                            _, ph = mtp_forward_backward(model, x, micro_w, mode=cfg.backward)
+                        else:  # prompt/target corpus: loss on the target tokens only
+                            _, ph = target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)
                 per_head += ph.double().cpu() / cfg.grad_accum  # unweighted CE per head
             if dd.enabled:  # average gradients (and the logged losses) over ranks: one flat all-reduce
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -674,7 +721,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
         "device": str(device), "duration_s": round(time.time() - t_start, 3),
         "command": reproduce_command(cfg), "argv": shlex.join(sys.argv),
     }
-    if dd.main:
+    if dd.main and base is not None:
+        info["base"] = base
+        info["lstsq"] = lstsq
+    if dd.main and cfg.freeze_trunk:  # heads only; the base stays where it is
+        PH.save_heads(out, model, base, info, torch.bfloat16 if cfg.heads_dtype == "bfloat16" else None)
+    elif dd.main:
         save_checkpoint(out, model, tok, info)
         if spath.is_file():
             spath.unlink()
@@ -715,6 +767,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field (repeatable)")
     parser.add_argument("--out", default=None, help="checkpoint directory to write (same as --set out=DIR)")
+    parser.add_argument("--init", default=None, metavar="BASE",
+                        help="add n_future-1 heads to this next-token model (.gguf, HF dir, hub id; same as --set init=BASE)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.state/")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -724,6 +778,8 @@ def main(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if args.out is not None:
         overrides["out"] = args.out
+    if getattr(args, "init", None):
+        overrides["init"] = args.init
     cfg = make_config(args.preset, overrides)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))

@@ -218,3 +218,22 @@ def test_sequential_checkpoint_drafts_by_chaining_and_reuses_the_last_module(tmp
     assert out.info["drafting"] == "chained" and out.info["k"] == 5 and out.metrics["lossless_fraction"].value == 1.0
     assert "alpha_uncond_5" in out.metrics and all(max(r["accepted_lengths"]) <= 5 for r in out.records)
     assert run(model, tmp_path, k=5).info["k"] == 3  # without reuse, capped at n_future
+
+
+def test_chat_prompts_are_gsm8k_test_questions_in_the_models_chat_template(data_dir):
+    from types import SimpleNamespace
+
+    from transformers import PreTrainedTokenizerFast
+
+    from mtp_bench.evals.specdec import chat_prompts
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer().hf, eos_token="<|eos|>")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    prompts = chat_prompts(data_dir, SimpleNamespace(tokenizer=SimpleNamespace(tok=tok)))
+    first = json.loads((data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["question"]
+    assert len(prompts) == 1319 and prompts[0] == ("gsm8k-test/0", f"<user>{first}</user><assistant>")
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="chat template"):
+        chat_prompts(data_dir, SimpleNamespace(tokenizer=SimpleNamespace(tok=tok)))

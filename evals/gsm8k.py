@@ -50,7 +50,6 @@ Changing a template, exemplar, stop sequence, regex or normalisation changes `ve
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -236,19 +235,14 @@ def _env_offline() -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    from mtp_bench.jsonl import read_lines
+
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) \
-                    or not isinstance(rec.get("answer"), str):
-                raise DataError(f"{path}:{lineno}: expected an object with string 'question' and 'answer'")
-            rows.append({"question": rec["question"], "answer": rec["answer"]})
+    for lineno, rec in read_lines(path, "GSM8K file"):
+        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) \
+                or not isinstance(rec.get("answer"), str):
+            raise DataError(f"{path}:{lineno}: expected an object with string 'question' and 'answer'")
+        rows.append({"question": rec["question"], "answer": rec["answer"]})
     return rows
 
 

@@ -542,21 +542,14 @@ def solution_of(problem: dict, sample: dict) -> str:
 
 def read_samples(path: Path) -> list[dict]:
     """EvalPlus's samples format: one JSON object a line with task_id and solution or completion."""
-    if not path.is_file():
-        raise DataError(f"samples file not found: {path}")
+    from mtp_bench.jsonl import read_lines
+
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), str) or not (
-                    isinstance(rec.get("solution"), str) or isinstance(rec.get("completion"), str)):
-                raise DataError(f"{path}:{lineno}: expected an object with a task_id and a string solution or completion")
-            records.append(rec)
+    for lineno, rec in read_lines(path, "samples file"):
+        if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), str) or not (
+                isinstance(rec.get("solution"), str) or isinstance(rec.get("completion"), str)):
+            raise DataError(f"{path}:{lineno}: expected an object with a task_id and a string solution or completion")
+        records.append(rec)
     if not records:
         raise DataError(f"{path}: no samples")
     return records

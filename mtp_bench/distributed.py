@@ -168,6 +168,11 @@ class Group:
             self._serving = False
             self._broadcast({"op": "stop"})
         if dist.is_initialized():
+            try:  # nobody leaves before every rank has received all that was sent to it: a gloo rank
+                # whose peer tears the group down mid-message aborts ("terminate called ...", SIGABRT)
+                dist.barrier()
+            except RuntimeError:
+                pass  # a peer is already gone (its own error is the one torchrun reports)
             dist.destroy_process_group()
 
     # -- generation -------------------------------------------------------------------------

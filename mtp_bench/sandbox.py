@@ -1059,7 +1059,7 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
             finally:
                 if pending[0]:  # not run: consume the tests anyway, so the next message starts in step
                     read_tests()
-                tests[:] = bytes(len(tests))
+                    tests[:] = bytes(len(tests))  # (_run_one zeroes the ones it read)
             _send(proto_out, reply)
         else:
             raise SystemExit(f"sandbox worker: unexpected request {msg.get('op')!r}")

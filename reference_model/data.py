@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 import sysconfig
 from dataclasses import dataclass
@@ -80,40 +79,30 @@ def _folder_documents(root: Path, patterns: list[str], exclude: set[str]) -> lis
 
 
 def _jsonl_documents(path: Path, field: str) -> list[Document]:
+    from mtp_bench.jsonl import read_lines
+
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or field not in rec:
-                keys = sorted(rec) if isinstance(rec, dict) else []
-                raise DataError(f"{path}:{i}: no field {field!r} (fields: {', '.join(keys) or 'none'})")
-            if not isinstance(rec[field], str):
-                raise DataError(f"{path}:{i}: field {field!r} is {type(rec[field]).__name__}, not a string")
-            docs.append(Document(f"{path.name}:{i}", rec[field]))
+    for i, rec in read_lines(path, "corpus"):
+        if not isinstance(rec, dict) or field not in rec:
+            keys = sorted(rec) if isinstance(rec, dict) else []
+            raise DataError(f"{path}:{i}: no field {field!r} (fields: {', '.join(keys) or 'none'})")
+        if not isinstance(rec[field], str):
+            raise DataError(f"{path}:{i}: field {field!r} is {type(rec[field]).__name__}, not a string")
+        docs.append(Document(f"{path.name}:{i}", rec[field]))
     return docs
 
 
 def _jsonl_pairs(path: Path, prompt_field: str, target_field: str) -> list[Document]:
     """Prompt/target documents of a JSONL file: prompt in `prompt_field`, target in `target_field`."""
+    from mtp_bench.jsonl import read_lines
+
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-            for field in (prompt_field, target_field):
-                if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
-                    keys = sorted(rec) if isinstance(rec, dict) else []
-                    raise DataError(f"{path}:{i}: no string field {field!r} (fields: {', '.join(keys) or 'none'})")
-            docs.append(Document(f"{path.name}:{i}", rec[target_field], prompt=rec[prompt_field]))
+    for i, rec in read_lines(path, "corpus"):
+        for field in (prompt_field, target_field):
+            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+                keys = sorted(rec) if isinstance(rec, dict) else []
+                raise DataError(f"{path}:{i}: no string field {field!r} (fields: {', '.join(keys) or 'none'})")
+        docs.append(Document(f"{path.name}:{i}", rec[target_field], prompt=rec[prompt_field]))
     return docs
 
 

@@ -31,7 +31,7 @@ from mtp_bench.errors import ConfigError
 from mtp_bench.passk import validate_sampling_config
 from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
 
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.evalplus)
 DATASET = "mbpp_plus"
 # EvalPlus's stops for direct completion on MBPP (its generic ones first)
 STOP_SEQUENCES = ("<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint(",

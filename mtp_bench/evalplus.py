@@ -36,7 +36,8 @@ The semantics are EvalPlus's `evaluate` (v0.3.1), re-implemented here:
        - an expected output whose pickle exceeds BIG_OUTPUT_BYTES (1 MiB: a few inputs of
          HumanEval/15, /130, Mbpp/255...) is shipped as the sha256 of its pickle (protocol 4, no
          memo) and matches only an output that pickles alike: same types and value, no atol, no
-         oracle (stricter than EvalPlus's ==, e.g. for a set built in another order)
+         oracle (stricter than EvalPlus's ==, e.g. for a set built in another order); judged
+         apart, only the digest of the candidate's output crosses for such an input
        - EvalPlus's special oracles: HumanEval/32 find_zero passes when |poly(xs, out)| <= atol;
          MBPP+ set-equality tasks (`MBPP_SET_EQ`), not-None tasks (`MBPP_NOT_NONE`, whose oracle
          is "returns something"), are_equivalent (always), sum_div (0 accepted), surface_Area and
@@ -78,7 +79,7 @@ GROUND_TRUTH_TIMEOUT_S = 300.0  # one canonical solution on all of its inputs (M
 BIG_OUTPUT_BYTES = 1 << 20  # expected outputs whose pickle is larger are shipped as a sha256 digest
 CHECK_MEMORY_MB = 4096  # address space of a check program: EvalPlus's 4 GiB (the sandbox's default is 2)
 GROUND_TRUTH_VERSION = "2"  # bump when the ground-truth program changes (invalidates the cache)
-JUDGE_PLAN_VERSION = "2"  # bump when the judged check program changes (invalidates `judge_plan`'s cache)
+JUDGE_PLAN_VERSION = "3"  # bump when the judged check program changes (invalidates `judge_plan`'s cache)
 
 MBPP_SET_EQ = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
                "intersection_array", "find_dissimilar", "Diff")
@@ -204,6 +205,11 @@ if __ENTRY__ in _ns:
             out = _fn(*args, **kwargs)
             return out if isinstance(out, bool) else out is not None
         globals()[__ENTRY__] = _as_bool
+
+    def _mtp_digest_call(*args, _fn=globals()[__ENTRY__]):
+        """An output too large to cross (the expected one is a digest): only its digest crosses. To
+        forge a pass, the digest would have to be the expected one, which only the judge holds."""
+        return _digest(_fn(*args))[0]
 '''
 
 _CHECK_SETUP = r'''
@@ -259,10 +265,12 @@ sys.stdout, sys.stderr = _out_streams
 if _ENTRY not in _ns:
     raise NameError(_ENTRY + " is not defined by the solution")
 _fn = _ns[_ENTRY]
+_digest_call = lambda *args: _digest(_fn(*args))[0]
 '''
 
 _CHECK_JUDGED = r'''
 _fn = globals()[_ENTRY]  # the proxy: a call is a request to the candidate process
+_digest_call = globals()["_mtp_digest_call"]  # the same call, answered with the digest of its output
 '''
 
 _CHECK_LOOP = r'''
@@ -272,14 +280,14 @@ for _i, _inp in enumerate(_inputs):
     sys.stdout = sys.stderr = _Sink()
     signal.setitimer(signal.ITIMER_REAL, _limits[_i])
     try:
-        _out = _fn(*_inp)
+        _out = (_digest_call if str(_i) in _digests else _fn)(*_inp)
     except _InputTimeout:
         raise TimeoutError(_where + ": over its time limit of " + str(_limits[_i]) + " s") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         sys.stdout, sys.stderr = _out_streams
     if str(_i) in _digests:  # too large to ship: the same pickle (type and value), no oracle or atol
-        assert _digest(_out)[0] == _digests[str(_i)], _where + ": output differs (compared by digest)"
+        assert _out == _digests[str(_i)], _where + ": output differs (compared by digest)"
         continue
     _exp = _expected[_i]
     _same = _out == _exp
@@ -492,16 +500,16 @@ def check_program(dataset: str, problem: dict, truth: dict, solution: str, part:
         return _PREPARE + _substitute(_CHECK_SETUP + _CHECK_LOAD + _CHECK_LOOP, fill), timeout
     tests = _PREPARE + _substitute(_CHECK_SETUP + _CHECK_JUDGED + _CHECK_LOOP, fill)
     not_none = dataset == "mbpp_plus" and problem["entry_point"] in MBPP_NOT_NONE
-    candidate = _substitute(_CANDIDATE, {"__SOLUTION__": fill["__SOLUTION__"], "__ENTRY__": fill["__ENTRY__"],
+    candidate = _PREPARE + _substitute(_CANDIDATE, {"__SOLUTION__": fill["__SOLUTION__"], "__ENTRY__": fill["__ENTRY__"],
                                          "__NOT_NONE__": repr(not_none)})
-    return Program(candidate, tests, names=(problem["entry_point"],)), timeout
+    return Program(candidate, tests, names=(problem["entry_point"], "_mtp_digest_call")), timeout
 
 
 def _splittable(entry: str) -> str | None:
     """Why a problem's entry point cannot be proxied by name in the judge, or None."""
     if not entry.isidentifier():
         return f"the entry point {entry!r} is not an identifier"
-    if entry in _judge_names():
+    if entry in _judge_names() or entry == "_mtp_digest_call":
         return f"the entry point {entry!r} is a name of the judge's check program"
     return None
 

@@ -743,9 +743,12 @@ def explain_speedup(budget: str, verdict: str, checks: dict, per_k: dict, ks, ru
     sp = ", ".join(f"{per_k[str(k)]['speedup']['mean']:.2f}" for k in ks)
     b = per_k[str(checks["best_k"])]["speedup"]
     ci = f", 95% [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}]" if b["ci95"] else ""
+    top = per_k[str(max(ks))]
+    acc = [f"head {i} {top[f'alpha_cond_{i}']['mean']:.2f}" for i in range(2, max(ks) + 1) if f"alpha_cond_{i}" in top]
+    alpha = f" Acceptance at k={max(ks)} (alpha_cond): {', '.join(acc)}." if acc else ""
     head = (f"speedup ({budget}): {verdict}. n=4 model, heads used k = {', '.join(map(str, ks))} (means over seeds): "
             f"tau {tau}; speedup {sp}. Best k={checks['best_k']}: {b['mean']:.2f}x{ci}, seeds "
-            f"{', '.join(f'{v:.2f}' for v in b['values'])}. tau rises beyond the seed spread: "
+            f"{', '.join(f'{v:.2f}' for v in b['values'])}.{alpha} tau rises beyond the seed spread: "
             f"{'yes' if checks['tau_rises'] else 'no'}; degenerate outputs {checks['degenerate_fraction']:.0%} "
             f"(limit {rule['max_degenerate']:.0%}).")
     if budget == "smoke":

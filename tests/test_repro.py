@@ -270,3 +270,10 @@ def test_help_lists_every_finding(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert all(name in text for name in ("induction", "arithmetic", "speedup", "memory"))
+
+
+def test_doctests_of_the_rules_run():
+    import doctest
+
+    failures, tried = doctest.testmod(repro)
+    assert tried >= 10 and failures == 0

@@ -61,21 +61,29 @@ def code_prompts() -> list[tuple[str, str]]:
     return [(t, problems[t]["prompt"]) for t in order]
 
 
-def text_prompts(data_dir: Path | None) -> list[tuple[str, str]]:
+def text_prompts(data_dir: Path | None, source: str = "") -> list[tuple[str, str]]:
     """Opening sentences (up to ~200 characters, cut at a sentence end) of the TinyStories sample:
-    held-out natural text for the code models trained here (their corpus is Python source)."""
-    if data_dir is None:
+    held-out natural text for the code models trained here (their corpus is Python source).
+    `source`: another story file (stories separated by <|endoftext|>, every one kept), e.g. the
+    held-out stories of a model that was trained on TinyStories (`mtp-bench repro speedup`)."""
+    if source:
+        path = Path(source).expanduser()
+    elif data_dir is None:
         raise DataError("specdec prompt_set=text needs the benchmark data: pass --data-dir or set $MTP_BENCH_DATA")
-    path = Path(data_dir) / TINYSTORIES
+    else:
+        path = Path(data_dir) / TINYSTORIES
     if not path.is_file():
         raise DataError(f"specdec prompt_set=text: {path} not found")
-    stories = path.read_text(encoding="utf-8").split("<|endoftext|>")[:-1]  # the last one is cut off
+    stories = path.read_text(encoding="utf-8").split("<|endoftext|>")
+    if not source:
+        stories = stories[:-1]  # the sample's last story is cut off
+    tag = path.name if source else "tinystories"
     out = []
     for i, story in enumerate(s.strip() for s in stories):
         if not story:
             continue
         cut = max(story.rfind(". ", 0, 200), story.rfind(".\n", 0, 200))
-        out.append((f"tinystories/{i}", story[: cut + 1] if cut > 0 else story[:200]))
+        out.append((f"{tag}/{i}", story[: cut + 1] if cut > 0 else story[:200]))
     if not out:
         raise DataError(f"specdec prompt_set=text: no stories in {path}")
     return out
@@ -204,6 +212,7 @@ class SpecDec(Evaluator):
         peers: bool = True  # HF greedy + prompt lookup on the same weights (batch 1, greedy only)
         prompt_lookup_num_tokens: int = 10  # HF prompt lookup's draft length (its documented default)
         reuse_last_module: bool = False  # sequential MTP modules: the last one drafts on past n_future (vLLM)
+        source: str = ""  # prompt_set=text: a story file instead of the data dir's TinyStories sample
 
         def __post_init__(self) -> None:
             if self.prompt_set not in PROMPT_SETS:
@@ -213,6 +222,8 @@ class SpecDec(Evaluator):
                     raise ConfigError(f"specdec {f} must be >= 1, got {getattr(self, f)}")
             if self.k < 0 or self.warmup < 0 or self.temperature < 0:
                 raise ConfigError("specdec k, warmup and temperature must be >= 0")
+            if self.source and self.prompt_set != "text":
+                raise ConfigError(f"specdec source is a story file for prompt_set=text, not {self.prompt_set!r}")
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         c = self.config
@@ -227,7 +238,8 @@ class SpecDec(Evaluator):
         # 1) prompts: deterministic set, first n (then --limit), encoded and left-truncated to fit
         from mtp_bench.generation import encode_prompt, uses_bos  # the generation engine's BOS rule
 
-        named = (code_prompts() if c.prompt_set == "code" else text_prompts(ctx.data_dir) if c.prompt_set == "text"
+        named = (code_prompts() if c.prompt_set == "code"
+                 else text_prompts(ctx.data_dir, c.source) if c.prompt_set == "text"
                  else chat_prompts(ctx.data_dir, model))
         n = min(c.n_prompts, ctx.limit) if ctx.limit is not None else c.n_prompts
         named = named[:n]

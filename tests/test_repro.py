@@ -122,3 +122,158 @@ def test_an_arm_in_training_is_locked_and_a_dead_lock_is_taken_over(tmp_path):
     with repro._arm_lock(out):
         assert lock.read_text() == str(os.getpid())
     assert not lock.exists()
+
+
+# ----------------------------------------------------------------------------- speedup (Table S2)
+
+def _p(mean, spread=0.0, values=None, ci=None):
+    """A pool_seeds-shaped dict on made-up numbers."""
+    return {"mean": mean, "spread": spread, "values": values or [mean, mean], "ci95": ci}
+
+
+def test_pool_seeds_combines_the_seeds_errors():
+    p = repro.pool_seeds([{"value": 2.0, "stderr": 0.3}, {"value": 3.0, "stderr": 0.4}])
+    assert p["mean"] == 2.5 and p["spread"] == 1.0 and p["stderr"] == pytest.approx(0.25)
+    assert p["ci95"] == pytest.approx([2.5 - 1.959964 * 0.25, 2.5 + 1.959964 * 0.25])
+    assert repro.pool_seeds([{"value": 1.0, "stderr": None}, {"value": 1.0, "stderr": 0.1}])["ci95"] is None
+
+
+def test_speedup_rule_reaches_every_outcome():
+    decide = repro.decide_speedup
+    tau = {1: _p(1.0), 2: _p(1.6, 0.1), 3: _p(2.0, 0.1), 4: _p(2.3, 0.1)}
+    fast = {1: _p(1.0), 2: _p(1.3, 0.1, [1.25, 1.35], [1.2, 1.4]), 3: _p(1.2, 0.0, [1.2, 1.2], [1.1, 1.3]),
+            4: _p(1.1, 0.0, [1.1, 1.1], [0.95, 1.25])}
+    d = decide(tau, fast, 0.1, 0.5)
+    assert d["verdict"] == "reproduced" and d["best_k"] == 2 and d["tau_rises"] and d["faster"]
+    # the same numbers from outputs that loop on one or two tokens say nothing
+    d = decide(tau, fast, 0.6, 0.5)
+    assert d["verdict"] == "inconclusive" and d["degenerate"]
+    # tau rises, but by less than the seed spread
+    noisy = {**tau, 2: _p(1.6, 0.5), 4: _p(1.9, 0.5)}
+    assert decide(noisy, fast, 0.1, 0.5)["verdict"] == "inconclusive"
+    # tau(2) not above 1 by more than its spread
+    assert decide({**tau, 2: _p(1.05, 0.1)}, fast, 0.1, 0.5)["tau_rises"] is False
+    # the best speedup's interval includes 1, or one seed is not faster
+    wide = {**fast, 2: _p(1.3, 0.1, [1.25, 1.35], [0.9, 1.7])}
+    assert decide(tau, wide, 0.1, 0.5)["verdict"] == "inconclusive"
+    split = {**fast, 2: _p(1.3, 0.8, [0.9, 1.7], [1.2, 1.4])}
+    assert decide(tau, split, 0.1, 0.5)["verdict"] == "inconclusive"
+    # no k > 1 is faster on average: not reproduced, even though tau rises (k=1's 1.0 does not count)
+    slow = {1: _p(1.0), 2: _p(0.9, 0.0, [0.9, 0.9], [0.8, 1.0]), 3: _p(1.0), 4: _p(0.7)}
+    d = decide(tau, slow, 0.1, 0.5)
+    assert d["verdict"] == "not_reproduced" and d["tau_rises"] and d["no_k_faster"]
+
+
+def test_smoke_speedup_end_to_end_held_out_prompts_and_reuse(tmp_path, data_dir, monkeypatch, capsys):
+    from mtp_bench.evals.specdec import SpecDec
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = ["repro", "speedup", "--budget", "smoke", "--work-dir", str(work), "--out", str(out),
+            "--data-dir", str(data_dir), "--quiet"]
+    # a worker trains and evaluates seed 1 alone: no result yet
+    assert main([*args, "--seed", "1"]) == 0
+    assert (work / "ckpt" / "n4-s1" / "training.json").is_file() and not (work / "ckpt" / "n4-s0").exists()
+    assert not (out / "result.json").exists()
+    capsys.readouterr()
+    assert main(args) == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["schema"] == repro.SCHEMA and doc["finding"] == "speedup" and doc["budget"] == "smoke"
+    assert doc["verdict"] == "inconclusive" and doc["rule"]["max_degenerate"] == 0.5
+    assert doc["ks"] == [1, 2, 3, 4] and set(doc["per_k"]) == {"1", "2", "3", "4"}
+    seeds = doc["arms"]["n=4"]["seeds"]
+    assert set(seeds) == {"0", "1"}
+    for k in doc["ks"]:
+        pk = doc["per_k"][str(k)]
+        assert {"tau", "speedup", "degenerate_fraction", "lossless_fraction"} <= set(pk)
+        assert 1.0 <= pk["tau"]["mean"] <= k and pk["lossless_fraction"]["mean"] == 1.0  # fp32: exact
+        assert pk["tau"]["values"] == [seeds[s]["per_k"][str(k)]["metrics"]["tau"]["value"] for s in ("0", "1")]
+        for s in seeds.values():
+            info = s["per_k"][str(k)]["info"]
+            assert info["k"] == k and info["prompt_set"] == "text" and info["n_prompts"] == 2
+    assert doc["per_k"]["1"]["speedup"]["mean"] == 1.0 and "alpha_uncond_2" in doc["per_k"]["4"]
+    # prompts come from stories the model never trained on (checked here from the files themselves)
+    train = {json.loads(line)["text"] for line in (work / "data" / "speedup-train.jsonl").read_text().splitlines()}
+    held = [s.strip() for s in repro.speedup_prompt_file(work).read_text().split("<|endoftext|>") if s.strip()]
+    assert len(held) == doc["data"]["n_eval_stories"] > 0 and not set(held) & train
+    assert doc["data"]["train_eval_overlap"] == 0
+    for s in seeds.values():
+        for x in s["samples"]:
+            assert held[int(x["sample_id"].split("/")[1])].startswith(x["prompt"])
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "proves the pipeline only" in capsys.readouterr().out
+
+    # a rerun trains nothing and decodes nothing: checkpoints and evaluations are reused
+    def boom(*a, **k):
+        raise AssertionError("rerun must reuse what it has")
+
+    monkeypatch.setattr(T, "train", boom)
+    monkeypatch.setattr(SpecDec, "run", boom)
+    assert main(args) == 0
+    again = json.loads((out / "result.json").read_text())
+    assert again["per_k"] == doc["per_k"] and again["verdict"] == "inconclusive"
+
+
+# ----------------------------------------------------------------------------- memory (sequential backward)
+
+def test_memory_rule_reaches_every_outcome():
+    decide = repro.decide_memory
+    assert decide(100, 110, 400, 10, 0.15)["verdict"] == "reproduced"
+    assert decide(100, 395, 400, 10, 0.15)["verdict"] == "not_reproduced"
+    # sequential saves some, but stays above the tolerance
+    d = decide(100, 250, 400, 10, 0.15)
+    assert d["verdict"] == "inconclusive" and d["discriminates"] and not d["seq_within_tolerance"]
+    # the naive backward costs no more than the tolerance (logits do not dominate): cannot tell
+    d = decide(100, 100, 112, 1, 0.15)
+    assert d["verdict"] == "inconclusive" and not d["discriminates"]
+    # ... or no more than the repeat spread
+    assert decide(100, 100, 200, 150, 0.15)["verdict"] == "inconclusive"
+    # a peak that was not reset measures the setup too
+    assert decide(100, 110, 400, 10, 0.15, peak_reset=False)["verdict"] == "inconclusive"
+
+
+def test_smoke_memory_end_to_end_and_reuse(tmp_path, monkeypatch, capsys):
+    from mtp_bench.benchmarks import train as B
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = ["repro", "memory", "--budget", "smoke", "--work-dir", str(work), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["finding"] == "memory" and doc["budget"] == "smoke" and doc["verdict"] == "inconclusive"
+    assert doc["size"] == repro.PLANS["memory"]["smoke"]["size"] and doc["rule"]["tolerance"] == 0.15
+    configs = doc["configs"]
+    assert [(c["n_future"], c["mode"]) for c in configs.values()] == [(1, "sequential"), (4, "sequential"), (4, "naive")]
+    for c in configs.values():
+        reps = c["repeats"]
+        assert len(reps) == 2 and all(r["peak_bytes"] >= r["baseline_bytes"] > 0 for r in reps)
+        assert c["step_mem_bytes"]["values"] == [r["step_mem_bytes"] for r in reps]
+        assert reps[0]["losses"] != reps[1]["losses"]  # two measurements (seeds 0, 1), not one copied
+    means = {k: c["step_mem_bytes"]["mean"] for k, c in configs.items()}
+    assert doc["ratios"]["mem_naive_over_n1"] == pytest.approx(means["n=4 naive"] / means["n=1"])
+    assert doc["checks"]["repeat_spread_bytes"] == max(c["step_mem_bytes"]["spread"] for c in configs.values())
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "proves the pipeline only" in capsys.readouterr().out
+
+    # a rerun measures nothing again
+    def boom(*a, **k):
+        raise AssertionError("rerun must reuse the measurements")
+
+    monkeypatch.setattr(B, "run_in_subprocess", boom)
+    assert main(args) == 0
+    assert json.loads((out / "result.json").read_text())["configs"] == configs
+    # parallel workers would disturb the timings: refused
+    assert main([*args, "--seed", "0"]) == 2
+
+
+def test_help_lists_every_finding(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["repro", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("induction", "arithmetic", "speedup", "memory"))
+
+
+def test_doctests_of_the_rules_run():
+    import doctest
+
+    failures, tried = doctest.testmod(repro)
+    assert tried >= 10 and failures == 0

@@ -123,6 +123,18 @@ def test_text_prompts_are_deterministic_sentences(data_dir):
     assert len(text) <= 200
 
 
+def test_text_prompts_from_a_source_file_keep_every_story(tmp_path):
+    f = tmp_path / "held-out.txt"
+    f.write_text("First one. It ends here.<|endoftext|>\n  Second story, no period<|endoftext|>\nThird. Last")
+    assert text_prompts(None, str(f)) == [("held-out.txt/0", "First one."),  # cut at the last ". " within 200
+                                          ("held-out.txt/1", "Second story, no period"),
+                                          ("held-out.txt/2", "Third.")]
+    with pytest.raises(DataError, match="not found"):
+        text_prompts(None, str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="prompt_set=text"):
+        SpecDec.Config(prompt_set="code", source=str(f))
+
+
 def test_text_prompts_need_the_data_dir(tmp_path):
     with pytest.raises(DataError, match="--data-dir"):
         run(FakeModel(n_future=2), tmp_path, prompt_set="text")

@@ -31,8 +31,13 @@ looking back (induction); the first token of the name is reported beside it.
   occurrences) with a standard error clustered by story (occurrences in one story are not
   independent).
 
-`random` (no data): sequences of `half_len` tokens drawn uniformly from the non-special
-vocabulary, repeated once. `copy_acc` and `copy_loss` score head 1 on tokens 2..L of the second
+`random` (no data): sequences of `half_len` tokens drawn uniformly from the vocabulary, repeated
+once. `vocab="printable"` (the default, since 1.1) draws from the tokens that decode on their own
+to printable, non-blank text without a replacement character: a byte-level model trained on
+English never sees most of its 256 byte values, and a token it has never seen cannot be copied
+by any mechanism, so drawing them measured the embedding of unseen bytes, not induction (copy
+accuracy stayed at chance, 1/256, on every trained byte model). `vocab="all"` draws from every
+non-special token, as 1.0 did. `copy_acc` and `copy_loss` score head 1 on tokens 2..L of the second
 copy (the first token of the copy cannot be known); `first_copy_loss` scores the first copy for
 contrast (about log V for a model that has not memorised random strings). Samples = sequences.
 
@@ -58,6 +63,7 @@ from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, regist
 STORY_SEPARATOR = "<|endoftext|>"
 DEFAULT_FILE = ("tinystories", "TinyStories-train_first2MiB.txt")
 PROBES = ("names", "random")
+VOCABS = ("printable", "all")  # what the random probe draws from (module docstring)
 # capitalised words that are not character names in children's stories
 NOT_NAMES = frozenset("""
 I A The An And But So Then When One Once Every Each This That These Those There Here It He She They We You His
@@ -254,7 +260,7 @@ def clustered_ratio(hits: list[float], counts: list[int], higher_is_better: bool
 @register
 class Induction(Evaluator):
     name = "induction"
-    version = "1.0"
+    version = "1.1"  # 1.1: the random probe draws printable tokens by default (`vocab`)
     suites = ("synthetic",)
     description = "induction: second token of a repeated two-token name in stories (names) or repeated random tokens"
     caption = ("names: head-1 accuracy on the 2nd token of a repeated two-token name (pure induction); "
@@ -270,6 +276,7 @@ class Induction(Evaluator):
         pool_size: int = 256  # two-token names in the pool
         n_seqs: int = 64  # random: sequences (--limit caps it)
         half_len: int = 64  # random: tokens per copy (capped at max_seq_len // 2)
+        vocab: str = "printable"  # random: "printable" (tokens decoding to printable text) | "all" (non-special)
         batch_size: int = 16  # sequences per forward pass
 
         def __post_init__(self) -> None:
@@ -278,6 +285,8 @@ class Induction(Evaluator):
             for f in ("n_stories", "n_seqs", "batch_size", "pool_size"):
                 if getattr(self, f) < 1:
                     raise ConfigError(f"induction: {f} must be >= 1, got {getattr(self, f)}")
+            if self.vocab not in VOCABS:
+                raise ConfigError(f"induction: vocab={self.vocab!r} is not one of: {', '.join(VOCABS)}")
             if self.half_len < 2:
                 raise ConfigError(f"induction: half_len must be >= 2, got {self.half_len}")
 
@@ -362,8 +371,9 @@ class Induction(Evaluator):
         L = min(cfg.half_len, (int(model.max_seq_len) - o) // 2)
         if L < 2:
             raise ConfigError(f"induction: max_seq_len={model.max_seq_len} leaves no room for two copies")
-        special = {i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None}
-        vocab = np.array([i for i in range(int(tok.vocab_size)) if i not in special], dtype=np.int64)
+        vocab = np.array(random_probe_vocab(tok, cfg.vocab), dtype=np.int64)
+        if len(vocab) < 2:
+            raise ConfigError(f"induction: the tokenizer has {len(vocab)} {cfg.vocab} tokens to draw from")
         n = cfg.n_seqs if ctx.limit is None else min(cfg.n_seqs, ctx.limit)
         rng = np.random.default_rng([int(cfg.seed), 11])
         halves = vocab[rng.integers(0, len(vocab), size=(n, L))]  # (N, L)
@@ -388,8 +398,24 @@ class Induction(Evaluator):
         metrics = {"copy_acc": mean_metric([r["copy_acc"] for r in records], True),
                    "copy_loss": mean_metric([r["copy_loss"] for r in records], False),
                    "first_copy_loss": mean_metric([r["first_copy_loss"] for r in records], False)}
-        info = {"probe": "random", "half_len": L, "n_seqs": n, "vocab_drawn": int(len(vocab)), "seed": cfg.seed}
+        info = {"probe": "random", "half_len": L, "n_seqs": n, "vocab": cfg.vocab, "vocab_drawn": int(len(vocab)),
+                "seed": cfg.seed}
         return EvalOutput(records=records, metrics=metrics, info=info)
+
+
+def random_probe_vocab(tok, which: str = "printable") -> list[int]:
+    """Token ids the random probe draws from: every non-special id ("all"), or those that decode on
+    their own to non-blank printable text without U+FFFD ("printable"; module docstring)."""
+    special = {i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None}
+    ids = [i for i in range(int(tok.vocab_size)) if i not in special]
+    if which == "all":
+        return ids
+    out = []
+    for i in ids:
+        text = tok.decode([i])
+        if text.strip() and text.isprintable() and "\ufffd" not in text:
+            out.append(i)
+    return out
 
 
 def _sha_of(stories: list[str]) -> str:

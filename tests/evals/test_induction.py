@@ -10,7 +10,7 @@ import torch
 
 import mtp_bench
 from mtp_bench.cli import main
-from mtp_bench.errors import DataError
+from mtp_bench.errors import ConfigError, DataError
 from mtp_bench.evals import induction as I
 from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
@@ -184,3 +184,26 @@ def test_random_probe_puts_bos_first_for_models_trained_with_it(tmp_path):
     out = ev.run(BosCopier(8), RunContext(seed=0, work_dir=tmp_path))
     assert (BosCopier.seen[:, 0] == byte_tokenizer().bos_id).all() and BosCopier.seen.shape[1] == 17
     assert out.metrics["copy_acc"].value == 1.0  # the copies are still scored, one position later
+
+
+def test_random_probe_draws_printable_tokens_unless_told_otherwise(tmp_path):
+    tok = byte_tokenizer()
+    printable = I.random_probe_vocab(tok)
+    assert "".join(tok.decode([i]) for i in printable) == "".join(chr(c) for c in range(33, 127))  # no space
+    assert len(I.random_probe_vocab(tok, "all")) == 256  # every byte; BOS/EOS/pad are never drawn
+
+    class Recorder(_Copier):
+        seen = None
+
+        def __call__(self, x, return_all_heads=False):
+            Recorder.seen = x
+            return super().__call__(x, return_all_heads)
+
+    for vocab, allowed in (("printable", set(printable)), ("all", set(range(256)))):
+        out = I.Induction({"probe": "random", "n_seqs": 4, "half_len": 64, "vocab": vocab}).run(
+            Recorder(64), RunContext(seed=0, work_dir=tmp_path))
+        drawn = set(Recorder.seen.flatten().tolist())
+        assert drawn <= allowed and out.info["vocab"] == vocab and out.info["vocab_drawn"] == len(allowed)
+    assert max(drawn) >= 128  # "all" does draw bytes no English text has
+    with pytest.raises(ConfigError, match="vocab"):
+        I.Induction({"probe": "random", "vocab": "ascii"})

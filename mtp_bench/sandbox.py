@@ -233,6 +233,16 @@ def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> 
         owner = f",uid={uid},gid={uid}" if features.get("unprivileged_uid") else ""
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
                f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
+    # 1b) benchmark data (tests, references, expected outputs) out of sight: a folder under an empty
+    # read-only tmpfs, a file under /dev/null; what this view does not show (under the host's /tmp,
+    # a hidden home) is out of sight already
+    for path, is_dir in getattr(config, "hidden", None) or ():
+        if features.get("mount_namespace") and os.path.lexists(path):
+            if is_dir:
+                _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       "size=4k,nr_inodes=1,mode=0555")
+            else:
+                _mount("/dev/null", path, None, MS_BIND)
     # 2a) identity: no groups, own gid and uid (clears every capability), then belt and braces
     if features.get("unprivileged_uid"):
         os.setgroups([])

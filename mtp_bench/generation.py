@@ -243,13 +243,17 @@ def _generate_batch(model, prompt_ids: list[list[int]], config: GenerationConfig
                    attention_mask=mask.to(device) if padded else None)  # (B, T, 1, V)
     next_logits = logits[:, -1, 0, :]  # (B, V)
 
-    # 4) decode
+    # 4) decode; `rows[j]` is the prompt in cache row j. A row that finished is dropped from the
+    # cache (`keep_rows`, where the cache has it), so the batch shrinks to the rows still decoding
+    # instead of carrying padding until its longest answer ends; else it is fed padding.
     out: list[list[int]] = [[] for _ in range(B)]
     finish: list[str | None] = [None] * B
+    rows = list(range(B))
+    compact = hasattr(cache, "keep_rows")
     for step in range(config.max_new_tokens):
-        next_tok = sample_next(next_logits, config.temperature, config.top_p, generators)  # (B,)
-        toks = next_tok.tolist()
-        for r, t in enumerate(toks):
+        gens = None if generators is None else [generators[r] for r in rows]
+        toks = sample_next(next_logits, config.temperature, config.top_p, gens).tolist()  # (len(rows),)
+        for r, t in zip(rows, toks):
             if finish[r] is not None:
                 continue
             if eos_id is not None and t == eos_id:
@@ -262,9 +266,13 @@ def _generate_batch(model, prompt_ids: list[list[int]], config: GenerationConfig
                     finish[r] = "stop"
         if all(f is not None for f in finish) or step == config.max_new_tokens - 1:
             break
-        feed = torch.tensor([pad_id if finish[r] is not None else t for r, t in enumerate(toks)],
-                            dtype=torch.long, device=device).unsqueeze(1)  # (B, 1)
-        next_logits = model(feed, cache=cache)[:, -1, 0, :]  # (B, V)
+        live = [j for j, r in enumerate(rows) if finish[r] is None]
+        if compact and len(live) < len(rows):
+            cache.keep_rows(torch.tensor(live, dtype=torch.long))
+            rows, toks = [rows[j] for j in live], [toks[j] for j in live]
+        feed = torch.tensor([pad_id if finish[r] is not None else t for r, t in zip(rows, toks)],
+                            dtype=torch.long, device=device).unsqueeze(1)  # (rows, 1)
+        next_logits = model(feed, cache=cache)[:, -1, 0, :]  # (rows, V)
 
     gens = []
     for r in range(B):

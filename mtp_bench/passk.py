@@ -177,6 +177,30 @@ def validate_sampling_config(cfg) -> None:
     sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)  # validates the combination
 
 
+def generate_runs(evaluator, model, ctx, task_ids: list[str], prompts: dict[str, str], stop: tuple[str, ...]):
+    """Step 1 of both code pipelines: every sampling run of the protocol, generated (cached and
+    resumable through ctx.generate); a model with a short context keeps half of it for the prompt
+    (the engine truncates it from the left).
+
+    Returns (runs, k skipped above n, [(run, GenRequest, Generation)], prompts truncated, max_new_tokens)."""
+    from mtp_bench.generation import GenerationConfig
+    from mtp_bench.registry import GenRequest
+
+    cfg = evaluator.config
+    runs, skipped = sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)
+    max_new = min(cfg.max_new_tokens, max(1, int(model.max_seq_len) // 2))
+    out, truncated = [], 0  # truncated: samples whose prompt the engine cut from the left
+    for r in runs:
+        requests = [GenRequest(tid, i, prompts[tid]) for tid in task_ids for i in range(r.n)]
+        gen_config = GenerationConfig(max_new_tokens=max_new, temperature=r.temperature,
+                                      top_p=cfg.top_p if r.temperature > 0 else 1.0, stop=stop,
+                                      batch_size=cfg.batch_size)
+        generations = ctx.generate(model, requests, gen_config, evaluator)
+        truncated += sum(1 for g in generations if getattr(g, "prompt_truncated", 0))
+        out += [(r, q, g) for q, g in zip(requests, generations)]
+    return runs, skipped, out, truncated, max_new
+
+
 def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: dict[str, str],
                            stop: tuple[str, ...], extract, build_program,
                            keep_generation: bool = False) -> tuple[list[dict], dict[str, Metric], dict]:
@@ -190,24 +214,13 @@ def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: 
     3) score: per-problem pass counts, pass@k per run, the best run per k
     """
     from mtp_bench.execution import isolation_report
-    from mtp_bench.generation import GenerationConfig
-    from mtp_bench.registry import GenRequest
 
     cfg = evaluator.config
-    runs, skipped = sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)
     # 1)
-    samples = []  # (run, task_id, sample_index, prompt, completion, finish_reason)
-    truncated = 0  # samples whose prompt the engine cut from the left
-    max_new = min(cfg.max_new_tokens, max(1, int(model.max_seq_len) // 2))
-    for r in runs:
-        requests = [GenRequest(tid, i, prompts[tid]) for tid in task_ids for i in range(r.n)]
-        gen_config = GenerationConfig(max_new_tokens=max_new, temperature=r.temperature,
-                                      top_p=cfg.top_p if r.temperature > 0 else 1.0, stop=stop,
-                                      batch_size=cfg.batch_size)
-        generations = ctx.generate(model, requests, gen_config, evaluator)
-        truncated += sum(1 for g in generations if getattr(g, "prompt_truncated", 0))
-        for req, g in zip(requests, generations):
-            samples.append((r, req.sample_id, req.sample_index, req.prompt, extract(g.text), g.finish_reason, g.text))
+    runs, skipped, generated, truncated, max_new = generate_runs(evaluator, model, ctx, task_ids, prompts, stop)
+    # (run, task_id, sample_index, prompt, completion, finish_reason, generated text)
+    samples = [(r, q.sample_id, q.sample_index, q.prompt, extract(g.text), g.finish_reason, g.text)
+               for r, q, g in generated]
     # 2)
     programs = [build_program(tid, completion) for _, tid, _, _, completion, _, _ in samples]
     cache_path = Path(ctx.work_dir) / f"{evaluator.name}-{evaluator.version}-exec.jsonl"

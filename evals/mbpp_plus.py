@@ -23,13 +23,9 @@ chat mode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mtp_bench import chat, evalplus
 from mtp_bench.code_extract import extract_fenced, sanitize
-from mtp_bench.errors import ConfigError
-from mtp_bench.passk import validate_sampling_config
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.registry import register
 
 VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.evalplus)
 DATASET = "mbpp_plus"
@@ -43,8 +39,7 @@ def load_problems(data_dir=None) -> dict[str, dict]:
     return evalplus.load_problems(DATASET, data_dir)
 
 
-def build_prompt(problem: dict) -> str:
-    return problem["prompt"].strip() + "\n"
+build_prompt = evalplus.completion_prompt  # completion mode: EvalPlus's docstring prompt as given
 
 
 def task_and_tests(problem: dict) -> tuple[str, str]:
@@ -68,52 +63,22 @@ def build_chat_prompt(model, problem: dict) -> str:
 
 
 @register
-class MBPPPlus(Evaluator):
+class MBPPPlus(evalplus.PlusEvaluator):
     name = "mbpp_plus"
     version = VERSION  # VERSION + "-chat" once a run resolved to the chat mode
+    base_version = VERSION
+    dataset = DATASET
+    stop_sequences = STOP_SEQUENCES
     suites = ("code",)
     description = "MBPP+ (EvalPlus v0.2.0): base and base+plus pass@k by differential testing in the sandbox"
     caption = ("base_pass@k: MBPP's own inputs; plus_pass@k: base + EvalPlus's extra inputs (the MBPP+ score); "
                "the gap is what the stricter tests take away")
 
-    @dataclass
-    class Config:
-        protocol: str = "quick"  # quick | standard | paper (evals/humaneval.py docstring)
-        prompt_mode: str = "auto"  # completion | chat | auto (chat when the tokenizer has a chat template)
-        data_dir: str | None = None  # overrides --data-dir / $MTP_BENCH_DATA for this evaluator
-        n: int | None = None  # samples per task and temperature; None = the protocol's
-        temperatures: tuple[float, ...] | None = None  # None = the protocol's; else one run each, best per k
-        k: tuple[int, ...] | None = None  # pass@k to report; None = the protocol's; k > n is skipped
-        top_p: float = 0.95  # nucleus sampling; unused when greedy
-        max_new_tokens: int = 512  # long enough for every canonical solution
-        batch_size: int = 8  # generation batch; results don't depend on it (per-sample seeds)
-        timeout_s: float = 60.0  # cap on one check program's wall clock before EvalPlus's +2 s (its default)
-        workers: int | None = None  # sandbox processes; None = the sandbox's default (all cores)
+    class Config(evalplus.PlusConfig):
+        owner = "mbpp_plus"
 
-        def __post_init__(self):
-            try:
-                validate_sampling_config(self)
-                chat.validate_prompt_mode(self.prompt_mode)
-            except ConfigError as e:
-                raise ConfigError(f"mbpp_plus config: {e}") from None
+    def build_chat_prompt(self, model, problem: dict) -> str:
+        return build_chat_prompt(model, problem)
 
-    def run(self, model, ctx: RunContext) -> EvalOutput:
-        cfg = self.config
-        problems = load_problems([d for d in (cfg.data_dir, ctx.data_dir) if d])
-        task_ids = list(problems)[: ctx.limit] if ctx.limit is not None else list(problems)
-        if not task_ids:
-            raise ConfigError(f"{self.name}: no problems to run (limit={ctx.limit})")
-        mode, template = chat.resolve_prompt_mode(cfg.prompt_mode, model, self.name)
-        self.version = chat.set_run_version(self, VERSION, mode)
-        if mode == "chat":
-            prompts = {t: build_chat_prompt(model, problems[t]) for t in task_ids}
-            stop: tuple[str, ...] = ()
-            to_solution = lambda t, text: sanitize(extract_fenced(text), problems[t]["entry_point"])  # noqa: E731
-        else:
-            prompts = {t: build_prompt(problems[t]) for t in task_ids}
-            stop = STOP_SEQUENCES
-            to_solution = lambda t, text: prompts[t] + text  # noqa: E731
-        records, metrics, info = evalplus.generate_check_score(self, model, ctx, DATASET, problems, task_ids, prompts,
-                                                               stop, to_solution)
-        info.update({"prompt_mode": mode, "chat_template_sha256": chat.template_sha256(template)})
-        return EvalOutput(records=records, metrics=metrics, info=info)
+    def chat_solution(self, problem: dict, text: str) -> str:
+        return sanitize(extract_fenced(text), problem["entry_point"])

@@ -409,6 +409,30 @@ def _cache_dir() -> Path:
     return Path(root) / "mtp-bench" / "evalplus"
 
 
+def _cache_path(dataset: str, digest: str, suffix: str = "") -> Path:
+    """Where a data file's (sha256 `digest`) ground truth, or what is derived from it, is cached."""
+    py = "".join(map(str, sys.version_info[:2]))
+    return _cache_dir() / f"{dataset}-{digest[:16]}-py{py}-v{GROUND_TRUTH_VERSION}{suffix}.json"
+
+
+def _read_cache(path: Path, use: bool) -> dict:
+    """A cached JSON object, or {} when not used, absent, torn or foreign (then recomputed)."""
+    if not use or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_cache(path: Path, obj: dict) -> None:
+    from mtp_bench.atomic import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as fh:
+        fh.write(json.dumps(obj))
+
+
 def ground_truth(dataset: str, problems: dict[str, dict], task_ids: list[str] | None = None,
                  workers: int | None = None, cache: bool = True, progress=None) -> dict[str, dict]:
     """task_id -> {"base", "plus" (base64 pickles of the expected outputs), "base_time", "plus_time"}
@@ -416,21 +440,11 @@ def ground_truth(dataset: str, problems: dict[str, dict], task_ids: list[str] | 
 
     Computed in the sandbox and cached by the data file's sha256 (only missing tasks are computed);
     a canonical solution that fails to run is a DataError (the data is broken, not a model)."""
-    import sys
-
-    from mtp_bench.atomic import atomic_open
     from mtp_bench.execution import SandboxConfig, run_programs
 
     ids = list(problems) if task_ids is None else list(task_ids)
-    digest = problems[ids[0]]["sha256"]
-    py = "".join(map(str, sys.version_info[:2]))
-    path = _cache_dir() / f"{dataset}-{digest[:16]}-py{py}-v{GROUND_TRUTH_VERSION}.json"
-    truth: dict[str, dict] = {}
-    if cache and path.is_file():
-        try:
-            truth = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            truth = {}  # recompute a torn or foreign file
+    path = _cache_path(dataset, problems[ids[0]]["sha256"])
+    truth: dict[str, dict] = _read_cache(path, cache)
     todo = [t for t in ids if t not in truth]
     if todo:
         config = SandboxConfig(timeout_s=GROUND_TRUTH_TIMEOUT_S, max_output_bytes=256 << 20, memory_mb=4096)
@@ -442,9 +456,7 @@ def ground_truth(dataset: str, problems: dict[str, dict], task_ids: list[str] | 
                                 f"({res.status}: {res.detail})")
             truth[tid] = json.loads(res.stdout.rsplit(_MARK, 1)[1])
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_open(path, "w") as fh:
-                fh.write(json.dumps(truth))
+            _write_cache(path, truth)
     return {t: truth[t] for t in ids}
 
 
@@ -536,39 +548,20 @@ def judge_plan(dataset: str, problems: dict[str, dict], truth: dict[str, dict], 
     it returns crosses between processes as plain data and compares as it did in its own process.
     A canonical solution that fails judged apart for another reason than a time limit falls back,
     with that failure as the reason. Cached beside the ground truth (by the data file's sha256)."""
-    from mtp_bench.atomic import atomic_open
-    from mtp_bench.passk import execute
-
-    py = "".join(map(str, sys.version_info[:2]))
     digest = problems[task_ids[0]]["sha256"] if task_ids else ""
-    path = _cache_dir() / f"{dataset}-{digest[:16]}-py{py}-v{GROUND_TRUTH_VERSION}-judge{JUDGE_PLAN_VERSION}.json"
-    plan: dict[str, str | None] = {}
-    if cache and path.is_file():
-        try:
-            plan = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            plan = {}
+    path = _cache_path(dataset, digest, f"-judge{JUDGE_PLAN_VERSION}")
+    plan: dict[str, str | None] = _read_cache(path, cache)
     todo = [t for t in task_ids if t not in plan]
-    jobs: dict[float, list[tuple[str, object]]] = {}
-    for tid in todo:
-        problem = problems[tid]
-        reason = _splittable(problem["entry_point"])
-        if reason:
-            plan[tid] = reason
-            continue
-        plan[tid] = None
-        solution = problem["prompt"] + problem["canonical_solution"]
-        for part in ("base", "plus"):
-            program, timeout = check_program(dataset, problem, truth, solution, part)
-            jobs.setdefault(timeout, []).append((tid, program))
-    for timeout, group in sorted(jobs.items()):
-        for (tid, _), v in zip(group, execute([p for _, p in group], timeout, workers, None, memory_mb=CHECK_MEMORY_MB)):
-            if not v["passed"] and v["status"] != "timeout" and plan[tid] is None:
-                plan[tid] = f"the canonical solution fails judged apart: {v['detail']}"[:300]
+    plan.update({t: _splittable(problems[t]["entry_point"]) for t in todo})
+    check = [t for t in todo if plan[t] is None]
+    verdicts = check_solutions(dataset, problems, truth,
+                               [(t, problems[t]["prompt"] + problems[t]["canonical_solution"]) for t in check], workers)
+    for tid, v in zip(check, verdicts):
+        fail = next((v[p] for p in ("base", "plus") if not v[p]["passed"] and v[p]["status"] != "timeout"), None)
+        if fail is not None:
+            plan[tid] = f"the canonical solution fails judged apart: {fail['detail']}"[:300]
     if cache and todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "w") as fh:
-            fh.write(json.dumps(plan))
+        _write_cache(path, plan)
     return {t: plan[t] for t in task_ids if plan[t]}
 
 

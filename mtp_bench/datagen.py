@@ -97,11 +97,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--eval-fraction", type=float, default=0.1)
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--out", required=True, metavar="FILE.jsonl")
+    d = sub.add_parser("distill", help="a base model's greedy continuations of code and chat prompts (drafter training data)",
+                       description=(__import__("mtp_bench.distill", fromlist=["x"]).__doc__ or "").split("\n\n")[0])
+    d.add_argument("--model", required=True, help="the base model (.gguf, HF dir, native checkpoint)")
+    d.add_argument("--data-dir", default=None, help="benchmark data folder (default $MTP_BENCH_DATA)")
+    d.add_argument("--out", required=True, metavar="DIR", help="writes DIR/distill.jsonl and DIR/manifest.json")
+    d.add_argument("--kinds", default="code,chat", help="comma list of code, chat (default both)")
+    d.add_argument("--max-prompts", type=int, default=1500, help="prompts per kind (default 1500)")
+    d.add_argument("--max-new-tokens", type=int, default=160)
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--corpus", action="store_true", help="add the existing SmolLM2 corpus (stdlib code, MBPP and GSM8K chats)")
+    d.add_argument("--device", default=None)
+    d.add_argument("--dtype", default=None)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.dataset is None:
-        raise UserError("give a dataset: mtp-bench data arithmetic|induction ... (see --help)")
+        raise UserError("give a dataset: mtp-bench data arithmetic|induction|distill ... (see --help)")
+    if args.dataset == "distill":
+        import os
+
+        from mtp_bench.distill import build
+
+        data_dir = args.data_dir or os.environ.get("MTP_BENCH_DATA")
+        if not data_dir or not Path(data_dir).is_dir():
+            raise UserError("data distill needs the benchmark data folder: --data-dir DIR or $MTP_BENCH_DATA")
+        build(args.model, Path(data_dir), Path(args.out), tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+              args.max_prompts, args.max_new_tokens, args.batch_size, corpus=args.corpus, device=args.device,
+              dtype=args.dtype)
+        return 0
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out} is a directory")

@@ -186,6 +186,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.flatten(-2).type_as(x)
 
 
+def _sdpa_has_gqa() -> bool:
+    import inspect
+
+    try:
+        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: ask by calling
+        try:
+            F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2),
+                                           enable_gqa=True)
+            return True
+        except TypeError:
+            return False
+
+
+_SDPA_GQA = _sdpa_has_gqa()
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of q (B, H, T, hd) over k, v (B, Hkv, S, hd); mask (B, 1, T, S) bool or None = causal.
+    GQA (Hkv < H: each kv head serves H/Hkv query heads) goes to SDPA as is (torch >= 2.5), not
+    as copies of k and v: the same numbers, an order of magnitude less time in decoding on a CPU."""
+    if k.shape[1] != q.shape[1]:
+        if _SDPA_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -207,10 +236,7 @@ class Attention(nn.Module):
             k_buf[:, :, ctx.q0 : ctx.q0 + T] = k
             v_buf[:, :, ctx.q0 : ctx.q0 + T] = v
             k, v = k_buf[:, :, : ctx.q0 + T], v_buf[:, :, : ctx.q0 + T]
-        if self.n_kv_heads != self.n_heads:  # GQA: each kv head serves n_heads/n_kv_heads query heads
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None)
+        y = _sdpa(q, k, v, ctx.mask)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -512,10 +538,8 @@ class Transformer(nn.Module):
             S = ctx.q0 + T
             k = k_buf[:, :, :, :S].reshape(J * B, Hkv, S, hd)
             v = v_buf[:, :, :, :S].reshape(J * B, Hkv, S, hd)
-        if Hkv != H:
-            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         mask = None if ctx.mask is None else ctx.mask.repeat(J, 1, 1, 1)  # (J*B, 1, T, S)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        y = _sdpa(q, k, v, mask)
         y = y.transpose(1, 2).reshape(J, B * T, H * hd)
         h = x + torch.bmm(y, w["wo"]).view(J, B, T, D)  # (J, B, T, D)
         # 2) SwiGLU feed-forward, batched the same way

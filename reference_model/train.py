@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_forward_backward
 from mtp_bench.reference_model.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, tokenizer_summary, train_bpe
@@ -526,7 +526,35 @@ def prepare_data(cfg: TrainConfig, dd: Dist, tokenizer=None) -> tuple[Tokenizer,
             "n_val_docs": len(val_docs), "train_tokens": int(len(train_tokens[0] if cfg.target_field else train_tokens)),
             "val_tokens": int(len(val_tokens[0] if cfg.target_field else val_tokens)), "target_field": cfg.target_field,
             "val_fraction": cfg.val_fraction, "cache_dir": str(cache_dir)}
+    info.update(distill_record(cfg.corpus))
     return tok, train_tokens, val_tokens, info
+
+
+def distill_record(corpus: str) -> dict:
+    """A corpus written by `mtp-bench data distill` has a manifest.json beside it: record its base,
+    generation settings and the sha256 of every training prompt, so that an evaluation can tell
+    whether its prompts were trained on. Nothing for any other corpus."""
+    path = Path(corpus)
+    manifest = path.parent / "manifest.json"
+    if path.suffix != ".jsonl" or not manifest.is_file():
+        return {}
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(m, dict) or m.get("format") != "mtp-bench-distill":
+        return {}
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != m.get("sha256"):
+        raise DataError(f"{manifest}: its sha256 does not match {path} (the corpus changed after the manifest was written)")
+    return {"distill": {k: m.get(k) for k in ("base", "generation", "kinds", "counts", "completion_tokens", "sources",
+                                               "evaluation_prompts_excluded", "sha256")},
+            "prompt_sha256s": m.get("prompt_sha256s", [])}
 
 
 # -----------------------------------------------------------------------------

@@ -249,3 +249,95 @@ def test_chat_prompts_are_gsm8k_test_questions_in_the_models_chat_template(data_
     tok.chat_template = None
     with pytest.raises(ConfigError, match="chat template"):
         chat_prompts(data_dir, SimpleNamespace(tokenizer=SimpleNamespace(tok=tok)))
+
+
+# ----------------------------------------------------------------------------- your own prompts
+
+
+def _chat_tok():
+    from transformers import PreTrainedTokenizerFast
+
+    from mtp_bench.reference_model.tokenizer import byte_tokenizer
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer().hf, eos_token="<|eos|>")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tok
+
+
+def test_prompt_file_takes_raw_prompts_and_chat_messages(tmp_path):
+    from types import SimpleNamespace
+
+    from mtp_bench.evals.specdec import file_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "def f(x):\\n"}\n\n{"id": "q1", "messages": [{"role": "user", "content": "Hi?"}]}\n')
+    model = SimpleNamespace(tokenizer=SimpleNamespace(tok=_chat_tok()))
+    assert file_prompts(str(f), model) == [("p.jsonl:1", "def f(x):\n"), ("q1", "<user>Hi?</user><assistant>")]
+    plain = SimpleNamespace(tokenizer=SimpleNamespace(tok=None))
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"prompt": "x = 1\\n"}\n')
+    assert file_prompts(str(raw), plain) == [("raw.jsonl:1", "x = 1\n")]  # raw prompts need no chat template
+    with pytest.raises(ConfigError, match=r"p.jsonl:3: a \"messages\" line needs a model whose tokenizer has a chat template"):
+        file_prompts(str(f), plain)
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"prompt": "a"}\n{"prompt": "b"\n', r"bad.jsonl:2: not valid JSON"),
+    ('{"prompt": "a", "messages": []}\n', r"bad.jsonl:1: each line must be an object with exactly one of"),
+    ('["x"]\n', r"bad.jsonl:1: each line must be"),
+    ('{"prompt": ""}\n', r"bad.jsonl:1: \"prompt\" must be a non-empty string"),
+    ('{"messages": [{"role": "user"}]}\n', r"bad.jsonl:1: \"messages\" must be a non-empty list"),
+    ('\n\n', r"holds no prompts"),
+])
+def test_prompt_file_errors_name_the_line(tmp_path, content, match):
+    from types import SimpleNamespace
+
+    from mtp_bench.evals.specdec import file_prompts
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(DataError, match=match):
+        file_prompts(str(f), SimpleNamespace(tokenizer=SimpleNamespace(tok=_chat_tok())))
+
+
+def test_run_with_a_prompt_file_and_bad_files_exit_2(tiny_ckpt, tmp_path, capsys):
+    from mtp_bench.cli import main
+
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text('{"prompt": "import os\\n"}\n{"prompt": "def add(a, b):\\n"}\n')
+    bad.write_text('{"prompt": "x"}\n{oops}\n')
+    base = ["run", "--evals", "specdec", "--model", str(tiny_ckpt), "--config", "specdec.prompt_set=file",
+            "--config", "specdec.max_new_tokens=8", "--config", "specdec.peers=false", "--config", "specdec.warmup=0"]
+    out = tmp_path / "r.json"
+    assert main(base + ["--config", f"specdec.source={good}", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    info = res["results"]["specdec"]["candidate"]["info"]
+    assert info["n_prompts"] == 2 and info["prompt_set"] == "file" and info["training_prompts_recorded"] is False
+    capsys.readouterr()
+    out2 = tmp_path / "r2.json"
+    assert main(base + ["--config", f"specdec.source={bad}", "--out", str(out2)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mtp-bench: error:")]
+    assert len(errors) == 1 and "bad.jsonl:2: not valid JSON" in errors[0] and "Traceback" not in err
+    assert not out2.exists()
+    assert main(base + ["--config", f"specdec.source={tmp_path / 'missing.jsonl'}"]) == 2
+    assert main(["run", "--evals", "specdec", "--model", str(tiny_ckpt), "--config", "specdec.prompt_set=file"]) == 2
+
+
+def test_prompts_found_in_the_heads_training_data_are_counted(tiny_ckpt, tmp_path):
+    import hashlib
+    import shutil
+
+    import mtp_bench
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    prompts = ["import os\n", "def add(a, b):\n", "x = 1\n"]
+    (ckpt / "training.json").write_text(json.dumps({"corpus": {"prompt_sha256s": [
+        hashlib.sha256(p.encode()).hexdigest() for p in prompts[:2]]}}))
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    model = mtp_bench.load(ckpt, device="cpu", dtype="float32")
+    out = run(model, tmp_path, prompt_set="file", source=str(f), n_prompts=3, max_new_tokens=4)
+    assert out.info["training_prompts_recorded"] is True and out.info["prompts_in_training"] == 2

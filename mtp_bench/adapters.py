@@ -170,9 +170,9 @@ class MTPModel:
             attention_mask = attention_mask.to(self.device)
         return self.module(input_ids, cache=cache, return_all_heads=return_all_heads, attention_mask=attention_mask)
 
-    def draft(self, cache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False) -> torch.Tensor:
+    def draft(self, cache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False, sample=None) -> torch.Tensor:
         """Chained drafts of sequential MTP modules (reference_model.model.Transformer.draft)."""
-        return self.module.draft(cache, next_token.to(self.device), n_draft, reuse_last=reuse_last)
+        return self.module.draft(cache, next_token.to(self.device), n_draft, reuse_last=reuse_last, sample=sample)
 
     def __repr__(self) -> str:
         return f"MTPModel({self.path!r}, format={self.format}, n_future={self.n_future}, params={self.num_params:,})"

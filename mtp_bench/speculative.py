@@ -13,11 +13,16 @@ the first disagreement (the "bonus"), so every forward emits between 1 and k tok
 cache (trunk and extra heads alike) is then truncated back to the accepted length.
 
 Losslessness. Greedy: the emitted tokens are exactly head 1's greedy tokens, because every
-emitted token is head 1's argmax given the emitted prefix. Sampling (temperature > 0): drafts
-are argmax tokens, i.e. a point-mass proposal q = delta(x); speculative sampling's rule
-accept with min(1, p/q) = p1(x) and, on rejection, sample from norm(max(0, p1 - q)) = p1 with x
-removed and renormalised, so every emitted token is distributed exactly as p1 (Leviathan et
-al. 2023, Chen et al. 2023).
+emitted token is head 1's argmax given the emitted prefix. Sampling (temperature > 0, top_p):
+p = head 1's distribution after temperature and nucleus (top-p) warping, the distribution plain
+sampling draws from; a draft x comes from a proposal q and is accepted with probability
+min(1, p(x)/q(x)); on rejection the token is drawn from norm(max(0, p - q)), so every emitted
+token is distributed exactly as p (Leviathan et al. 2023, Chen et al. 2023). Two proposals:
+    draft="argmax"  each head's argmax, a point mass q = delta(x): acceptance is p(x), and the
+                    residual is p with x removed (what vLLM, SGLang and llama.cpp do)
+    draft="sample"  a sample from each head's own distribution, warped like p (same temperature
+                    and top_p); q is that distribution. A chain of sequential modules feeds each
+                    module the previous module's sampled draft.
 
 Sequential MTP modules (DeepSeek-V3 / MiMo, head_type "sequential") draft by chaining instead:
 after each forward, module 1 reads head 1's hidden state at the last accepted position and the
@@ -94,8 +99,12 @@ def is_sequential(model) -> bool:
     return getattr(cfg, "head_type", None) == "sequential" and getattr(module, "n_future", 1) > 1
 
 
+DRAFT_MODES = ("argmax", "sample")
+
+
 def _check_inputs(model, prompts: list[list[int]], max_new_tokens: int, k: int, temperature: float,
-                  generators: list[torch.Generator] | None, reuse_last: bool = False) -> None:
+                  generators: list[torch.Generator] | None, reuse_last: bool = False, top_p: float = 1.0,
+                  draft: str = "argmax") -> None:
     if not prompts:
         raise ConfigError("no prompts to decode")
     if any(len(p) == 0 for p in prompts):
@@ -108,8 +117,14 @@ def _check_inputs(model, prompts: list[list[int]], max_new_tokens: int, k: int, 
         raise ConfigError(f"k (draft block length) must be >= 1, got {k}")
     if not reuse_last and not 1 <= k <= model.n_future:
         raise ConfigError(f"k (heads used) must be in 1..{model.n_future} for this model, got {k}")
-    if temperature < 0:
+    if not temperature >= 0:  # also rejects NaN
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+    if draft not in DRAFT_MODES:
+        raise ConfigError(f"draft must be one of {', '.join(DRAFT_MODES)}, got {draft!r}")
+    if draft == "sample" and temperature == 0:
+        raise ConfigError("draft=sample draws drafts from the heads' distributions: it needs temperature > 0")
     if temperature > 0 and (generators is None or len(generators) != len(prompts)):
         raise ConfigError("sampling (temperature > 0) needs one torch.Generator per prompt")
     longest = max(len(p) for p in prompts) + max_new_tokens + k
@@ -118,33 +133,68 @@ def _check_inputs(model, prompts: list[list[int]], max_new_tokens: int, k: int, 
                           f"({k}) exceeds the model's max_seq_len {model.max_seq_len}; shorten the prompt")
 
 
-def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    """Head 1's token from one (V,) logit row: argmax, or a sample at `temperature`."""
+def warp(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """The sampling distribution of logit rows (..., V): softmax(logits / temperature), then the
+    nucleus: the smallest set of the most likely tokens whose mass reaches top_p (ties broken by
+    token id, like generation.sample_next), renormalised. float32 on the CPU.
+
+    >>> warp(torch.tensor([2.0, 1.0, 0.0, -1.0]), 1.0, top_p=0.9).round(decimals=4).tolist()
+    [0.6652, 0.2447, 0.09, 0.0]
+    """
+    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sp, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep = (sp.cumsum(dim=-1) - sp) < top_p  # the most likely token is always kept
+    sp = sp * keep
+    return torch.zeros_like(probs).scatter_(-1, order, sp / sp.sum(dim=-1, keepdim=True))
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_p: float = 1.0) -> int:
+    """Head 1's token from one (V,) logit row: argmax, or a sample at `temperature` and `top_p`."""
     if temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    return int(torch.multinomial(warp(logits, temperature, top_p), 1, generator=generator))
 
 
 def _verify_sampled(logits0: torch.Tensor, drafts: list[int], temperature: float,
-                    generator: torch.Generator) -> tuple[int, int]:
-    """Speculative sampling against point-mass drafts for one row.
+                    generator: torch.Generator, q: torch.Tensor | None = None, top_p: float = 1.0) -> tuple[int, int]:
+    """Speculative sampling for one row.
 
-    logits0: (k, V) head-1 logits at [x, d_1 .. d_{k-1}]; drafts: [d_1 .. d_{k-1}].
+    logits0: (k, V) head-1 logits at [x, d_1 .. d_{k-1}]; drafts: [d_1 .. d_{k-1}]; q: (k-1, V)
+    the proposal each draft was sampled from, or None for argmax drafts (a point mass at each).
     Returns (a, token): a drafts accepted, then head 1's token at position a (the resample after
     the first rejection, or the bonus sample when all drafts pass).
     """
-    probs = torch.softmax(logits0.float().cpu() / temperature, dim=-1)  # (k, V)
+    probs = warp(logits0, temperature, top_p)  # (k, V)
     for j, x in enumerate(drafts):
-        # 1) accept draft x with probability p1(x)
-        if float(torch.rand((), generator=generator)) < float(probs[j, x]):
+        # 1) accept draft x with probability min(1, p(x) / q(x)) (q(x) = 1 for a point mass)
+        ratio = float(probs[j, x]) if q is None else min(1.0, float(probs[j, x]) / float(q[j, x]))
+        if float(torch.rand((), generator=generator)) < ratio:
             continue
-        # 2) rejected: sample from p1 with x removed, renormalised
-        residual = probs[j].clone()
-        residual[x] = 0.0
+        # 2) rejected: sample from norm(max(0, p - q)): p with x removed for a point mass
+        if q is None:
+            residual = probs[j].clone()
+            residual[x] = 0.0
+        else:
+            residual = (probs[j] - q[j]).clamp_(min=0.0)
+        if float(residual.sum()) <= 0.0:  # p <= q everywhere yet x rejected: only rounding gets here
+            residual = probs[j]
         return j, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
-    # 3) all drafts accepted: the bonus token is a plain sample from p1 at the last position
+    # 3) all drafts accepted: the bonus token is a plain sample from p at the last position
     return len(drafts), int(torch.multinomial(probs[len(drafts)], 1, generator=generator))
+
+
+def _sample_drafts(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator],
+                   rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """draft="sample" for parallel heads: logits (B, k-1, V) of heads 2..k at the last accepted
+    position -> drafts (B, k-1) sampled with each row's generator, and their proposals q (B, k-1, V)."""
+    q = warp(logits, temperature, top_p)  # (B, k-1, V)
+    d = torch.zeros(q.shape[:2], dtype=torch.long)
+    for r in rows:
+        for j in range(q.shape[1]):
+            d[r, j] = int(torch.multinomial(q[r, j], 1, generator=generators[r]))
+    return d.to(logits.device), q
 
 
 class _Rows:
@@ -179,7 +229,8 @@ class _Rows:
 def speculative_decode(model, prompts: list[list[int]], k: int | None = None, max_new_tokens: int = 128,
                        temperature: float = 0.0, eos_id: int | None = None,
                        generators: list[torch.Generator] | None = None,
-                       pad_id: int = 0, reuse_last: bool = False) -> list[DecodeResult]:
+                       pad_id: int = 0, reuse_last: bool = False, top_p: float = 1.0,
+                       draft: str = "argmax") -> list[DecodeResult]:
     """Decode `prompts` (token lists) with heads 2..k drafting and head 1 verifying.
 
     k: heads used, 1..model.n_future (None = all); k = 1 is plain decoding with head 1 (tau = 1).
@@ -187,15 +238,37 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
     eos_id: a row stops after emitting it (kept in the output); None = never stop early.
     generators: one per prompt when temperature > 0 (per-prompt seeds make outputs batch-independent
     for B = 1; with B > 1 the shared acceptance length n couples rows' random streams).
+    top_p: nucleus sampling (temperature > 0), applied to head 1 and, with draft="sample", to the heads.
+    draft: "argmax" (each head's most likely token) or "sample" (drawn from each head's distribution;
+    temperature > 0): see the module docstring.
     """
     k = model.n_future if k is None else k
-    _check_inputs(model, prompts, max_new_tokens, k, temperature, generators, reuse_last)
+    _check_inputs(model, prompts, max_new_tokens, k, temperature, generators, reuse_last, top_p, draft)
     B, dev = len(prompts), model.device
     rows = _Rows(B, max_new_tokens, eos_id)
     chained = is_sequential(model)
     all_heads = k > 1 and not chained  # chained drafts come from model.draft after a head-1 forward
-    draft = getattr(model, "draft", None)
+    chain = getattr(model, "draft", None)
+    sampled = draft == "sample"
     ids, mask = _left_pad(prompts, pad_id, dev)
+
+    def make_drafts(head_logits: torch.Tensor | None, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Drafts (B, k-1) for the next block and, for draft="sample", their proposals q (B, k-1, V)."""
+        if chained:
+            if not sampled:
+                return chain(cache, tok, k - 1, reuse_last), None
+            qs: list[torch.Tensor] = []
+
+            def pick(lg: torch.Tensor) -> torch.Tensor:  # (B, V) -> (B,): module j's sampled draft
+                d, q = _sample_drafts(lg[:, None], temperature, top_p, generators, rows.active())
+                qs.append(q[:, 0])
+                return d[:, 0]
+
+            d = chain(cache, tok, k - 1, reuse_last, sample=pick)
+            return d, (torch.stack(qs, dim=1) if qs else None)
+        if not sampled:
+            return head_logits.argmax(-1), None
+        return _sample_drafts(head_logits, temperature, top_p, generators, rows.active())
 
     with torch.inference_mode():
         _sync(dev)
@@ -203,11 +276,11 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
         cache = model.new_cache(B, ids.shape[1] + max_new_tokens + k)
         # 1) prefill: head 1 gives the first token, heads 2..k the first drafts
         last = model(ids, cache=cache, return_all_heads=all_heads, attention_mask=mask)[:, -1]  # (B, n, V)
-        first = [_pick(last[r, 0], temperature, generators[r] if generators else None) for r in range(B)]
+        first = [_pick(last[r, 0], temperature, generators[r] if generators else None, top_p) for r in range(B)]
         tok = torch.tensor(first, dtype=torch.long, device=dev)  # (B,) last emitted token per row
-        drafts = draft(cache, tok, k - 1, reuse_last) if chained else last[:, 1:k].argmax(-1)  # (B, k-1)
         for r in range(B):
             rows.emit(r, [first[r]])
+        drafts, q = make_drafts(None if chained else last[:, 1:k], tok)  # (B, k-1), proposals or None
         _sync(dev)
         t_prefill = time.perf_counter() - t0
 
@@ -225,7 +298,8 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
                 pred_l = pred.tolist()
                 resolved = {r: (accepted[r], pred_l[r][accepted[r]]) for r in active}
             else:
-                resolved = {r: _verify_sampled(logits[r, :, 0], drafts_l[r], temperature, generators[r])
+                resolved = {r: _verify_sampled(logits[r, :, 0], drafts_l[r], temperature, generators[r],
+                                               None if q is None else q[r], top_p)
                             for r in active}
             # 3) accept: the longest prefix every unfinished row agrees on, plus head 1's token there
             n = min(a for a, _ in resolved.values())
@@ -241,7 +315,7 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
             tok = new_tok
             if not rows.active():
                 break
-            drafts = draft(cache, tok, k - 1, reuse_last) if chained else logits[:, n, 1:k].argmax(-1)  # (B, k-1)
+            drafts, q = make_drafts(None if chained else logits[:, n, 1:k], tok)  # (B, k-1)
         _sync(dev)
         total = time.perf_counter() - t0
 
@@ -252,13 +326,13 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
 
 def plain_decode(model, prompts: list[list[int]], max_new_tokens: int = 128, temperature: float = 0.0,
                  eos_id: int | None = None, generators: list[torch.Generator] | None = None,
-                 pad_id: int = 0) -> list[DecodeResult]:
+                 pad_id: int = 0, top_p: float = 1.0) -> list[DecodeResult]:
     """The baseline: KV-cache decoding with head 1 only, one token per forward.
 
     Written separately from `speculative_decode` (not as its k = 1 case) so that it is an
     independent reference for the lossless check.
     """
-    _check_inputs(model, prompts, max_new_tokens, 1, temperature, generators)
+    _check_inputs(model, prompts, max_new_tokens, 1, temperature, generators, top_p=top_p)
     B, dev = len(prompts), model.device
     rows = _Rows(B, max_new_tokens, eos_id)
     ids, mask = _left_pad(prompts, pad_id, dev)
@@ -269,7 +343,7 @@ def plain_decode(model, prompts: list[list[int]], max_new_tokens: int = 128, tem
         logits = model(ids, cache=cache, attention_mask=mask)[:, -1, 0]  # (B, V)
         t_prefill = None
         while True:
-            toks = [_pick(logits[r], temperature, generators[r] if generators else None) for r in range(B)]
+            toks = [_pick(logits[r], temperature, generators[r] if generators else None, top_p) for r in range(B)]
             for r in rows.active():
                 rows.emit(r, [toks[r]])
             if t_prefill is None:

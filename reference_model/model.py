@@ -731,7 +731,8 @@ class Transformer(nn.Module):
         return torch.stack(logits, dim=2)  # (B, T, n_future, V)
 
     @torch.no_grad()
-    def draft(self, cache: KVCache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False) -> torch.Tensor:
+    def draft(self, cache: KVCache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False,
+              sample=None) -> torch.Tensor:
         """Chained drafting with the sequential modules after a cached forward.
 
         The cache holds positions [0, p] (p = cache.length - 1); next_token (B,) is token p+1 (head
@@ -741,8 +742,10 @@ class Transformer(nn.Module):
         known and on the drafts where not (exactly the teacher-forced model when the drafts are
         right). reuse_last: draft more tokens than there are modules by running the last module
         again at the next positions on its own output and draft (what vLLM does with one MTP
-        layer); off = at most n_future-1 drafts. Returns (B, n_draft) token ids; nothing in the
-        cache's trunk changes."""
+        layer); off = at most n_future-1 drafts. sample: a function (B, V) logits -> (B,) tokens
+        that chooses each draft (speculative sampling draws them); None = argmax. Returns (B, n_draft)
+        token ids; nothing in the cache's trunk changes."""
+        pick = sample if sample is not None else (lambda lg: lg.argmax(-1))
         M = self.n_future - 1
         if self.config.head_type != "sequential" or M < 1:
             raise ConfigError("draft needs a model with sequential MTP modules (head_type='sequential', n_future > 1)")
@@ -763,7 +766,7 @@ class Transformer(nn.Module):
             # 1) module k over [L, p]: its token at q is q+k, ground truth up to p+1 then the drafts
             L = cache.seq_length[k - 1]
             if L > p:  # nothing fed since the last draft: module 1's output at p is ground truth, kept
-                drafts.append(self.unembed(cache.seq_out[k - 1, :, p : p + 1], k)[:, 0].argmax(-1))
+                drafts.append(pick(self.unembed(cache.seq_out[k - 1, :, p : p + 1], k)[:, 0]))
                 prev = cache.seq_out[k - 1]
                 continue
             toks = torch.cat([known] + [d[:, None] for d in drafts], dim=1)[:, L + k : p + k + 1]  # (B, p+1-L)
@@ -773,7 +776,7 @@ class Transformer(nn.Module):
             out = module.block(x, ctx, cache.kv(len(self.layers) + k - 1))  # (B, p+1-L, dim)
             cache.seq_out[k - 1, :, L : p + 1] = out
             cache.seq_length[k - 1] = max(0, p + 2 - k)  # inputs at q <= p+1-k were all ground truth
-            drafts.append(self.unembed(out[:, -1:], k)[:, 0].argmax(-1))  # (B,) token p+1+k
+            drafts.append(pick(self.unembed(out[:, -1:], k)[:, 0]))  # (B,) token p+1+k
             prev = cache.seq_out[k - 1]
         if n_draft > M:
             # 2) reuse the last module at positions p+1, p+2, ...: its own output stands in for the
@@ -786,7 +789,7 @@ class Transformer(nn.Module):
                 ctx = _attn_context(real, q, 1, self.config, h_last.dtype, h_last.device)
                 x = module.fuse(self._chain_input(M + 1, h_last), self._module_embeddings(drafts[-1][:, None], ctx))
                 h_last = module.block(x, ctx, cache.kv(len(self.layers) + M - 1))
-                drafts.append(self.unembed(h_last, M)[:, 0].argmax(-1))
+                drafts.append(pick(self.unembed(h_last, M)[:, 0]))
         if not drafts:
             return next_token.new_zeros(B, 0, dtype=torch.long)
         return torch.stack(drafts, dim=1)  # (B, n_draft)

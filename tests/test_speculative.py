@@ -46,9 +46,12 @@ class HashMTP:
     a token that is always wrong ("adversarial"), or right for about two thirds of the prefixes ("mixed").
     """
 
-    def __init__(self, vocab: int = 16, n_future: int = 4, mode: str = "mixed", scale: float = 3.0, seed: int = 0):
+    def __init__(self, vocab: int = 16, n_future: int = 4, mode: str = "mixed", scale: float = 3.0, seed: int = 0,
+                 soft_heads: bool = False):
         g = torch.Generator().manual_seed(seed)
         self.table = torch.randn(997, vocab, generator=g) * scale  # (M, V) head-1 logits by hash bucket
+        # soft_heads: the extra heads' logits are a second random table (a real distribution, unlike p)
+        self.draft_table = torch.randn(997, vocab, generator=g) * scale if soft_heads else None
         self.greedy = self.table.argmax(-1).tolist()
         self.n_future, self.vocab, self.mode = n_future, vocab, mode
         self.device, self.dtype, self.max_seq_len = torch.device("cpu"), torch.float32, 4096
@@ -78,7 +81,10 @@ class HashMTP:
                 cache.h[r].append(h)
                 out[r, t, 0] = self.table[h % 997]
                 for i in range(1, n):
-                    out[r, t, i, self.head_target(h, i)] = 10.0
+                    if self.draft_table is not None:
+                        out[r, t, i] = self.draft_table[(h + i) % 997]
+                    else:
+                        out[r, t, i, self.head_target(h, i)] = 10.0
         return out
 
 
@@ -170,7 +176,7 @@ def test_bad_k_and_overlong_prompt_are_config_errors():
 # ----------------------------------------------------------------------------- sampling
 
 
-def exact_joint(model: HashMTP, prompt: list[int], n_tok: int, temperature: float) -> dict[tuple, float]:
+def exact_joint(model: HashMTP, prompt: list[int], n_tok: int, temperature: float, top_p: float = 1.0) -> dict[tuple, float]:
     """P(first n_tok tokens) under plain sampling from head 1, by enumerating every sequence."""
     h0 = 0
     for t in prompt:
@@ -179,7 +185,7 @@ def exact_joint(model: HashMTP, prompt: list[int], n_tok: int, temperature: floa
     for seq in itertools.product(range(model.vocab), repeat=n_tok):
         p, h = 1.0, h0
         for t in seq:
-            p *= float(torch.softmax(model.table[h % 997] / temperature, -1)[t])
+            p *= float(speculative.warp(model.table[h % 997], temperature, top_p)[t])
             h = roll(h, t)
         probs[seq] = p
     return probs
@@ -204,12 +210,12 @@ def chi2_critical(dof: int, z: float = 3.09) -> float:
     return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
-def sample_counts(model, prompt, n_runs, n_tok, temperature, batch):
+def sample_counts(model, prompt, n_runs, n_tok, temperature, batch, **kw):
     counts: dict[tuple, int] = {}
     for start in range(0, n_runs, batch):
         gens = [torch.Generator().manual_seed(1000 + s) for s in range(start, start + batch)]
         for res in speculative_decode(model, [prompt] * batch, k=3, max_new_tokens=n_tok,
-                                      temperature=temperature, generators=gens):
+                                      temperature=temperature, generators=gens, **kw):
             counts[tuple(res.output_ids)] = counts.get(tuple(res.output_ids), 0) + 1
     return counts
 
@@ -230,7 +236,7 @@ def test_sampling_test_detects_a_biased_acceptance_rule(monkeypatch):
     model = HashMTP(vocab=3, n_future=3, mode="mixed", scale=1.0, seed=3)
     prompt, n_tok, temp, n_runs = [1, 2, 3], 3, 0.9, 1800
 
-    def accept_all(logits0, drafts, temperature, generator):
+    def accept_all(logits0, drafts, temperature, generator, q=None, top_p=1.0):
         probs = torch.softmax(logits0.float() / temperature, -1)
         return len(drafts), int(torch.multinomial(probs[len(drafts)], 1, generator=generator))
 
@@ -238,6 +244,88 @@ def test_sampling_test_detects_a_biased_acceptance_rule(monkeypatch):
     counts = sample_counts(model, prompt, n_runs, n_tok, temp, batch=300)
     stat, dof = chi_square(counts, exact_joint(model, prompt, n_tok, temp), n_runs)
     assert stat > chi2_critical(dof)
+
+
+@pytest.mark.parametrize("batch, top_p", [(1, 1.0), (300, 1.0), (300, 0.75)])
+def test_sampled_drafts_match_head1_distribution(batch, top_p):
+    """draft="sample": drafts drawn from the heads' own (soft, wrong) distributions, accepted with
+    min(1, p/q), residual max(0, p - q): the tokens are distributed as plain sampling from head 1
+    (Pearson chi-square over the 27 sequences of 3 tokens, p = 0.001)."""
+    model = HashMTP(vocab=3, n_future=3, scale=1.5, seed=5, soft_heads=True)
+    prompt, n_tok, temp, n_runs = [1, 2, 3], 3, 0.9, 600 if batch == 1 else 1800
+    counts = sample_counts(model, prompt, n_runs, n_tok, temp, batch, draft="sample", top_p=top_p)
+    stat, dof = chi_square(counts, exact_joint(model, prompt, n_tok, temp, top_p), n_runs)
+    assert stat < chi2_critical(dof), (stat, dof)
+
+
+def test_sampled_drafts_test_detects_accepting_every_draft(monkeypatch):
+    model = HashMTP(vocab=3, n_future=3, scale=1.5, seed=5, soft_heads=True)
+    prompt, n_tok, temp, n_runs = [1, 2, 3], 3, 0.9, 1800
+
+    def accept_all(logits0, drafts, temperature, generator, q=None, top_p=1.0):
+        probs = speculative.warp(logits0, temperature, top_p)
+        return len(drafts), int(torch.multinomial(probs[len(drafts)], 1, generator=generator))
+
+    monkeypatch.setattr(speculative, "_verify_sampled", accept_all)
+    counts = sample_counts(model, prompt, n_runs, n_tok, temp, 300, draft="sample")
+    stat, dof = chi_square(counts, exact_joint(model, prompt, n_tok, temp), n_runs)
+    assert stat > chi2_critical(dof)
+
+
+def test_bad_sampling_settings_are_config_errors():
+    model = HashMTP(vocab=3, n_future=3)
+    gens = [torch.Generator()]
+    for kw, match in (({"temperature": -1.0}, "temperature"), ({"temperature": 1.0, "top_p": 0.0}, "top_p"),
+                      ({"temperature": 1.0, "top_p": 1.5}, "top_p"), ({"temperature": 1.0, "draft": "beam"}, "draft"),
+                      ({"temperature": 0.0, "draft": "sample"}, "temperature > 0")):
+        with pytest.raises(ConfigError, match=match):
+            speculative_decode(model, [[1]], k=2, generators=gens, **kw)
+    with pytest.raises(ConfigError, match="top_p"):
+        plain_decode(model, [[1]], temperature=1.0, generators=gens, top_p=2.0)
+
+
+def test_sequential_modules_sample_their_chain_exactly():
+    """A tiny reference model with sequential MTP modules, draft="sample": each module samples its
+    draft and feeds it to the next; the tokens are still distributed as plain sampling (exact
+    distribution by enumerating the model's own head-1 probabilities over 5^3 sequences)."""
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=5, dim=16, n_layers=4, n_heads=2, multiple_of=16, max_seq_len=32, n_future=3,
+                      head_type="sequential", init_std=0.6)
+    m = Transformer(cfg).eval()
+    prompt, n_tok, temp = [1, 2], 3, 1.0
+    with torch.no_grad():
+        def p1(prefix):
+            return speculative.warp(m(torch.tensor([prefix]))[0, -1, 0], temp)
+        probs = {}
+        for seq in itertools.product(range(5), repeat=n_tok):
+            p, pre = 1.0, list(prompt)
+            for t in seq:
+                p *= float(p1(pre)[t])
+                pre.append(t)
+            probs[seq] = p
+
+    class Wrap:  # the model as speculative_decode sees an adapted one
+        module, n_future, device, max_seq_len = m, 3, torch.device("cpu"), 32
+
+        def new_cache(self, b, n):
+            return m.new_cache(b, n)
+
+        def __call__(self, *a, **kw):
+            return m(*a, **kw)
+
+        def draft(self, *a, **kw):
+            return m.draft(*a, **kw)
+
+    counts, n_runs = {}, 1500
+    for start in range(0, n_runs, 300):
+        gens = [torch.Generator().manual_seed(5000 + s) for s in range(start, start + 300)]
+        for res in speculative_decode(Wrap(), [prompt] * 300, k=3, max_new_tokens=n_tok, temperature=temp,
+                                      generators=gens, draft="sample"):
+            counts[tuple(res.output_ids)] = counts.get(tuple(res.output_ids), 0) + 1
+    stat, dof = chi_square(counts, probs, n_runs)
+    assert stat < chi2_critical(dof), (stat, dof)
 
 
 # ----------------------------------------------------------------------------- the reference model

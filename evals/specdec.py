@@ -42,7 +42,14 @@ import torch
 from mtp_bench.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
 from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
-from mtp_bench.speculative import DecodeResult, LosslessError, is_sequential, plain_decode, speculative_decode
+from mtp_bench.speculative import (
+    DRAFT_MODES,
+    DecodeResult,
+    LosslessError,
+    is_sequential,
+    plain_decode,
+    speculative_decode,
+)
 
 PROMPT_SETS = ("code", "text", "chat", "file")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
@@ -243,6 +250,34 @@ def is_degenerate(ids: list[int], window: int = 32) -> bool:
     return len(tail) >= 8 and len(set(tail)) <= 2
 
 
+def acceptance_profile(results: list[DecodeResult], k: int, position_bin: int = 32) -> dict:
+    """Where drafts were accepted, pooled over every decoding step of every prompt.
+
+    acceptance_histogram[a]: steps that accepted exactly a drafts, a = 0..k-1 (vLLM's per-step
+    accepted-token counts; the bonus token is not a draft). acceptance_by_position: steps grouped
+    by the output position of their first token (bins of position_bin tokens): per bin, the steps
+    and the mean accepted drafts (long outputs may decay: SGLang issue 30763).
+
+    >>> r = DecodeResult([1], list(range(7)), [1, 3, 1, 2], [2, 0, 1], "length", 0.0, 0.0, k=3)
+    >>> p = acceptance_profile([r], k=3, position_bin=2)
+    >>> p["acceptance_histogram"], p["acceptance_by_position"]["mean_accepted"]
+    ([1, 1, 1], [2.0, 0.5])
+    """
+    hist = [0] * max(k, 1)
+    by_bin: dict[int, list[int]] = {}
+    for r in results:
+        pos = r.accepted_lengths[0] if r.accepted_lengths else 0  # the prefill emitted the first token
+        for a, emitted in zip(r.draft_accepts, r.accepted_lengths[1:]):
+            hist[min(a, k - 1)] += 1
+            by_bin.setdefault(pos // position_bin, []).append(a)
+            pos += emitted
+    bins = sorted(by_bin)
+    return {"acceptance_histogram": hist,
+            "acceptance_by_position": {"bin": position_bin, "starts": [b * position_bin for b in bins],
+                                       "steps": [len(by_bin[b]) for b in bins],
+                                       "mean_accepted": [sum(by_bin[b]) / len(by_bin[b]) for b in bins]}}
+
+
 @register
 class SpecDec(Evaluator):
     name = "specdec"
@@ -260,6 +295,10 @@ class SpecDec(Evaluator):
         n_prompts: int = 20  # first N prompts of the set (deterministic); --limit cuts further
         max_new_tokens: int = 128  # per prompt; outputs stop earlier at EOS
         temperature: float = 0.0  # 0 = greedy (checked lossless); > 0 = exact sampling from head 1
+        top_p: float = 1.0  # nucleus sampling (temperature > 0), for head 1 and, with draft=sample, the drafts
+        draft: str = "argmax"  # "argmax": each head's most likely token; "sample": drawn from each head's
+        # distribution, accepted with min(1, p/q) (temperature > 0)
+        position_bin: int = 32  # acceptance_by_position: output positions per bin
         warmup: int = 1  # untimed decodes per decoder before timing (allocator, kernels, caches)
         batch_size: int = 1  # Spec-Bench measures latency at batch 1; > 1 shares one cache length
         peers: bool = True  # HF greedy + prompt lookup on the same weights (batch 1, greedy only)
@@ -274,8 +313,16 @@ class SpecDec(Evaluator):
             for f in ("n_prompts", "max_new_tokens", "batch_size", "prompt_lookup_num_tokens"):
                 if getattr(self, f) < 1:
                     raise ConfigError(f"specdec {f} must be >= 1, got {getattr(self, f)}")
-            if self.k < 0 or self.warmup < 0 or self.temperature < 0:
+            if self.k < 0 or self.warmup < 0 or not self.temperature >= 0:
                 raise ConfigError("specdec k, warmup and temperature must be >= 0")
+            if not 0.0 < self.top_p <= 1.0:
+                raise ConfigError(f"specdec top_p must be in (0, 1], got {self.top_p}")
+            if self.draft not in DRAFT_MODES:
+                raise UnknownNameError(f"unknown specdec draft {self.draft!r}; known: {', '.join(DRAFT_MODES)}")
+            if self.draft == "sample" and self.temperature == 0:
+                raise ConfigError("specdec draft=sample needs temperature > 0 (greedy decoding verifies argmax drafts)")
+            if self.position_bin < 1:
+                raise ConfigError(f"specdec position_bin must be >= 1, got {self.position_bin}")
             if self.source and self.prompt_set not in ("text", "file"):
                 raise ConfigError(f"specdec source is a story file (prompt_set=text) or a prompt file (prompt_set=file), "
                                   f"not for prompt_set={self.prompt_set!r}")
@@ -330,11 +377,12 @@ class SpecDec(Evaluator):
                 return None
             return speculative_decode(model, [ids[i] for i in batch], k=k, max_new_tokens=c.max_new_tokens,
                                       temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad,
-                                      reuse_last=reuse)
+                                      reuse_last=reuse, top_p=c.top_p, draft=c.draft)
 
         def run_plain(batch):
             return plain_decode(model, [ids[i] for i in batch], max_new_tokens=c.max_new_tokens,
-                                temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad)
+                                temperature=c.temperature, eos_id=eos, generators=seeds(batch), pad_id=pad,
+                                top_p=c.top_p)
 
         # 3) warm-up (untimed): a short decode of the first prompt through every decoder
         warm = [ids[0]] * min(c.batch_size, len(ids))
@@ -400,6 +448,7 @@ class SpecDec(Evaluator):
 
         # 6) aggregate
         metrics = self._metrics(units, spec_all, k, hf is not None)
+        accept_info = acceptance_profile(spec_all, k, c.position_bin)
         if greedy:  # 1.0 in fp32 (else LosslessError above); may be lower in bf16/fp16
             metrics["lossless_fraction"] = mean_metric([float(x) for x in same_tokens], True)
         # a model that collapses into repeating one or two tokens drafts them perfectly: tau is then
@@ -409,7 +458,8 @@ class SpecDec(Evaluator):
                 else "parallel", "reuse_last_module": reuse, "prompt_set": c.prompt_set, "n_prompts": len(ids),
                 "batch_size": c.batch_size, "temperature": c.temperature, "device": str(model.device),
                 "dtype": str(model.dtype), "torch_threads": torch.get_num_threads(), "peers": peer_status,
-                "lossless_checked": greedy, "lossless_strict": greedy and strict, "prompts_truncated": sum(1 for e in encoded if e[1] > 0)}
+                "lossless_checked": greedy, "lossless_strict": greedy and strict, "prompts_truncated": sum(1 for e in encoded if e[1] > 0),
+                "top_p": c.top_p, "draft": c.draft, **accept_info}
         if hf is not None:
             info["hf_greedy_agreement"] = sum(r["hf_greedy_agrees"] for r in records) / len(records)
         # were any of these prompts in the drafting heads' training data? (checked by hash)
@@ -435,6 +485,12 @@ class SpecDec(Evaluator):
                 if any(steps) else point_metric(1.0, n=len(spec), higher_is_better=True)
         m["forwards_per_token"] = ratio_metric([len(r.accepted_lengths) for r in spec],
                                                [len(r.output_ids) for r in spec], False)
+        if k > 1 and any(r.draft_accepts for r in spec):
+            # vLLM's mean acceptance length: 1 + accepted drafts / draft steps (the bonus token counted;
+            # before trimming at EOS or max_new_tokens, unlike tau)
+            with_steps = [r for r in spec if r.draft_accepts]
+            m["mean_acceptance_length"] = ratio_metric([len(r.draft_accepts) + sum(r.draft_accepts) for r in with_steps],
+                                                       [len(r.draft_accepts) for r in with_steps], True)
         for i in range(2, k + 1):  # head i drafts position i-1 of the block
             reached = [sum(1 for a in r.draft_accepts if a >= i - 2) for r in spec]
             passed = [sum(1 for a in r.draft_accepts if a >= i - 1) for r in spec]

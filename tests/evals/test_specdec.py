@@ -145,6 +145,33 @@ def test_bad_config_is_a_user_error(tmp_path):
         SpecDec.Config(prompt_set="poetry")
     with pytest.raises(ConfigError, match="max_new_tokens"):
         SpecDec.Config(max_new_tokens=0)
+    for kw, match in (({"temperature": -0.5}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.2}, "top_p"),
+                      ({"draft": "beam"}, "argmax, sample"), ({"draft": "sample"}, "temperature > 0"),
+                      ({"position_bin": 0}, "position_bin")):
+        with pytest.raises((ConfigError, UnknownNameError), match=match):
+            SpecDec.Config(**kw)
+
+
+def test_bad_sampling_config_exits_2_through_the_cli(capsys):
+    from mtp_bench.cli import main
+
+    for cfg in ("specdec.top_p=0", "specdec.position_bin=0", "specdec.temperature=-1", "specdec.draft=beam"):
+        assert main(["run", "--evals", "specdec", "--config", cfg]) == 2
+        err = capsys.readouterr().err
+        assert err.count("mtp-bench: error:") == 1 and "Traceback" not in err
+
+
+def test_acceptance_histogram_positions_and_vllm_length_agree_with_the_records(tmp_path):
+    model = FakeModel(n_future=4, wrong_drafts=False)
+    out = run(model, tmp_path, max_new_tokens=40, n_prompts=3, position_bin=8)
+    steps = [a for r in out.records for a in r["draft_accepts"]]
+    hist = out.info["acceptance_histogram"]
+    assert len(hist) == out.info["k"] and sum(hist) == len(steps)
+    assert hist == [steps.count(a) for a in range(out.info["k"])]
+    assert out.metrics["mean_acceptance_length"].value == pytest.approx(1 + sum(steps) / len(steps))
+    prof = out.info["acceptance_by_position"]
+    assert prof["bin"] == 8 and sum(prof["steps"]) == len(steps) and prof["starts"] == sorted(prof["starts"])
+    assert sum(m * n for m, n in zip(prof["mean_accepted"], prof["steps"])) == pytest.approx(sum(steps))
 
 
 def test_ratio_metric_matches_a_hand_computation():

@@ -18,6 +18,17 @@ by the UTF-8 bytes that window decodes to) compares across tokenizers.
 
 Metrics: head{k}_loss (lower is better) and head{k}_top1 (higher is better) for k = 1..n_future,
 1-based as in the paper's tables, plus head1_bits_per_byte.
+
+Acceptance proxy (no decoding, one teacher-forced forward; the figure NVIDIA NeMo computes from
+training outputs): at position t, head k's draft is "accepted" when its argmax equals head 1's own
+argmax at t+k-1, the token greedy decoding would emit there given the same prefix; chained,
+alpha_proxy_k = P(heads 2..k all agree) and tau_proxy = 1 + sum_k alpha_proxy_k: the expected
+tokens per step of greedy self-speculative decoding at a position of this text (positions where
+every head is defined). On the model's own greedy output the chain at a position is exactly what
+a decoding step starting there accepts (tested); tau averages over the positions where steps
+happen to start, the proxy over all positions, and other text is not the model's own, so the two
+differ (README: by how much, on the shipped checkpoints and the SmolLM2 drafter). It costs one
+forward, so CI can gate on it.
 """
 
 from __future__ import annotations
@@ -33,6 +44,21 @@ import torch
 from mtp_bench.errors import DataError
 from mtp_bench.metrics import mean_metric
 from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+
+
+def agreement_chain(logits: torch.Tensor) -> torch.Tensor:
+    """logits (B, T, n, V), teacher-forced (head i at t predicts token t+1+i) -> (B, T-n+1, n-1) bool:
+    [b, t, j] = heads 2..j+2 all take, at position t, head 1's own argmax at t+1..t+j+1, i.e. a
+    greedy speculative step starting after token t would accept at least j+1 drafts."""
+    B, T, n, _ = logits.shape
+    m = T - (n - 1)
+    preds = [logits[:, : T - i, i].argmax(-1) for i in range(n)]  # head i is defined up to T-1-i
+    chain = torch.ones(B, max(m, 0), dtype=torch.bool, device=logits.device)
+    out = []
+    for i in range(1, n):
+        chain = chain & (preds[i][:, :m] == preds[0][:, i : i + m])
+        out.append(chain)
+    return torch.stack(out, dim=-1) if out else torch.zeros(B, max(m, 0), 0, dtype=torch.bool)
 
 
 @register
@@ -82,6 +108,8 @@ class Heads(Evaluator):
                 x = windows[start:start + cfg.batch_size].to(model.device)  # (B, T)
                 logits = model(x, return_all_heads=True)  # (B, T, n_future, V)
                 per_head = []
+                chain = agreement_chain(logits).float()  # (B, T-n+1, n-1)
+                proxy = [chain[:, :, j].mean(1) for j in range(n_heads - 1)]  # per head: (B,)
                 for i in range(n_heads):
                     lg = logits[:, : seq_len - 1 - i, i].float()  # (B, T-1-i, V)
                     tgt = x[:, 1 + i:]  # (B, T-1-i)
@@ -93,7 +121,8 @@ class Heads(Evaluator):
                     n_bytes = len(tok.decode(x[b, 1:].tolist()).encode("utf-8"))
                     rec = {"sample_id": f"window-{w}", "n_tokens": seq_len, "n_bytes_scored": n_bytes,
                            "loss": [float(p[1][b]) for p in per_head], "top1": [float(p[2][b]) for p in per_head],
-                           "head1_bits_per_byte": float(per_head[0][0][b]) / math.log(2) / max(n_bytes, 1)}
+                           "head1_bits_per_byte": float(per_head[0][0][b]) / math.log(2) / max(n_bytes, 1),
+                           "alpha_proxy": [float(a[b]) for a in proxy]}
                     records.append(rec)
                 bar.advance(x.shape[0])
 
@@ -104,6 +133,11 @@ class Heads(Evaluator):
             metrics[f"head{i + 1}_top1"] = mean_metric([r["top1"][i] for r in records], higher_is_better=True)
         metrics["head1_bits_per_byte"] = mean_metric([r["head1_bits_per_byte"] for r in records],
                                                      higher_is_better=False)
+        for i in range(1, n_heads):
+            metrics[f"alpha_proxy_{i + 1}"] = mean_metric([r["alpha_proxy"][i - 1] for r in records], higher_is_better=True)
+        for r in records:
+            r["tau_proxy"] = 1.0 + sum(r["alpha_proxy"])
+        metrics["tau_proxy"] = mean_metric([r["tau_proxy"] for r in records], higher_is_better=True)
         corpus_sha = D.corpus_sha256(docs)  # hashes every document: once
         info = {"corpus": cfg.corpus, "corpus_sha256": corpus_sha, "n_val_docs": len(val_docs),
                 "val_tokens": len(stream), "seq_len": seq_len, "n_windows": len(records),

@@ -75,3 +75,43 @@ def test_too_little_held_out_text_is_a_data_error(tmp_path, corpus):
         p.write_text("x = 1\n")
     with pytest.raises(DataError, match="fewer than one window"):
         ev.run(model, RunContext(seed=0, work_dir=tmp_path))
+
+
+def test_tau_proxy_chain_is_what_greedy_speculative_steps_accept_on_the_models_own_text(tmp_path):
+    """On the model's own greedy continuation, the agreement chain at the position where a decoding
+    step starts equals the drafts that step accepted (every step, not just on average)."""
+    from mtp_bench.evals.heads import agreement_chain
+    from mtp_bench.speculative import speculative_decode
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=5, n_heads=2, multiple_of=16, max_seq_len=128, n_future=4)
+    m = Transformer(cfg).eval()
+    with torch.no_grad():  # extra heads = copies of head 1's block: right exactly where greedy output repeats
+        for h in m.extra_heads:
+            h.load_state_dict(m.layers[-1].state_dict())
+    m.max_seq_len = cfg.max_seq_len  # the Model protocol's attribute
+    prompt = [3, 1, 4, 1, 5]
+    res = speculative_decode(m, [prompt], k=4, max_new_tokens=60)[0]
+    text = torch.tensor([prompt + res.output_ids])
+    with torch.no_grad():
+        chain = agreement_chain(m(text, return_all_heads=True))[0]  # (T-3, 3)
+    pos = len(prompt) - 1  # the first step's drafts come from the heads at the prompt's last position
+    checked = 0
+    for a, emitted in zip(res.draft_accepts, res.accepted_lengths[1:]):
+        if pos < chain.shape[0] and emitted == a + 1:  # a step not cut short by max_new_tokens
+            assert int(chain[pos].long().cumprod(0).sum()) == a
+            checked += 1
+        pos += emitted
+    assert checked >= 5 and len(set(res.draft_accepts)) > 1
+
+
+def test_tau_proxy_metrics(tmp_path, corpus):
+    model = _model(tmp_path, 3)
+    out = Heads({"corpus": str(corpus), "val_fraction": 0.3, "seq_len": 32, "n_windows": 4}).run(
+        model, RunContext(seed=0, work_dir=tmp_path))
+    a2, a3 = out.metrics["alpha_proxy_2"].value, out.metrics["alpha_proxy_3"].value
+    assert 0.0 <= a3 <= a2 <= 1.0 and out.metrics["tau_proxy"].value == pytest.approx(1 + a2 + a3)
+    assert out.metrics["tau_proxy"].higher_is_better
+    one = Heads({"corpus": str(corpus), "val_fraction": 0.3, "seq_len": 32, "n_windows": 2}).run(
+        _model(tmp_path, 1), RunContext(seed=0, work_dir=tmp_path))
+    assert one.metrics["tau_proxy"].value == 1.0 and "alpha_proxy_2" not in one.metrics

@@ -107,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--max-new-tokens", type=int, default=160)
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--corpus", action="store_true", help="add the existing SmolLM2 corpus (stdlib code, MBPP and GSM8K chats)")
+    d.add_argument("--corpus-code-chars", type=int, default=600_000, help="--corpus: characters of stdlib code (default 600000)")
+    d.add_argument("--corpus-gsm8k", type=int, default=1500, help="--corpus: GSM8K training chats (default 1500)")
     d.add_argument("--device", default=None)
     d.add_argument("--dtype", default=None)
 
@@ -124,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError("data distill needs the benchmark data folder: --data-dir DIR or $MTP_BENCH_DATA")
         build(args.model, Path(data_dir), Path(args.out), tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
               args.max_prompts, args.max_new_tokens, args.batch_size, corpus=args.corpus, device=args.device,
-              dtype=args.dtype)
+              dtype=args.dtype, corpus_code_chars=args.corpus_code_chars, corpus_gsm8k=args.corpus_gsm8k)
         return 0
     out = Path(args.out)
     if out.exists() and out.is_dir():

@@ -201,7 +201,8 @@ def _read_partial(path: Path) -> dict[str, dict]:
 
 def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...] = KINDS, max_prompts: int = 1500,
           max_new_tokens: int = 160, batch_size: int = 64, chunk: int = 128, corpus: bool = False,
-          device: str | None = None, dtype: str | None = None, verbose: bool = True) -> Path:
+          device: str | None = None, dtype: str | None = None, verbose: bool = True,
+          corpus_code_chars: int = 600_000, corpus_gsm8k: int = 1500) -> Path:
     """Generate (or resume) the self-distillation corpus; returns DIR/distill.jsonl."""
     import torch
 
@@ -259,7 +260,7 @@ def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...]
 
         tdir = model.info.get("converted_dir") or (str(gguf_import.cached_hf_dir(Path(model_path))) if model_path.endswith(".gguf") else model_path)
         corpus_docs = [{"id": d["source"], "kind": "corpus", "source": d["source"].split("/")[0], "text": d["text"]}
-                       for d in build_corpus(data_dir, Path(tdir))]
+                       for d in build_corpus(data_dir, Path(tdir), corpus_code_chars, corpus_gsm8k)]
     sources = {"mbpp/mbpp.jsonl": file_sha256(data_dir / "mbpp" / "mbpp.jsonl")}
     if "chat" in kinds or corpus:
         sources["gsm8k/train.jsonl"] = file_sha256(data_dir / "gsm8k" / "train.jsonl")
@@ -272,6 +273,7 @@ def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...]
                  "device": str(model.device)},
         "generation": {**gen_cfg.to_dict(), "engine": "mtp_bench.generation", "torch": torch.__version__},
         "kinds": list(kinds), "max_prompts_per_kind": max_prompts, "corpus": corpus,
+        "corpus_size": {"code_chars": corpus_code_chars, "gsm8k": corpus_gsm8k} if corpus else None,
         "sources": sources, "stdlib": sysconfig.get_paths()["stdlib"],
         "counts": {k: sum(1 for r in rows if r["kind"] == k) for k in kinds} | {"corpus": len(corpus_docs)},
         "completion_tokens": sum(r["completion_tokens"] for r in rows),

@@ -251,6 +251,11 @@ def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...]
                 f.flush()
             rate = new_tokens / (time.perf_counter() - t0)
             bar.update(task, advance=len(part), info=f"{rate:,.0f} generated tokens/s")
+            if verbose and not bar.console.is_terminal:  # a log file: one plain line a chunk, with the ETA
+                done_n = len(prompts) - len(todo) + s + len(part)
+                left = (len(todo) - s - len(part)) * (time.perf_counter() - t0) / (s + len(part))
+                print(f"distill: {done_n}/{len(prompts)} prompts, {rate:,.0f} generated tokens/s, ETA {left / 60:.1f} min",
+                      flush=True)
     # 2) the final corpus and its manifest, atomically
     rows = [done[p["id"]] for p in prompts]
     corpus_docs: list[dict] = []

@@ -566,6 +566,8 @@ class Progress:
 
     def __init__(self, total: int, start: int, enabled: bool, log_interval: int):
         self.enabled, self.log_interval, self.total = enabled, log_interval, total
+        self._t0: float | None = None  # plain log lines: the ETA's clock starts at the first step logged
+        self._s0 = start
         self.bar = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
@@ -583,7 +585,12 @@ class Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled and (step % self.log_interval == 0 or step == self.total):
-            print(f"step {step}/{self.total} {info}", file=sys.stderr, flush=True)
+            now = time.perf_counter()
+            if self._t0 is None:
+                self._t0, self._s0 = now, step - 1
+            rate = (step - self._s0) / max(now - self._t0, 1e-9)  # steps/s since the first logged step
+            eta = (self.total - step) / rate if rate > 0 else 0.0
+            print(f"step {step}/{self.total} {info} | ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         if not self.enabled:

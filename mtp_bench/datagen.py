@@ -103,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data-dir", default=None, help="benchmark data folder (default $MTP_BENCH_DATA)")
     d.add_argument("--out", required=True, metavar="DIR", help="writes DIR/distill.jsonl and DIR/manifest.json")
     d.add_argument("--kinds", default="code,chat", help="comma list of code, chat (default both)")
-    d.add_argument("--max-prompts", type=int, default=1500, help="prompts per kind (default 1500)")
+    d.add_argument("--max-prompts", default="1500", help="prompts per kind: N, or KIND=N,KIND=N (default 1500)")
     d.add_argument("--max-new-tokens", type=int, default=160)
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--corpus", action="store_true", help="add the existing SmolLM2 corpus (stdlib code, MBPP and GSM8K chats)")
@@ -124,8 +124,10 @@ def main(args: argparse.Namespace) -> int:
         data_dir = args.data_dir or os.environ.get("MTP_BENCH_DATA")
         if not data_dir or not Path(data_dir).is_dir():
             raise UserError("data distill needs the benchmark data folder: --data-dir DIR or $MTP_BENCH_DATA")
-        build(args.model, Path(data_dir), Path(args.out), tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
-              args.max_prompts, args.max_new_tokens, args.batch_size, corpus=args.corpus, device=args.device,
+        from mtp_bench.distill import parse_max_prompts
+
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        build(args.model, Path(data_dir), Path(args.out), kinds, parse_max_prompts(args.max_prompts, kinds), args.max_new_tokens, args.batch_size, corpus=args.corpus, device=args.device,
               dtype=args.dtype, corpus_code_chars=args.corpus_code_chars, corpus_gsm8k=args.corpus_gsm8k)
         return 0
     out = Path(args.out)

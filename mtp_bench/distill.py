@@ -30,6 +30,7 @@ of the same command generates only what is missing; the final files are written 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import re
@@ -59,6 +60,7 @@ def file_sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------- prompts
 
 
+@functools.lru_cache(maxsize=2)
 def stdlib_function_prompts(max_chars: int = 1500) -> list[dict]:
     """Every top-level function with a docstring in this interpreter's standard library (tests and
     site-packages left out) as a HumanEval-style prompt: its `def` line(s) and docstring, nothing of
@@ -88,7 +90,7 @@ def stdlib_function_prompts(max_chars: int = 1500) -> list[dict]:
                 continue
             out.append({"id": f"stdlib/{rel.as_posix()}:{node.name}", "kind": "code", "source": "stdlib",
                         "prompt": text if text.endswith("\n") else text + "\n"})
-    return out
+    return out  # callers copy rows ({**p, ...}); the cached list is never changed
 
 
 def mbpp_rows(data_dir: Path) -> list[dict]:
@@ -157,9 +159,10 @@ def interleave(groups: list[list[dict]]) -> list[dict]:
     return out
 
 
-def select_prompts(data_dir: Path, hf_tok, kinds: tuple[str, ...], max_prompts: int) -> tuple[list[dict], dict]:
-    """The training prompts (at most max_prompts per kind), evaluation prompts removed. Returns
-    (prompts, exclusion counts)."""
+def select_prompts(data_dir: Path, hf_tok, kinds: tuple[str, ...], max_prompts: int | dict[str, int]) -> tuple[list[dict], dict]:
+    """The training prompts (at most max_prompts per kind: one number, or one per kind), evaluation
+    prompts removed. Returns (prompts, exclusion counts)."""
+    limit = max_prompts if isinstance(max_prompts, dict) else {k: max_prompts for k in kinds}
     mbpp = mbpp_rows(data_dir)
     groups = {"code": [stdlib_function_prompts(), mbpp_code_prompts(mbpp)] if "code" in kinds else [],
               "chat": [chat_prompts(data_dir, hf_tok, mbpp)] if "chat" in kinds else []}
@@ -171,7 +174,7 @@ def select_prompts(data_dir: Path, hf_tok, kinds: tuple[str, ...], max_prompts: 
     prompts, excluded = [], {"same_hash": 0, "contains_eval_text": 0}
     for kind in kinds:
         for p in interleave(groups[kind]):
-            if len([q for q in prompts if q["kind"] == kind]) >= max_prompts:
+            if sum(1 for q in prompts if q["kind"] == kind) >= limit.get(kind, 0):
                 break
             if sha256_text(p["prompt"]) in eval_hashes:
                 excluded["same_hash"] += 1
@@ -199,7 +202,27 @@ def _read_partial(path: Path) -> dict[str, dict]:
     return done
 
 
-def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...] = KINDS, max_prompts: int = 1500,
+def parse_max_prompts(raw: str, kinds: tuple[str, ...]) -> dict[str, int]:
+    """"1500" -> the same for every kind; "code=900,chat=500" -> per kind.
+
+    >>> parse_max_prompts("code=900,chat=500", ("code", "chat"))
+    {'code': 900, 'chat': 500}
+    """
+    try:
+        if "=" not in raw:
+            return {k: int(raw) for k in kinds}
+        out = {}
+        for part in (p.strip() for p in raw.split(",") if p.strip()):
+            k, _, n = part.partition("=")
+            if k.strip() not in kinds:
+                raise ConfigError(f"--max-prompts: {k.strip()!r} is not one of the kinds {', '.join(kinds)}")
+            out[k.strip()] = int(n)
+        return out
+    except ValueError:
+        raise ConfigError(f"--max-prompts expects N or KIND=N,KIND=N, got {raw!r}") from None
+
+
+def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...] = KINDS, max_prompts: int | dict[str, int] = 1500,
           max_new_tokens: int = 160, batch_size: int = 64, chunk: int = 128, corpus: bool = False,
           device: str | None = None, dtype: str | None = None, verbose: bool = True,
           corpus_code_chars: int = 600_000, corpus_gsm8k: int = 1500) -> Path:
@@ -213,7 +236,8 @@ def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...]
     for k in kinds:
         if k not in KINDS:
             raise ConfigError(f"data distill: unknown kind {k!r}; kinds: {', '.join(KINDS)}")
-    if max_prompts < 1 or max_new_tokens < 1 or batch_size < 1:
+    lim = max_prompts if isinstance(max_prompts, dict) else {k: max_prompts for k in kinds}
+    if min(lim.values(), default=0) < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ConfigError("data distill: --max-prompts, --max-new-tokens and --batch-size must be >= 1")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.errors import DataError
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.errors import DataError
+from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.scoring.metrics import mean_metric
 
 
 @register

@@ -24,9 +24,10 @@ counts the samples that pass the base inputs but not the plus ones. Protocols ar
 
 from __future__ import annotations
 
-from mtp_bench import chat, evalplus
-from mtp_bench.code_extract import chat_solution
-from mtp_bench.registry import register
+from mtp_bench.api.registry import register
+from mtp_bench.generation import chat
+from mtp_bench.scoring import evalplus
+from mtp_bench.scoring.code_extract import chat_solution
 
 VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.evalplus)
 DATASET = "humaneval_plus"

@@ -23,9 +23,10 @@ chat mode.
 
 from __future__ import annotations
 
-from mtp_bench import chat, evalplus
-from mtp_bench.code_extract import extract_fenced, sanitize
-from mtp_bench.registry import register
+from mtp_bench.api.registry import register
+from mtp_bench.generation import chat
+from mtp_bench.scoring import evalplus
+from mtp_bench.scoring.code_extract import extract_fenced, sanitize
 
 VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.evalplus)
 DATASET = "mbpp_plus"

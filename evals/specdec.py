@@ -39,10 +39,16 @@ from pathlib import Path
 
 import torch
 
-from mtp_bench.errors import ConfigError, DataError, UnknownNameError
-from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
-from mtp_bench.speculative import DecodeResult, LosslessError, is_sequential, plain_decode, speculative_decode
+from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.api.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.generation.speculative import (
+    DecodeResult,
+    LosslessError,
+    is_sequential,
+    plain_decode,
+    speculative_decode,
+)
+from mtp_bench.scoring.metrics import mean_metric, normal_ci95, point_metric
 
 PROMPT_SETS = ("code", "text", "chat")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
@@ -236,7 +242,7 @@ class SpecDec(Evaluator):
         greedy = c.temperature == 0
 
         # 1) prompts: deterministic set, first n (then --limit), encoded and left-truncated to fit
-        from mtp_bench.generation import encode_prompt, uses_bos  # the generation engine's BOS rule
+        from mtp_bench.generation.engine import encode_prompt, uses_bos  # the generation engine's BOS rule
 
         named = (code_prompts() if c.prompt_set == "code"
                  else text_prompts(ctx.data_dir, c.source) if c.prompt_set == "text"

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtp_bench.errors import ConfigError
-from mtp_bench.metrics import mean_metric, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.scoring.metrics import mean_metric, point_metric
 
 
 def code_prompts() -> list[tuple[str, str]]:
@@ -80,7 +80,7 @@ class SpecDecVLLM(Evaluator):
                                   "warmup >= 0")
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.vllm_backend import NeedsVLLMBackend
+        from mtp_bench.generation.vllm import NeedsVLLMBackend
 
         if not hasattr(model, "speculative_generate"):
             raise NeedsVLLMBackend("specdec_vllm runs through vLLM: give --backend vllm and a Hugging Face "

@@ -62,8 +62,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import EvalOutput, Evaluator, Metric, RunContext, register
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -378,7 +378,7 @@ class Summarization(Evaluator):
 
     def aggregate(self, scored: list[dict]) -> tuple[dict[str, Metric], dict]:
         """Means over documents (one score per document: several samples of one document are averaged)."""
-        from mtp_bench.metrics import mean_metric
+        from mtp_bench.scoring.metrics import mean_metric
 
         per_doc: dict[int, list[dict]] = {}
         for r in scored:
@@ -399,8 +399,8 @@ class Summarization(Evaluator):
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.generation import GenerationConfig, uses_bos
-        from mtp_bench.registry import GenRequest
+        from mtp_bench.api.registry import GenRequest
+        from mtp_bench.generation.engine import GenerationConfig, uses_bos
 
         cfg = self.config
         spec = DATASETS[cfg.dataset]

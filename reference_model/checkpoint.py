@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 
 FORMAT_NAME = "mtp-bench"

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.atomic import atomic_write_bytes
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.atomic import atomic_write_bytes
+from mtp_bench.api.errors import ConfigError, DataError
 
 CACHE_FORMAT_VERSION = 1  # bump when the cached token layout changes
 # stdlib sub-trees that are tests, vendored packages or byte caches, not library source
@@ -79,7 +79,7 @@ def _folder_documents(root: Path, patterns: list[str], exclude: set[str]) -> lis
 
 
 def _jsonl_documents(path: Path, field: str) -> list[Document]:
-    from mtp_bench.jsonl import read_lines
+    from mtp_bench.api.jsonl import read_lines
 
     docs = []
     for i, rec in read_lines(path, "corpus"):
@@ -94,7 +94,7 @@ def _jsonl_documents(path: Path, field: str) -> list[Document]:
 
 def _jsonl_pairs(path: Path, prompt_field: str, target_field: str) -> list[Document]:
     """Prompt/target documents of a JSONL file: prompt in `prompt_field`, target in `target_field`."""
-    from mtp_bench.jsonl import read_lines
+    from mtp_bench.api.jsonl import read_lines
 
     docs = []
     for i, rec in read_lines(path, "corpus"):

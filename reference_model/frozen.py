@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.api.errors import ConfigError
 from mtp_bench.reference_model.model import Transformer, _attn_context
 
 FIELDS = ("h", "h0", "nll", "topi", "topp")

@@ -27,7 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mtp_bench.errors import CheckpointError
+from mtp_bench.api.errors import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = ("llama", "mistral", "qwen2")  # general.architecture values hf_import can take
@@ -75,7 +75,7 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def file_sha256(path: Path) -> str:
-    from mtp_bench.adapters import weights_sha256  # cached per (path, mtime, size)
+    from mtp_bench.models.adapters import weights_sha256  # cached per (path, mtime, size)
 
     return weights_sha256([path])
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.api.errors import ConfigError
 
 HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential", "medusa")
 MTP_CONCAT = ("hidden_first", "embedding_first")

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.reference_model.model import ModelConfig, SequentialModule, Transformer
 
 HEADS_FORMAT = "mtp-bench-heads"
@@ -87,7 +87,7 @@ def _kind(source: str) -> str:
 
 def load_base(source: str, device=None, dtype=None):
     """BASE as an MTPModel (reference backend, one head); ConfigError if it cannot take heads."""
-    from mtp_bench.adapters import load
+    from mtp_bench.models.adapters import load
 
     m = load(source, device=device, dtype=dtype)
     if getattr(m, "backend", None) != "reference":
@@ -297,7 +297,7 @@ def load_heads(d: Path, device=None, dtype=None, base: str | None = None):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mtp_bench.adapters import MTPModel
+    from mtp_bench.models.adapters import MTPModel
 
     c = read_heads_config(d)
     source = find_base(c, d, base)
@@ -356,7 +356,7 @@ class BaseTokenizer:
         return hashlib.sha256(self.to_str().encode()).hexdigest()
 
     def save(self, path) -> None:
-        from mtp_bench.atomic import atomic_open
+        from mtp_bench.api.atomic import atomic_open
 
         with atomic_open(path, "w", encoding="utf-8") as f:
             f.write(self.to_str())

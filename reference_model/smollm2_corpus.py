@@ -21,8 +21,8 @@ import re
 import sysconfig
 from pathlib import Path
 
-from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import DataError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import DataError
 
 
 def chat_text(tok, user: str, assistant: str) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import CheckpointError, ConfigError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]

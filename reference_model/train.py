@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_forward_backward
 from mtp_bench.reference_model.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, tokenizer_summary, train_bpe

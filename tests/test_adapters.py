@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench import adapters
-from mtp_bench.errors import CheckpointError, UnknownNameError
-from mtp_bench.protocols import KVCache, Model
+from mtp_bench.api.errors import CheckpointError, UnknownNameError
+from mtp_bench.api.protocols import KVCache, Model
+from mtp_bench.models import adapters
 from mtp_bench.reference_model.checkpoint import export_checkpoint, save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 

@@ -1,6 +1,6 @@
 import json
 
-from mtp_bench.cache import JsonlCache, generation_key
+from mtp_bench.generation.cache import JsonlCache, generation_key
 
 BASE = dict(weights_sha256="w" * 64, evaluator="humaneval", evaluator_version="1.0", sample_id="HumanEval/0",
             sample_index=0, gen_config={"max_new_tokens": 8, "temperature": 0.0}, prompt="def f():", seed=None)

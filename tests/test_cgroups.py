@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtp_bench import cgroups, sandbox
+from mtp_bench.execution import cgroups, sandbox
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtp_bench.code_extract import (
+from mtp_bench.scoring.code_extract import (
     as_body,
     chat_solution,
     defines,

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from mtp_bench import compare, stats
+from mtp_bench.api.registry import EvalOutput, Evaluator
 from mtp_bench.cli import main
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import EvalOutput, Evaluator
-from mtp_bench.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
+from mtp_bench.reporting import compare
+from mtp_bench.reporting.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
+from mtp_bench.scoring import stats
+from mtp_bench.scoring.metrics import mean_metric
 
 
 def _json(capsys, argv):
@@ -74,7 +75,7 @@ def test_paired_test_is_the_bootstrap_of_the_per_sample_values(shipped_results, 
 
 
 def test_per_sample_values_reproduce_every_metric_they_are_used_for(shipped_results):
-    from mtp_bench.results import load_result
+    from mtp_bench.reporting.results import load_result
 
     path = shipped_results["mtp4-code"]
     doc = load_result(path)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mtp_bench import results
-from mtp_bench.cache import GENERATIONS_FILE, JsonlCache, open_run_cache
+from mtp_bench.api.errors import ConfigError
 from mtp_bench.cli import main
-from mtp_bench.distributed import rank_device, shard_of
-from mtp_bench.errors import ConfigError
+from mtp_bench.generation.cache import GENERATIONS_FILE, JsonlCache, open_run_cache
+from mtp_bench.generation.distributed import rank_device, shard_of
+from mtp_bench.reporting import results
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 6  # HumanEval/0..5: sha256 puts 3 on each of 2 ranks (the tests check that both have work)
@@ -25,7 +25,7 @@ ARGS = ["--evals", "humaneval", "--limit", str(LIMIT), "--device", "cpu", "--see
 # The killed run: rank 1 SIGKILLs itself when it starts its second batch, after the first is in its cache.
 KILL_SCRIPT = """
 import os, signal, sys
-import mtp_bench.generation as G
+import mtp_bench.generation.engine as G
 real, calls = G.generate, [0]
 def generate(*a, **k):
     calls[0] += 1
@@ -170,7 +170,7 @@ def test_single_process_provenance_says_world_size_one(reference):
 def test_doctests_run():
     import doctest
 
-    from mtp_bench import distributed
+    from mtp_bench.generation import distributed
 
     failures, tried = doctest.testmod(distributed)
     assert failures == 0 and tried > 0

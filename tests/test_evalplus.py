@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from mtp_bench import evalplus as ep
-from mtp_bench.errors import DataError, UnknownNameError
+from mtp_bench.api.errors import DataError, UnknownNameError
+from mtp_bench.scoring import evalplus as ep
 
 # problems that exercise each rule: float atol (HumanEval/2, Mbpp/82), exact outputs (HumanEval/0,
 # /12), MBPP+'s set equality and tuple inputs (Mbpp/2), nested tuples (/63), float+complex (/124),

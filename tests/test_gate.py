@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from mtp_bench.api.registry import EvalOutput, Evaluator
 from mtp_bench.cli import main
-from mtp_bench.gate import load_policy
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import EvalOutput, Evaluator
-from mtp_bench.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
-from mtp_bench.stats import mcnemar_exact
+from mtp_bench.reporting.gate import load_policy
+from mtp_bench.reporting.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
+from mtp_bench.scoring.metrics import mean_metric
+from mtp_bench.scoring.stats import mcnemar_exact
 
 
 def _write(path, passes, loss, version="1.0", with_samples=False, speed=None):

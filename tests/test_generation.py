@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mtp_bench.errors import ConfigError
-from mtp_bench.generation import GenerationConfig, generate, sample_next, trim_at_stop
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation.engine import GenerationConfig, generate, sample_next, trim_at_stop
 
 # --------------------------------------------------------------------------- fakes
 
@@ -404,7 +404,7 @@ def test_finished_rows_leave_the_batch_and_change_nothing(exported, monkeypatch)
 
 
 def test_uses_bos_by_format():
-    from mtp_bench.generation import uses_bos
+    from mtp_bench.generation.engine import uses_bos
 
     class M:
         tokenizer = ByteTokenizer()

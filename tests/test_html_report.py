@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mtp_bench import html_report
+from mtp_bench.api.registry import EvalOutput, Evaluator
 from mtp_bench.cli import main
-from mtp_bench.compare import build, columns_from_files
-from mtp_bench.metrics import mean_metric, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator
-from mtp_bench.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
+from mtp_bench.reporting import html as html_report
+from mtp_bench.reporting.compare import build, columns_from_files
+from mtp_bench.reporting.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
+from mtp_bench.scoring.metrics import mean_metric, point_metric
 
 IMG = re.compile(r"<img alt='([^']*)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>")
 

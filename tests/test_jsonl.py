@@ -4,8 +4,8 @@ import doctest
 
 import pytest
 
-from mtp_bench import jsonl
-from mtp_bench.errors import DataError
+from mtp_bench.api import jsonl
+from mtp_bench.api.errors import DataError
 
 
 def test_doctest_runs():

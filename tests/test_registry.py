@@ -4,11 +4,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from mtp_bench import registry
-from mtp_bench.errors import ConfigError, UnknownNameError
-from mtp_bench.generation import GenerationConfig, generate
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import DuplicateNameError, EvalOutput, Evaluator, GenRequest, RunContext, register, sample_seed
+from mtp_bench.api import registry
+from mtp_bench.api.errors import ConfigError, UnknownNameError
+from mtp_bench.api.registry import (
+    DuplicateNameError,
+    EvalOutput,
+    Evaluator,
+    GenRequest,
+    RunContext,
+    register,
+    sample_seed,
+)
+from mtp_bench.generation.engine import GenerationConfig, generate
+from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel, isolated_registry
 
 
@@ -128,7 +136,7 @@ def _requests(n=5):
 
 
 def test_ctx_generate_serves_cache_hits_and_generates_only_misses(tmp_path):
-    from mtp_bench.cache import JsonlCache
+    from mtp_bench.generation.cache import JsonlCache
 
     model = FakeModel(responses={"prompt number 1: x": " ONE"})
     cfg = GenerationConfig(max_new_tokens=6, batch_size=2)
@@ -162,7 +170,7 @@ def test_ctx_generate_sampling_is_independent_of_batch_size(tmp_path):
 
 
 def test_ctx_generate_sampled_cache_key_includes_seed(tmp_path):
-    from mtp_bench.cache import JsonlCache
+    from mtp_bench.generation.cache import JsonlCache
 
     model = FakeModel(sharpness=0.5)
     cfg = GenerationConfig(max_new_tokens=5, temperature=1.0)
@@ -188,7 +196,7 @@ def test_runcontext_progress_is_a_noop_by_default(tmp_path):
 
 
 def test_ctx_generate_cache_is_shared_across_batch_sizes(tmp_path):
-    from mtp_bench.cache import JsonlCache
+    from mtp_bench.generation.cache import JsonlCache
 
     model = FakeModel(sharpness=0.5)
     reqs = _requests(4)
@@ -205,7 +213,9 @@ def test_ctx_generate_cache_is_shared_across_batch_sizes(tmp_path):
 def test_doctests_of_the_core_modules_run():
     import doctest
 
-    from mtp_bench import cache, runner, testing
+    from mtp_bench import testing
+    from mtp_bench.commands import run as runner
+    from mtp_bench.generation import cache
 
     for mod in (registry, cache, runner, testing):
         failures, tried = doctest.testmod(mod)

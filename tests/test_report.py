@@ -4,11 +4,11 @@ import json
 import pytest
 from rich.console import Console
 
-from mtp_bench import provenance, results
+from mtp_bench.api.registry import EvalOutput, Evaluator
 from mtp_bench.cli import main
-from mtp_bench.metrics import mean_metric, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator
-from mtp_bench.report import VersionMismatchError, comparison, render
+from mtp_bench.reporting import provenance, results
+from mtp_bench.reporting.show import VersionMismatchError, comparison, render
+from mtp_bench.scoring.metrics import mean_metric, point_metric
 from mtp_bench.testing import FakeModel
 
 
@@ -132,7 +132,7 @@ def test_show_bad_file_is_one_line_exit_2(tmp_path, capsys, content):
 
 
 def test_report_shows_the_sandbox_isolation_in_force():
-    from mtp_bench.report import sandbox_lines
+    from mtp_bench.reporting.show import sandbox_lines
 
     sb = {"in_force": ["pid_namespace", "network_namespace"], "not_in_force": ["user_namespace"]}
     doc = {"results": {"humaneval": {"candidate": {"info": {"sandbox": sb}}, "baseline": {"info": {"sandbox": sb}}},
@@ -148,7 +148,7 @@ def test_run_side_by_side_table_pairs_the_records_in_memory(tmp_path, capsys, mo
     from dataclasses import dataclass
 
     import mtp_bench
-    from mtp_bench.registry import register
+    from mtp_bench.api.registry import register
     from mtp_bench.testing import isolated_registry
 
     class Right(Evaluator):

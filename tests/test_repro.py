@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mtp_bench import repro
 from mtp_bench.cli import main
+from mtp_bench.commands import repro
 from mtp_bench.reference_model import train as T
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +108,7 @@ def test_an_arm_in_training_is_locked_and_a_dead_lock_is_taken_over(tmp_path):
     import subprocess
     import sys
 
-    from mtp_bench.errors import UserError
+    from mtp_bench.api.errors import UserError
 
     out = tmp_path / "ckpt" / "n1-s0"
     lock = tmp_path / "ckpt" / "n1-s0.lock"
@@ -232,7 +232,7 @@ def test_memory_rule_reaches_every_outcome():
 
 
 def test_smoke_memory_end_to_end_and_reuse(tmp_path, monkeypatch, capsys):
-    from mtp_bench.benchmarks import train as B
+    from mtp_bench.commands.bench import train as B
 
     work, out = tmp_path / "work", tmp_path / "out"
     args = ["repro", "memory", "--budget", "smoke", "--work-dir", str(work), "--out", str(out), "--quiet"]

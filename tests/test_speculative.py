@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from mtp_bench import speculative
-from mtp_bench.errors import ConfigError
-from mtp_bench.speculative import acceptance_stats, plain_decode, speculative_decode
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation import speculative
+from mtp_bench.generation.speculative import acceptance_stats, plain_decode, speculative_decode
 
 MOD = 2**31 - 1
 
@@ -373,7 +373,7 @@ def test_sequential_reuse_of_the_last_module_drafts_past_its_depth():
 @pytest.mark.parametrize("kind", ["sequential", "parallel"])
 def test_data_acceptance_equals_drafting_on_the_real_prefixes(kind):
     """The teacher-forced shortcut gives the same prefix-acceptance as drafting step by step along the text."""
-    from mtp_bench.speculative import data_acceptance
+    from mtp_bench.generation.speculative import data_acceptance
 
     model = sequential_echo_model(0) if kind == "sequential" else echo_model("parallel")
     k = 3

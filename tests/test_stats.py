@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from mtp_bench import stats
+from mtp_bench.scoring import stats
 
 
 def test_binomial_cdf_is_exact_against_a_direct_sum():

@@ -14,9 +14,11 @@ import types
 
 import pytest
 
-from mtp_bench import registry, results, vllm_backend
+from mtp_bench.api import registry
+from mtp_bench.api.errors import ConfigError, DataError
 from mtp_bench.cli import main
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.generation import vllm as vllm_backend
+from mtp_bench.reporting import results
 
 STOPS = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")  # HumanEval's
 LIMIT = 3
@@ -68,7 +70,7 @@ class LLM:
         LLM.built.append(self)
 
     def generate(self, prompts, sampling_params=None, use_tqdm=True):
-        from mtp_bench.generation import GenerationConfig, _generate_batch
+        from mtp_bench.generation.engine import GenerationConfig, _generate_batch
 
         assert isinstance(prompts, list) and isinstance(sampling_params, list) and len(prompts) == len(sampling_params)
         self.calls.append({"prompts": prompts, "params": sampling_params})
@@ -181,7 +183,7 @@ def test_greedy_humaneval_through_vllm_equals_our_engine(fake_vllm, checkpoints,
     assert [r["prompt_ids"] if "prompt_ids" in r else None for r in vllm]  # records exist
     # prompts went as the token ids our engine uses
     import mtp_bench
-    from mtp_bench.generation import encode_prompt, uses_bos
+    from mtp_bench.generation.engine import encode_prompt, uses_bos
 
     m = mtp_bench.load(checkpoints["hf"], device="cpu")
     sent = sorted(tuple(p["prompt_token_ids"]) for p in call["prompts"])
@@ -269,7 +271,7 @@ class CannedLLM:
 
 
 def test_vllm_outputs_map_to_our_generations(fake_vllm, checkpoints):
-    from mtp_bench.generation import GenerationConfig
+    from mtp_bench.generation.engine import GenerationConfig
 
     backend = vllm_backend.resolve("vllm", [])
     model = backend.load(checkpoints["hf"])

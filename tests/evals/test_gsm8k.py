@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import REGISTRY, RunContext
 from mtp_bench.evals import gsm8k
-from mtp_bench.registry import REGISTRY, RunContext
 from mtp_bench.testing import FakeModel
 
 INV = gsm8k.INVALID

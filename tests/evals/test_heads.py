@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench.errors import DataError
+from mtp_bench.api.errors import DataError
+from mtp_bench.api.registry import RunContext
 from mtp_bench.evals.heads import Heads
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_loss
 from mtp_bench.reference_model.tokenizer import byte_tokenizer
-from mtp_bench.registry import RunContext
 
 
 @pytest.fixture

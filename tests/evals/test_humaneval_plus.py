@@ -9,11 +9,11 @@ import os
 
 import pytest
 
-from mtp_bench import chat
-from mtp_bench.errors import DataError
+from mtp_bench.api.errors import DataError
+from mtp_bench.api.registry import REGISTRY, RunContext
 from mtp_bench.evals import humaneval_plus as hp
-from mtp_bench.generation import Generation
-from mtp_bench.registry import REGISTRY, RunContext
+from mtp_bench.generation import chat
+from mtp_bench.generation.engine import Generation
 from mtp_bench.testing import FakeModel
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"

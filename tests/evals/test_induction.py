@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import RunContext
 from mtp_bench.cli import main
-from mtp_bench.errors import ConfigError, DataError
 from mtp_bench.evals import induction as I
 from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 from mtp_bench.reference_model.tokenizer import byte_tokenizer, train_bpe
-from mtp_bench.registry import RunContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import REGISTRY, RunContext
 from mtp_bench.evals import summarization as S
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import REGISTRY, RunContext
+from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel, FakeTokenizer
 
 TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
@@ -287,8 +287,8 @@ def test_prompt_target_corpus_errors(tmp_path):
 
 
 def test_zero_config_nl_settings_are_valid_subsets():
-    from mtp_bench.registry import config_from_dict
-    from mtp_bench.runner import DEFAULT_RUN_CONFIG
+    from mtp_bench.api.registry import config_from_dict
+    from mtp_bench.commands.run import DEFAULT_RUN_CONFIG
 
     for name in ("gsm8k", "summarization"):
         cfg = config_from_dict(REGISTRY[name].Config, DEFAULT_RUN_CONFIG[name], owner=name)
@@ -298,9 +298,9 @@ def test_zero_config_nl_settings_are_valid_subsets():
 def test_auto_template_uses_the_tokenizers_chat_template():
     from transformers import PreTrainedTokenizerFast
 
-    from mtp_bench.adapters import HFTokenizer
+    from mtp_bench.commands.run import default_checkpoints_dir
     from mtp_bench.evals.summarization import chat_tokenizer, render_chat
-    from mtp_bench.runner import default_checkpoints_dir
+    from mtp_bench.models.adapters import HFTokenizer
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(default_checkpoints_dir() / "ntp-code" / "tokenizer.json"))
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.cli import main as cli_main
-from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 from mtp_bench.reference_model.tokenizer import byte_tokenizer

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench.adapters import MTPModel
+from mtp_bench.api.errors import CheckpointError
 from mtp_bench.cli import main
-from mtp_bench.errors import CheckpointError
+from mtp_bench.models.adapters import MTPModel
 from mtp_bench.reference_model import gguf_import
 from mtp_bench.reference_model.pretrained_heads import smollm2_gguf
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.api.errors import ConfigError
 from mtp_bench.reference_model.model import (
     HEAD_TYPES,
     ModelConfig,

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.cli import main
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.generation.speculative import plain_decode, speculative_decode
 from mtp_bench.reference_model import pretrained_heads as PH
 from mtp_bench.reference_model import train as T
-from mtp_bench.speculative import plain_decode, speculative_decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,7 +185,7 @@ def test_bad_heads_configs_are_refused(tmp_path):
 
 
 def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_installed(monkeypatch, tmp_path):
-    from mtp_bench import runner
+    from mtp_bench.commands import run as runner
 
     ckpts = tmp_path / "checkpoints"
     (ckpts / runner.SPEED_CANDIDATE).mkdir(parents=True)

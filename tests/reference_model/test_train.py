@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model import train as T
 from mtp_bench.reference_model.checkpoint import load_checkpoint
@@ -280,7 +280,7 @@ if __name__ == "__main__" and "--regen" in sys.argv:
 def test_bench_train_worker_reports_memory_time_and_loss():
     import statistics
 
-    from mtp_bench.benchmarks.train import measure_step, ratios
+    from mtp_bench.commands.bench.train import measure_step, ratios
     from mtp_bench.reference_model.model import ModelConfig, Transformer
 
     spec = dict(dim=32, n_layers=4, n_heads=2, vocab_size=128, seq_len=16, batch_size=2, warmup=1, steps=2,

@@ -1,0 +1,1 @@
+"""The contracts every layer builds on: errors, file helpers, protocols, the evaluator registry."""

@@ -1,0 +1,1 @@
+"""Reporting: result files, provenance, pairing, text and HTML reports, compare, gate."""

@@ -1,0 +1,1 @@
+"""Scoring: metrics, statistics, pass@k, code extraction, EvalPlus checks."""

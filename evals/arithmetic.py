@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtp_bench.api import EvalOutput, Evaluator, GenRequest, RunContext, register
 from mtp_bench.api.errors import ConfigError
-from mtp_bench.api.registry import EvalOutput, Evaluator, GenRequest, RunContext, register
 from mtp_bench.scoring.metrics import mean_metric
 
 P = 7  # coefficients live in F7

@@ -57,8 +57,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api.paths import data_dirs
 
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 FILES = {"test": "test.jsonl", "train": "train.jsonl"}
@@ -250,8 +251,7 @@ def load_split(data_dir: Path | str | list | None = None, split: str = "test") -
     """The split's problems in file order: [{question, answer}]. Local file first, then the hub."""
     if split not in FILES:
         raise ConfigError(f"unknown gsm8k split {split!r}; valid: {', '.join(FILES)}")
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d).expanduser() for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
+    dirs = data_dirs(data_dir)
     looked = [p for d in dirs for p in (d / "gsm8k" / FILES[split], d / FILES[split])]
     path = next((p for p in looked if p.is_file()), None)
     if path is not None:
@@ -394,7 +394,7 @@ class GSM8K(Evaluator):
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.api.registry import GenRequest
+        from mtp_bench.api import GenRequest
         from mtp_bench.generation.engine import GenerationConfig
         from mtp_bench.scoring.passk import sampling_runs
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import DataError
-from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.scoring.metrics import mean_metric
 
 

@@ -47,8 +47,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.generation import chat
 from mtp_bench.scoring.code_extract import chat_solution, extract_fenced
 from mtp_bench.scoring.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)

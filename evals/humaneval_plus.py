@@ -24,7 +24,7 @@ counts the samples that pass the base inputs but not the plus ones. Protocols ar
 
 from __future__ import annotations
 
-from mtp_bench.api.registry import register
+from mtp_bench.api import register
 from mtp_bench.generation import chat
 from mtp_bench.scoring import evalplus
 from mtp_bench.scoring.code_extract import chat_solution

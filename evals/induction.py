@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.generation.engine import uses_bos
 from mtp_bench.scoring.metrics import mean_metric, normal_ci95
 

@@ -57,8 +57,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.paths import cache_dir, data_dirs
 from mtp_bench.generation import chat
 from mtp_bench.scoring.code_extract import entry_point_of_tests, extract_fenced, sanitize
 from mtp_bench.scoring.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
@@ -83,8 +84,7 @@ def _env_offline() -> bool:
 
 def _cache_dir() -> str:
     """A writable cache for `datasets`' Arrow files, never inside the (read-only) data dir."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "mtp-bench", "datasets")  # beside the runner's ~/.cache/mtp-bench/runs
+    return str(cache_dir("datasets"))  # beside the runs' cache_dir("runs")
 
 
 def _candidates(data_dir: Path | None, file_name: str) -> list[Path]:
@@ -120,9 +120,7 @@ def load_all(data_dir: Path | str | list | None = None, variant: str = "full") -
     import datasets
 
     file_name = FILES[variant]
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d) for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
-    looked = [p for d in dirs for p in _candidates(d, file_name)]
+    looked = [p for d in data_dirs(data_dir) for p in _candidates(d, file_name)]
     path = next((p for p in looked if p.is_file()), None)
     if path is not None:
         from mtp_bench.execution.pool import hide_path

@@ -23,7 +23,7 @@ chat mode.
 
 from __future__ import annotations
 
-from mtp_bench.api.registry import register
+from mtp_bench.api import register
 from mtp_bench.generation import chat
 from mtp_bench.scoring import evalplus
 from mtp_bench.scoring.code_extract import extract_fenced, sanitize

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
+from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
-from mtp_bench.api.registry import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.generation.speculative import (
     DecodeResult,
     LosslessError,

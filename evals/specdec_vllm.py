@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError
-from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.scoring.metrics import mean_metric, point_metric
 
 

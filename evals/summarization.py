@@ -62,8 +62,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api.paths import data_dirs
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -219,8 +220,7 @@ def load_split(dataset: str, data_dir: Path | str | list | None = None) -> tuple
     if dataset not in DATASETS:
         raise ConfigError(f"unknown summarization dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d).expanduser() for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
+    dirs = data_dirs(data_dir)
     looked = [d / spec.local for d in dirs]
     path = next((p for p in looked if p.is_file()), None)
     rows: list[dict]
@@ -399,7 +399,7 @@ class Summarization(Evaluator):
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.api.registry import GenRequest
+        from mtp_bench.api import GenRequest
         from mtp_bench.generation.engine import GenerationConfig, uses_bos
 
         cfg = self.config

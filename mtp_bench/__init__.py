@@ -1,13 +1,19 @@
-"""mtp-bench: evaluation and benchmarking for multi-token-prediction language models."""
+"""mtp-bench: evaluation and benchmarking for multi-token-prediction language models.
 
-__version__ = "0.1.0"
+    model = mtp_bench.load("reference_model/checkpoints/mtp4-code")          # any supported format
+    result = mtp_bench.evaluate(model, ["humaneval", "heads"], baseline="reference_model/checkpoints/ntp-code")
+
+Both import their layer on first use, so `import mtp_bench` stays light (docs/ARCHITECTURE.md).
+"""
+
+from mtp_bench.api.version import __version__
 
 
 def load(path, device=None, dtype=None, base=None):
     """Load a model from a native mtp-bench checkpoint, a Meta-format MTP checkpoint, a
     Hugging Face causal-LM directory, a GGUF file or a heads-only checkpoint (`base`: where its
-    base model is, when not at the recorded path). See `mtp_bench.adapters.load`."""
-    from mtp_bench.models.adapters import load as _load
+    base model is, when not at the recorded path). See `mtp_bench.models.loader.load`."""
+    from mtp_bench.models.loader import load as _load
 
     return _load(path, device=device, dtype=dtype, base=base)
 

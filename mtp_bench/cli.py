@@ -12,8 +12,8 @@ import argparse
 import importlib
 import sys
 
-from mtp_bench import __version__
 from mtp_bench.api.errors import UserError
+from mtp_bench.api.version import __version__
 
 EPILOG = """examples:
   mtp-bench run --suite code                              # mtp4-code vs ntp-code, offline
@@ -37,8 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "run": ("mtp_bench.commands.run", "add_run_arguments", "run_main", "run a suite or evaluators on a model (and a baseline)"),
     "ls": ("mtp_bench.commands.run", "add_ls_arguments", "ls_main", "list evaluators and suites"),
     "show": ("mtp_bench.reporting.show", "add_show_arguments", "show_main", "print a saved result file as a report"),
-    "train": ("mtp_bench.reference_model.train", "add_arguments", "main", "train a reference MTP model"),
-    "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
+    "train": ("mtp_bench.commands.train", "add_arguments", "main", "train a reference MTP model"),
+    "export": ("mtp_bench.commands.export", "add_arguments", "main", "export a checkpoint to another format"),
     "exec": ("mtp_bench.scoring.evalplus", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
     "gate": ("mtp_bench.reporting.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
     "compare": ("mtp_bench.reporting.compare", "add_arguments", "main", "compare result files side by side with paired tests"),

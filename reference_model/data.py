@@ -27,6 +27,7 @@ import torch
 
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.paths import cache_root
 
 CACHE_FORMAT_VERSION = 1  # bump when the cached token layout changes
 # stdlib sub-trees that are tests, vendored packages or byte caches, not library source
@@ -34,9 +35,8 @@ STDLIB_EXCLUDE = {"test", "tests", "idle_test", "site-packages", "dist-packages"
 
 
 def default_cache_dir() -> Path:
-    """~/.cache/mtp-bench, or $MTP_BENCH_CACHE when set."""
-    env = os.environ.get("MTP_BENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtp-bench"
+    """The cache root (`mtp_bench.api.paths.cache_root`: $MTP_BENCH_CACHE_DIR, else ~/.cache/mtp-bench)."""
+    return cache_root()
 
 
 @dataclass(frozen=True)

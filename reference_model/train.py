@@ -21,8 +21,6 @@ as one process with grad_accum=a*W.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import random
@@ -45,7 +43,10 @@ import torch.nn as nn
 
 from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.api.version import __version__
 from mtp_bench.reference_model import data as D
+from mtp_bench.reference_model import pretrained_heads as PH
+from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_forward_backward
 from mtp_bench.reference_model.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, tokenizer_summary, train_bpe
 
@@ -77,7 +78,7 @@ class TrainConfig:
     corpus_field: str = "text"  # JSONL corpora: the field holding each document (the prompt, with target_field)
     target_field: str = ""  # JSONL prompt/target corpora (fine-tuning): the target field; loss on target tokens only
     val_fraction: float = 0.02  # share of DOCUMENTS held out for validation (by hash of their name)
-    cache_dir: str = ""  # token/tokenizer cache; "" = $MTP_BENCH_CACHE or ~/.cache/mtp-bench
+    cache_dir: str = ""  # token/tokenizer cache; "" = the cache root ($MTP_BENCH_CACHE_DIR, else ~/.cache/mtp-bench)
     # --- batch and length ---
     seq_len: int = 256  # tokens per training window (= the model's max_seq_len)
     batch_size: int = 8  # windows per micro-batch per rank
@@ -197,46 +198,6 @@ PRESETS: dict[str, dict] = {
                   seq_len=256, batch_size=8, max_steps=800, lr=1e-3, warmup_steps=80, eval_interval=100,
                   eval_batches=8, ckpt_interval=50),
 }
-
-
-def _parse_value(key: str, raw: str, hint) -> object:
-    """Turn a --set string into the field's type: int, float, str, bool, X | None, tuple[float, ...]."""
-    args = typing.get_args(hint)
-    if type(None) in args:  # Optional[X]
-        if raw.strip().lower() in ("none", "null", ""):
-            return None
-        hint = next(a for a in args if a is not type(None))
-    try:
-        if typing.get_origin(hint) is tuple:
-            return tuple(float(x) for x in raw.replace("(", "").replace(")", "").split(",") if x.strip())
-        if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if hint is int:
-            return int(raw)
-        if hint is float:
-            return float(raw)
-        return raw
-    except ValueError:
-        raise ConfigError(f"--set {key}={raw}: not a valid {getattr(hint, '__name__', hint)}") from None
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """["lr=1e-3", "n_future=1"] -> {"lr": 0.001, "n_future": 1}, typed by TrainConfig's fields."""
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        if key not in hints:
-            raise ConfigError(f"unknown train config key {key!r}; valid keys: {', '.join(f.name for f in fields(TrainConfig))}")
-        out[key] = _parse_value(key, raw.strip(), hints[key])
-    return out
 
 
 def make_config(preset: str | None = None, overrides: dict | None = None) -> TrainConfig:
@@ -587,15 +548,16 @@ RESUME_MUTABLE = {"out", "eval_interval", "log_interval", "ckpt_interval", "devi
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, overrides: dict | None = None,
-          step_callback: Callable[[int, nn.Module], None] | None = None, verbose: bool = True) -> Path:
+          step_callback: Callable[[int, nn.Module], None] | None = None, verbose: bool = True,
+          init_model: Callable | None = None) -> Path:
     """Train per `cfg`; return the final checkpoint directory (cfg.out).
 
     step_callback(step, model) runs after each optimizer step (after any state save): tests use it
     to watch parameters or to simulate a crash. preset/overrides only go into training.json.
+    init_model(cfg, device) -> (model, tokenizer, base record): how `init=BASE` loads the base and
+    adds heads; loading a base needs the framework's loaders, so the caller passes it
+    (`mtp_bench.models.heads.init_model`, which `mtp-bench train` passes).
     """
-    from mtp_bench import __version__
-    from mtp_bench.reference_model.checkpoint import save_checkpoint
-
     t_start = time.time()
     if not cfg.out:
         raise ConfigError("no output directory: pass --out DIR (or set out=DIR)")
@@ -619,9 +581,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
     # 1) data and tokenizer (cached), model, optimizer, schedule, loader
     base = None
     if cfg.init:  # heads on a pretrained trunk: the model and tokenizer come from the base
-        from mtp_bench.reference_model import pretrained_heads as PH
-
-        model, base_tok, base = PH.init_model(cfg, device)
+        if init_model is None:
+            raise ConfigError("init=BASE needs a base loader: train(cfg, init_model=mtp_bench.models.heads.init_model), "
+                              "as `mtp-bench train --init BASE` does")
+        model, base_tok, base = init_model(cfg, device)
     tok, train_tokens, val_tokens, corpus_info = prepare_data(cfg, dd, base_tok if base else None)
     train_mask = val_mask = None  # loss masks of prompt/target corpora (target tokens only)
     if cfg.target_field:
@@ -834,55 +797,3 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             progress.message(f"saved {out} ({step} steps, {step * tokens_per_step:,} tokens)")
     dd.barrier()
     return out
-
-
-# -----------------------------------------------------------------------------
-# CLI
-
-HELP = """examples:
-  mtp-bench train --preset debug --out ckpt/debug                 # seconds: a smoke run
-  mtp-bench train --preset tiny --out ckpt/mtp4-tiny              # minutes on 2 CPU cores
-  mtp-bench train --preset tiny --set n_future=1 --out ckpt/ntp-tiny   # the next-token baseline
-  mtp-bench train --preset small --set lr=6e-4 --set head_type=linear --out ckpt/lin
-  mtp-bench train --preset tiny --set corpus=data/code.jsonl --set corpus_field=content --out ckpt/x
-  mtp-bench train --preset tiny --set corpus=xsum-train.jsonl --set corpus_field=prompt --set target_field=target --out ckpt/sum
-  mtp-bench train --preset tiny --out ckpt/mtp4-tiny --resume     # continue an interrupted run
-  torchrun --nproc_per_node 2 -m mtp_bench train --preset small --out ckpt/ddp   # data parallel
-  mtp-bench train --preset small --print-config                   # show the resolved config
-
-config: defaults < --preset < --set key=value (repeatable; any TrainConfig field, typed by it:
-  ints, floats, strings, `none`, comma lists like head_weights=1,0.5,0.5,0.5) < --out.
-  Resumable state is saved every ckpt_interval steps and on Ctrl-C to OUT.state/.
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = HELP + "\npresets: " + ", ".join(PRESETS) + "\nkeys: " + ", ".join(f.name for f in fields(TrainConfig))
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)} (default: none, the TrainConfig defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
-    parser.add_argument("--out", default=None, help="checkpoint directory to write (same as --set out=DIR)")
-    parser.add_argument("--init", default=None, metavar="BASE",
-                        help="add n_future-1 heads to this next-token model (.gguf, HF dir, hub id; same as --set init=BASE)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.state/")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def main(args: argparse.Namespace) -> int:
-    overrides = parse_overrides(args.overrides)
-    if args.out is not None:
-        overrides["out"] = args.out
-    if getattr(args, "init", None):
-        overrides["init"] = args.init
-    cfg = make_config(args.preset, overrides)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    try:
-        train(cfg, resume=args.resume, preset=args.preset, overrides=overrides, verbose=not args.quiet)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api import files
 from mtp_bench.api.errors import CheckpointError, UnknownNameError
 from mtp_bench.api.protocols import KVCache, Model
-from mtp_bench.models import adapters
 from mtp_bench.reference_model.checkpoint import export_checkpoint, save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 
@@ -21,7 +21,7 @@ LINES = ["def add(a, b):\n    return a + b", "the quick brown fox jumps over the
 @pytest.fixture(autouse=True)
 def _sha_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MTP_BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    adapters._SHA_MEMO.clear()
+    files._SHA_MEMO.clear()
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +96,16 @@ def test_weights_sha256_is_the_file_hash_and_is_cached(three, tmp_path):
     key = next(k for k, v in disk.items() if v == expected)
     disk[key] = "cached-marker"
     cache_file.write_text(json.dumps(disk))
-    adapters._SHA_MEMO.clear()
+    files._SHA_MEMO.clear()
     assert mtp_bench.load(paths["native"]).weights_sha256 == "cached-marker"
 
 
 def test_weights_sha256_changes_when_the_file_changes(tmp_path):
     w = tmp_path / "w.bin"
     w.write_bytes(b"a" * 10)
-    first = adapters.weights_sha256([w])
+    first = files.weights_sha256([w])
     w.write_bytes(b"b" * 11)
-    assert adapters.weights_sha256([w]) == hashlib.sha256(b"b" * 11).hexdigest() != first
+    assert files.weights_sha256([w]) == hashlib.sha256(b"b" * 11).hexdigest() != first
 
 
 def test_hf_adapter_left_padded_batch_equals_rows_alone(three):

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from mtp_bench.api.registry import Metric
+from mtp_bench.api.metric import Metric
 from mtp_bench.scoring import metrics
 from mtp_bench.scoring.metrics import delta, improved, intervals_overlap, mean_metric, point_metric
 

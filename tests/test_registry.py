@@ -5,16 +5,9 @@ from dataclasses import dataclass
 import pytest
 
 from mtp_bench.api import registry
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, UnknownNameError
-from mtp_bench.api.registry import (
-    DuplicateNameError,
-    EvalOutput,
-    Evaluator,
-    GenRequest,
-    RunContext,
-    register,
-    sample_seed,
-)
+from mtp_bench.api.registry import DuplicateNameError, EvalOutput, Evaluator, GenRequest, register, sample_seed
 from mtp_bench.generation.engine import GenerationConfig, generate
 from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel, isolated_registry
@@ -95,7 +88,7 @@ def test_register_rejects_config_fields_without_defaults(reg):
 
 def test_entry_point_plugins_are_registered(reg, tmp_path, monkeypatch):
     (tmp_path / "mtpb_plugin_mod.py").write_text(
-        "from mtp_bench.registry import Evaluator\n"
+        "from mtp_bench.api import Evaluator\n"
         "class Plug(Evaluator):\n"
         "    name = 'plug'; version = '0.3'; suites = ('nl',); description = 'a third-party evaluator'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -214,10 +207,10 @@ def test_doctests_of_the_core_modules_run():
     import doctest
 
     from mtp_bench import testing
-    from mtp_bench.commands import run as runner
+    from mtp_bench.api import config
     from mtp_bench.generation import cache
 
-    for mod in (registry, cache, runner, testing):
+    for mod in (registry, cache, config, testing):
         failures, tried = doctest.testmod(mod)
         assert tried > 0 and failures == 0, mod.__name__
 

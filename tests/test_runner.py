@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mtp_bench
-from mtp_bench.api import registry
+from mtp_bench.api import config, registry
 from mtp_bench.api.errors import CheckpointError
 from mtp_bench.api.registry import EvalOutput, Evaluator, GenRequest, register
 from mtp_bench.cli import main
@@ -288,15 +288,15 @@ def test_ls_lists_evaluators_with_suites_and_versions(env, capsys):
 def test_parse_value_types():
     from typing import Literal
 
-    assert runner.parse_value("3", int) == 3 and runner.parse_value("yes", bool) is True
-    assert runner.parse_value("0.2,0.8", tuple[float, ...]) == (0.2, 0.8)
-    assert runner.parse_value("1,10", list[int]) == [1, 10]
-    assert runner.parse_value("null", int | None) is None and runner.parse_value("4", int | None) == 4
-    assert runner.parse_value("full", Literal["full", "sanitized"]) == "full"
+    assert config.parse_value("3", int) == 3 and config.parse_value("yes", bool) is True
+    assert config.parse_value("0.2,0.8", tuple[float, ...]) == (0.2, 0.8)
+    assert config.parse_value("1,10", list[int]) == [1, 10]
+    assert config.parse_value("null", int | None) is None and config.parse_value("4", int | None) == 4
+    assert config.parse_value("full", Literal["full", "sanitized"]) == "full"
     with pytest.raises(ValueError, match="not one of full, sanitized"):
-        runner.parse_value("half", Literal["full", "sanitized"])
+        config.parse_value("half", Literal["full", "sanitized"])
     with pytest.raises(ValueError, match="not a boolean"):
-        runner.parse_value("maybe", bool)
+        config.parse_value("maybe", bool)
 
 
 def test_default_work_dir_is_keyed_by_out_path(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import ConfigError, UserError
+from mtp_bench.api.paths import resolve_data_dir
 
 EXAMPLES = __doc__.split("\n\n")[1]
 
@@ -115,12 +116,10 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset is None:
         raise UserError("give a dataset: mtp-bench data arithmetic|induction|distill ... (see --help)")
     if args.dataset == "distill":
-        import os
-
         from mtp_bench.commands.distill import build
 
-        data_dir = args.data_dir or os.environ.get("MTP_BENCH_DATA")
-        if not data_dir or not Path(data_dir).is_dir():
+        data_dir = resolve_data_dir(args.data_dir)
+        if data_dir is None:
             raise UserError("data distill needs the benchmark data folder: --data-dir DIR or $MTP_BENCH_DATA")
         build(args.model, Path(data_dir), Path(args.out), tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
               args.max_prompts, args.max_new_tokens, args.batch_size, corpus=args.corpus, device=args.device,

@@ -205,9 +205,9 @@ def build(model_path: str, data_dir: Path, out_dir: Path, kinds: tuple[str, ...]
     """Generate (or resume) the self-distillation corpus; returns DIR/distill.jsonl."""
     import torch
 
-    from mtp_bench import __version__
+    from mtp_bench.api.version import __version__
     from mtp_bench.generation.engine import GenerationConfig, generate
-    from mtp_bench.models.adapters import load
+    from mtp_bench.models.loader import load
 
     for k in kinds:
         if k not in KINDS:

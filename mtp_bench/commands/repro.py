@@ -85,6 +85,7 @@ from typing import Any
 
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import ConfigError, DataError, UserError
+from mtp_bench.api.paths import cache_root
 
 SCHEMA = "mtp-bench-repro/1"
 BUDGETS = ("smoke", "quick", "full")
@@ -476,7 +477,7 @@ def evaluate_arm(name: str, config: dict, ckpt: Path, device: str, work: Path, d
 
     import mtp_bench
     from mtp_bench.api import registry
-    from mtp_bench.api.registry import RunContext
+    from mtp_bench.api.context import RunContext
     from mtp_bench.commands.run import seed_everything
 
     cls = registry.get(name)
@@ -980,7 +981,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def _default_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtp-bench"
+    return cache_root()
 
 
 def _resolve_data_dir(data_dir: str | None) -> Path | None:

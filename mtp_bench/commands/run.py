@@ -23,15 +23,16 @@ import os
 import random
 import sys
 import time
-import types
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtp_bench.api import registry
-from mtp_bench.api.errors import ConfigError, DataError, UserError
-from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext
+from mtp_bench.api import paths, registry
+from mtp_bench.api.config import config_from_dict, parse_overrides
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import DataError, UserError
+from mtp_bench.api.registry import EvalOutput
+from mtp_bench.execution.pool import hide_path
 
 DEFAULT_CANDIDATE = "mtp4-code"
 DEFAULT_BASELINE = "ntp-code"
@@ -106,104 +107,6 @@ def add_ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for machines")
 
 
-# ----------------------------------------------------------------------------- --config parsing
-
-def parse_overrides(items: list[str], evaluators: list[type[Evaluator]]) -> dict[str, dict[str, Any]]:
-    """["humaneval.protocol=standard", ...] -> {"humaneval": {"protocol": "standard"}}, each value
-    converted to the type of its Config field. Unknown evaluator or field -> ConfigError."""
-    by_name = {cls.name: cls for cls in evaluators}
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        name, dot, fname = key.strip().partition(".")
-        if not eq or not dot or not name or not fname:
-            raise ConfigError(f"--config expects EVALUATOR.FIELD=VALUE, got {item!r}")
-        if name not in by_name:
-            raise ConfigError(f"--config {item!r}: {name!r} is not in this run; evaluators in this run: "
-                              f"{', '.join(by_name)}")
-        cls = by_name[name]
-        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-        if fname not in fields:
-            raise ConfigError(f"--config {item!r}: {name} has no field {fname!r}; valid fields: "
-                              f"{', '.join(fields) or 'none'}")
-        hints = _type_hints(cls.Config)
-        try:
-            value = parse_value(raw, hints.get(fname, fields[fname].type))
-        except ValueError as e:
-            raise ConfigError(f"--config {item!r}: {e}") from None
-        out.setdefault(name, {})[fname] = value
-    return out
-
-
-def _type_hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # an annotation that cannot be resolved: fall back to the raw field type
-        return {}
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
-
-
-def parse_value(raw: str, typ: Any) -> Any:
-    """Convert a command-line string to a Config field's type.
-
-    >>> parse_value("0.2,0.8", tuple[float, ...])
-    (0.2, 0.8)
-    >>> parse_value("none", int | None) is None
-    True
-    """
-    raw = raw.strip()
-    if isinstance(typ, str):  # unresolved annotation: its name is all we have
-        typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, Any)
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and raw.lower() in ("none", "null"):
-            return None
-        errors = []
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return parse_value(raw, a)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError("; ".join(errors))
-    if origin is typing.Literal:
-        for a in args:
-            if str(a) == raw:
-                return a
-        raise ValueError(f"{raw!r} is not one of {', '.join(map(str, args))}")
-    if origin in (tuple, list):
-        parts = [s for s in raw.split(",") if s.strip() != ""] if raw else []
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(parts) != len(args):
-                raise ValueError(f"expected {len(args)} comma-separated values, got {len(parts)}")
-            return tuple(parse_value(s, a) for s, a in zip(parts, args))
-        elem = args[0] if args else str
-        vals = [parse_value(s, elem) for s in parts]
-        return tuple(vals) if origin is tuple else vals
-    if typ is bool:
-        if raw.lower() not in _BOOLS:
-            raise ValueError(f"{raw!r} is not a boolean (true/false)")
-        return _BOOLS[raw.lower()]
-    if typ is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not an integer") from None
-    if typ is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
-    if typ is str:
-        return raw
-    try:  # anything else (dicts, Any): JSON, else the plain string
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 # ----------------------------------------------------------------------------- resolution helpers
 
 def default_checkpoints_dir() -> Path:
@@ -242,21 +145,11 @@ def resolve_model_paths(model: str | None, baseline: str | None) -> tuple[str, s
 
 
 def resolve_data_dir(data_dir: str | None) -> Path | None:
-    """--data-dir, else $MTP_BENCH_DATA, else None (each evaluator says what it needs)."""
-    raw, source = (data_dir, "--data-dir") if data_dir else (os.environ.get("MTP_BENCH_DATA"), "$MTP_BENCH_DATA")
-    if not raw:
-        return None
-    p = Path(raw).expanduser()
-    if not p.is_dir():
-        raise DataError(f"{source} {raw!r} is not a directory")
-    from mtp_bench.execution.pool import hide_path
-
-    hide_path(p)  # benchmark data: never visible to the programs the sandbox runs
+    """--data-dir, else $MTP_BENCH_DATA, else None (`mtp_bench.api.paths`), hidden from the sandbox."""
+    p = paths.resolve_data_dir(data_dir)
+    if p is not None:
+        hide_path(p)  # benchmark data: never visible to the programs the sandbox runs
     return p
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtp-bench"
 
 
 def resolve_work_dir(work_dir: str | None, out: Path | None, identity: dict[str, Any]) -> Path:
@@ -266,7 +159,7 @@ def resolve_work_dir(work_dir: str | None, out: Path | None, identity: dict[str,
         p = Path(work_dir).expanduser()
     else:
         ident = str(out.resolve()) if out is not None else json.dumps(identity, sort_keys=True)
-        p = cache_root() / "runs" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+        p = paths.cache_dir("runs") / hashlib.sha256(ident.encode()).hexdigest()[:16]
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -389,7 +282,7 @@ def _execute(args: argparse.Namespace, console: Any, argv: list[str] | None, gro
     if args.model is None:  # the zero-config run: shipped defaults under the user's --config
         for cls in classes:
             overrides[cls.name] = {**DEFAULT_RUN_CONFIG.get(cls.name, {}), **overrides.get(cls.name, {})}
-    evaluators = [cls(registry.config_from_dict(cls.Config, overrides.get(cls.name, {}), owner=cls.name))
+    evaluators = [cls(config_from_dict(cls.Config, overrides.get(cls.name, {}), owner=cls.name))
                   for cls in classes]
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")

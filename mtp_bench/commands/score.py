@@ -21,12 +21,12 @@ no output file. An evaluator takes part by providing `load_docs(data_dir)`,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 
 from mtp_bench.api import registry
 from mtp_bench.api.errors import DataError, UserError
+from mtp_bench.api.files import file_sha256
 
 SCORING_METHODS = ("load_docs", "score_completion", "aggregate")
 
@@ -95,19 +95,12 @@ def score_file(evaluator, generations: Path, data_dir: Path | None = None) -> tu
     return scored, metrics, info
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from mtp_bench.api.config import config_from_dict, parse_overrides
     from mtp_bench.api.registry import EvalOutput
-    from mtp_bench.commands.run import parse_overrides, resolve_data_dir
+    from mtp_bench.commands.run import resolve_data_dir
     from mtp_bench.reporting import results
     from mtp_bench.reporting.provenance import collect, utc_now
     from mtp_bench.reporting.show import render, report_console
@@ -119,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"{args.evaluator} does not score generations made elsewhere; evaluators that do: "
                         f"{', '.join(scoring_evaluators())} (for code, use `mtp-bench exec`)")
     overrides = parse_overrides(args.config, [cls])
-    evaluator = cls(registry.config_from_dict(cls.Config, overrides.get(cls.name, {}), owner=cls.name))
+    evaluator = cls(config_from_dict(cls.Config, overrides.get(cls.name, {}), owner=cls.name))
     out = Path(args.out).expanduser()
     if out.suffix != ".jsonl" or out.is_dir():
         raise UserError(f"--out must name a .jsonl file, got {str(args.out)!r}")

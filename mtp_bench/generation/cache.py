@@ -21,16 +21,25 @@ so they are shared across seeds).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.registry import Evaluator, GenRequest
+from mtp_bench.generation import engine
+from mtp_bench.generation.engine import Generation
+
+if TYPE_CHECKING:
+    from mtp_bench.generation.engine import GenerationConfig
 
 GENERATIONS_FILE = "generations.jsonl"
-RANK_FILE = "generations.rank{rank}.jsonl"  # written by rank r > 0 of a torchrun run (mtp_bench.distributed)
-
+RANK_FILE = "generations.rank{rank}.jsonl"  # written by rank r > 0 of a torchrun run (mtp_bench.generation.distributed)
 
 
 def generation_key(weights_sha256: str, evaluator: str, evaluator_version: str, sample_id: str,
@@ -153,3 +162,96 @@ def open_run_cache(work_dir: str | Path, rank: int = 0) -> JsonlCache:
         return JsonlCache(work_dir / RANK_FILE.format(rank=rank))
     others = sorted(work_dir.glob(RANK_FILE.format(rank="*")))
     return JsonlCache(work_dir / GENERATIONS_FILE, read_also=others)
+
+
+# ----------------------------------------------------------------------------- cached generation
+
+def cached_generate(ctx: RunContext, model: Any, requests: list[GenRequest], gen_config: GenerationConfig,
+                    evaluator: Evaluator) -> list[Generation]:
+    """What `RunContext.generate` does (installed there by `mtp_bench.generation`): generations for
+    `requests`, in order. Each is served from the run's generation cache when present; the rest run
+    through the engine (`ctx.generate_fn`, default `engine.generate`) in batches of
+    `gen_config.batch_size`, and each batch is appended to the cache as soon as it is done, so a run
+    killed at any point and started again redoes at most one batch.
+
+    1) key every request (weights, evaluator name + version, sample id + index, generation
+       config, prompt hash, and the per-sample seed when sampling)
+    2) serve hits from the cache
+    3) sort misses by prompt length (fewer pad tokens per batch), generate batch by batch
+       with per-sample seeds, append each batch to the cache (`generate_batches`); under
+       torchrun every rank does this for its shard of the misses (`mtp_bench.generation.distributed`)
+    """
+    gen_fn = ctx.generate_fn or engine.generate
+    cfg = gen_config.to_dict()
+    cfg.pop("batch_size", None)  # outputs do not depend on it (per-sample seeds), so neither does the key
+    other_engine = getattr(model, "generation_engine", None)  # another engine (vLLM) never shares our outputs
+    if other_engine is not None:
+        cfg["engine"] = other_engine
+    sampling = float(gen_config.temperature) > 0.0
+    seeds = [ctx.sample_seed(r.sample_id, r.sample_index) for r in requests]
+    weights = str(model.weights_sha256)
+    known = {f.name for f in dataclasses.fields(Generation)}
+    out: list[Generation | None] = [None] * len(requests)
+    keys: list[str] = []
+    hashed: list[dict] = []
+    # 1) + 2)
+    for i, r in enumerate(requests):
+        fields = key_fields(weights, evaluator.name, evaluator.version, r.sample_id,
+                            r.sample_index, cfg, r.prompt, seeds[i] if sampling else None)
+        key = hash_fields(fields)
+        keys.append(key)
+        hashed.append(fields)
+        hit = ctx.cache.get(key) if ctx.cache is not None else None
+        if hit is not None:
+            out[i] = Generation(**{k: v for k, v in hit.items() if k in known})
+    misses = [i for i, g in enumerate(out) if g is None]
+    ctx.stats["cache_hits"] += len(requests) - len(misses)
+    if not misses:
+        return out  # type: ignore[return-value]
+    # 3)
+    todo = [MissingGeneration(requests[i].sample_id, requests[i].prompt, seeds[i], keys[i], hashed[i])
+            for i in misses]
+    with ctx.progress(f"{evaluator.name} [{ctx.role}]: generate", len(requests)) as bar:
+        bar.advance(len(requests) - len(misses))
+        if ctx.distributed is not None:  # every rank generates its shard (distributed.py)
+            gens = ctx.distributed.generate(model, ctx.role, todo, gen_config, gen_fn, ctx.cache, bar)
+        else:
+            gens = generate_batches(model, todo, gen_config, gen_fn, ctx.cache, bar)
+    for i, g in zip(misses, gens):
+        out[i] = g
+    ctx.stats["generated"] += len(misses)
+    return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MissingGeneration:
+    """A request the cache could not serve, with what is needed to generate and cache it."""
+
+    sample_id: str
+    prompt: str
+    seed: int
+    key: str  # cache key
+    fields: dict  # what the key hashes, stored beside it for humans
+
+
+def generate_batches(model: Any, todo: list[MissingGeneration], gen_config: GenerationConfig,
+                     gen_fn: Callable[..., list], cache: JsonlCache | None, bar: Any = None) -> list[Generation]:
+    """Generate `todo` (in order) batch by batch: longest prompts first (fewer pad tokens per
+    batch), per-sample seeds, each batch appended to the cache as soon as it is done.
+    A model may ask for larger batches (`generation_batch_size`: an engine that batches itself)."""
+    enc = model.tokenizer.encode
+    order = sorted(range(len(todo)), key=lambda i: (-len(enc(todo[i].prompt)), i))
+    bs = int(getattr(model, "generation_batch_size", None) or gen_config.batch_size)
+    out: list[Generation | None] = [None] * len(todo)
+    for start in range(0, len(order), bs):
+        chunk = order[start:start + bs]
+        gens = gen_fn(model, [todo[i].prompt for i in chunk], gen_config, seeds=[todo[i].seed for i in chunk])
+        if len(gens) != len(chunk):
+            raise RuntimeError(f"generation engine returned {len(gens)} results for {len(chunk)} prompts")
+        for i, g in zip(chunk, gens):
+            out[i] = g
+        if cache is not None:
+            cache.put_many([(todo[i].key, dataclasses.asdict(g), todo[i].fields) for i, g in zip(chunk, gens)])
+        if bar is not None:
+            bar.advance(len(chunk))
+    return out  # type: ignore[return-value]

@@ -148,7 +148,7 @@ class Group:
         rank 0 can record the devices and no rank evaluates other weights than rank 0's."""
         import torch.distributed as dist
 
-        from mtp_bench.reporting.provenance import device_name
+        from mtp_bench.models.device import device_name
 
         mine = {"device": device_name(self.device), "weights": {r: str(m.weights_sha256) for r, m in models.items()}}
         everyone: list[Any] = [None] * self.world_size
@@ -216,7 +216,7 @@ class Group:
             self._gather(reply)
 
     def _run_shard(self, model: Any, task: dict, gen_fn: Any, cache: Any, bar: Any) -> tuple[dict, Exception | None]:
-        from mtp_bench.api.registry import MissingGeneration, generate_batches
+        from mtp_bench.generation.cache import MissingGeneration, generate_batches
         from mtp_bench.generation.engine import GenerationConfig, generate
 
         todo = [MissingGeneration(**t) for t in task["todo"]]

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtp_bench.api.config import config_from_dict, parse_section
 from mtp_bench.api.errors import CheckpointError, ConfigError, DataError, UserError
 
 ENGINE = "vllm"
@@ -94,28 +95,10 @@ def split_config(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_backend_config(items: list[str]) -> BackendConfig:
-    """`backend.FIELD=VALUE` items into a BackendConfig, typed by its fields; unknown -> ConfigError."""
-    import typing
-
-    from mtp_bench.api.registry import config_from_dict
-    from mtp_bench.commands.run import parse_value
-
-    hints = typing.get_type_hints(BackendConfig)
-    fields = [f.name for f in dataclasses.fields(BackendConfig)]
-    values: dict[str, Any] = {}
-    for item in items:
-        key, eq, raw = item.strip().partition("=")
-        name = key.strip()[len(PREFIX):]
-        if not eq or not name:
-            raise ConfigError(f"--config expects backend.FIELD=VALUE, got {item!r}")
-        if name not in fields:
-            raise ConfigError(f"--config {item!r}: the vllm backend has no field {name!r}; valid fields: "
-                              f"{', '.join(fields)}")
-        try:
-            values[name] = parse_value(raw, hints[name])
-        except ValueError as e:
-            raise ConfigError(f"--config {item!r}: {e}") from None
-    return config_from_dict(BackendConfig, values, owner="backend")
+    """`backend.FIELD=VALUE` items into a BackendConfig, typed by its fields (`mtp_bench.api.config`'s
+    grammar); unknown -> ConfigError."""
+    return config_from_dict(BackendConfig, parse_section(items, PREFIX, BackendConfig, "the vllm backend"),
+                            owner="backend")
 
 
 def import_vllm() -> Any:

@@ -30,101 +30,22 @@ Device default: cuda if available, else cpu. dtype default: float32 on cpu, bflo
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.api.errors import CheckpointError, ConfigError
+from mtp_bench.api.files import weights_sha256
+from mtp_bench.models.device import DTYPES, device_name, resolve_device, resolve_dtype  # noqa: F401  (re-exported)
+from mtp_bench.reference_model import gguf_import, hf_import, medusa, mimo
+from mtp_bench.reference_model.checkpoint import build_model, detect_format, read_checkpoint
+from mtp_bench.reference_model.model import Transformer
 
 FORMATS = ("native", "meta", "hf", "mimo", "medusa", "gguf", "heads")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
-
-
-# -----------------------------------------------------------------------------
-# device, dtype, weights hash
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"invalid device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ConfigError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise UnknownNameError(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def _cache_file() -> Path:
-    root = os.environ.get("MTP_BENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mtp-bench")
-    return Path(root) / "weights_sha256.json"
-
-
-_SHA_MEMO: dict[str, str] = {}
-
-
-def weights_sha256(files: list[Path]) -> str:
-    """sha256 of the weight files' bytes (concatenated in the order given).
-
-    Hashing a multi-GB checkpoint takes seconds, so the digest is cached per (path, mtime, size)
-    of every file, in memory and in $MTP_BENCH_CACHE_DIR/weights_sha256.json (default
-    ~/.cache/mtp-bench). A rewritten file changes mtime or size and is hashed again."""
-    if not files:
-        raise CheckpointError("no weight files to hash")
-    stats = [(str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files]
-    key = json.dumps(stats)
-    if key in _SHA_MEMO:
-        return _SHA_MEMO[key]
-    cache_path = _cache_file()
-    try:
-        disk = json.loads(cache_path.read_text(encoding="utf-8"))
-        if not isinstance(disk, dict):
-            disk = {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        disk = {}  # no cache yet, or a damaged one: it is only a cache, rebuild it
-    digest = disk.get(key)
-    if not isinstance(digest, str):
-        h = hashlib.sha256()
-        for f in files:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(chunk)
-        digest = h.hexdigest()
-        disk[key] = digest
-        try:  # atomic: temp file in the same dir, fsync, rename; a failure only costs a rehash later
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=".weights_sha256.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(disk, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, cache_path)
-        except OSError:
-            pass
-    _SHA_MEMO[key] = digest
-    return digest
 
 
 # -----------------------------------------------------------------------------
@@ -323,8 +244,6 @@ def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = Fal
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{d}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
-    from mtp_bench.reference_model import hf_import, mimo
-
     hf_cfg = hf_import.read_hf_config(d)
     refused = mimo.refusal(hf_cfg, d)
     if refused:
@@ -348,8 +267,6 @@ def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = Fal
 
 def _load_hf_into_reference(path: str, d: Path, hf_cfg: dict, tokenizer: HFTokenizer, device: torch.device,
                             dtype: torch.dtype) -> MTPModel:
-    from mtp_bench.reference_model import hf_import
-    from mtp_bench.reference_model.model import Transformer
 
     cfg = hf_import.config_from_hf(hf_cfg, d / "config.json")
     tensors, files = hf_import.load_hf_tensors(d)
@@ -370,7 +287,6 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype) -> MTPModel:
     Its weights_sha256 is the GGUF file's."""
     from transformers import AutoTokenizer
 
-    from mtp_bench.reference_model import gguf_import, hf_import
 
     f = Path(path).expanduser()
     d = gguf_import.cached_hf_dir(f)
@@ -385,25 +301,26 @@ def load_gguf(path: str, device: torch.device, dtype: torch.dtype) -> MTPModel:
 
 
 # -----------------------------------------------------------------------------
-# the entry point
+# every format but heads-only checkpoints (models/heads.py; all of them: models/loader.py)
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-         base: str | None = None):
-    """Load any supported checkpoint as a protocols.Model (see the module docstring). base: where the
-    base model of a heads-only checkpoint is, when not at its recorded path (ignored otherwise)."""
-    from mtp_bench.reference_model.checkpoint import build_model, detect_format, read_checkpoint
+def is_gguf(path: str | os.PathLike) -> bool:
+    """A GGUF file: "gguf:PATH", or a path ending in .gguf that is not a directory."""
+    return str(path).startswith("gguf:") or (str(path).endswith(".gguf") and not Path(path).is_dir())
 
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None,
+                    dtype: str | torch.dtype | None = None):
+    """Load a checkpoint of any format but heads-only ones (those need their base:
+    `mtp_bench.models.loader.load`) as a protocols.Model (see the module docstring)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if str(path).startswith("gguf:") or (str(path).endswith(".gguf") and not Path(path).is_dir()):
+    if is_gguf(path):
         return load_gguf(str(path).removeprefix("gguf:"), dev, dt)
     p = Path(path)
     fmt = detect_format(p)
     if fmt == "heads":
-        from mtp_bench.reference_model import pretrained_heads
-
-        return pretrained_heads.load_heads(p, dev, dt, base=base)
+        raise CheckpointError(f"{p}: a heads-only checkpoint; load it with mtp_bench.load, which finds its base")
     if fmt in ("native", "meta"):
         raw = read_checkpoint(p)
         module = build_model(raw, dev, dt)
@@ -413,7 +330,6 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
     if fmt == "medusa":
         from transformers import AutoTokenizer
 
-        from mtp_bench.reference_model import medusa
 
         module, base, files = medusa.load_medusa_module(p)
         try:

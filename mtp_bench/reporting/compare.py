@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mtp_bench.api.errors import DataError, UnknownNameError, UserError
-from mtp_bench.api.registry import Metric
+from mtp_bench.api.metric import Metric
 from mtp_bench.reporting.results import load_result
 from mtp_bench.scoring import stats
 

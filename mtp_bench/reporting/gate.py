@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError, UserError
-from mtp_bench.api.registry import Metric
+from mtp_bench.api.metric import Metric
 from mtp_bench.reporting.results import load_result
 from mtp_bench.scoring.metrics import delta
 from mtp_bench.scoring.stats import Difference

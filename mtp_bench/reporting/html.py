@@ -264,7 +264,7 @@ def render_repro(repros: list[dict]) -> list[str]:
 
 
 def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]], repros: list[dict] | None = None) -> str:
-    from mtp_bench import __version__
+    from mtp_bench.api.version import __version__
     from mtp_bench.reporting.compare import comparison_cell, legend, notes
     from mtp_bench.reporting.provenance import utc_now
     from mtp_bench.reporting.show import format_metric, sandbox_lines

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mtp_bench.models.device import device_name
+
 
 def git_commit(start: Path | None = None) -> str | None:
     """The commit of the mtp-bench checkout this code runs from; None when it is not a git
@@ -41,23 +43,13 @@ def _version(module: str) -> str | None:
         return None
 
 
-def device_name(device: Any) -> str:
-    """The device in words: "cpu (x86_64)" or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
-    import torch
-
-    d = torch.device(device)
-    if d.type == "cuda" and torch.cuda.is_available():
-        return f"{d} ({torch.cuda.get_device_name(d)})"
-    return f"{d} ({platform.machine()})"
-
-
 def collect(seed: int, device: Any, argv: list[str] | None, start_time: str, duration_s: float,
             devices: list[str] | None = None) -> dict[str, Any]:
     """The provenance block of a result file. `devices`: every rank's device under torchrun
     (world_size = their number); None for a single process (world size 1, `device`)."""
     import torch
 
-    from mtp_bench import __version__
+    from mtp_bench.api.version import __version__
 
     return {
         "mtp_bench_version": __version__,

@@ -20,7 +20,8 @@ from typing import Any
 
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import DataError, UserError
-from mtp_bench.api.registry import EvalOutput, Evaluator, Metric
+from mtp_bench.api.metric import Metric
+from mtp_bench.api.registry import EvalOutput, Evaluator
 
 SCHEMA_VERSION = 1
 ROLES = ("candidate", "baseline")

@@ -20,7 +20,8 @@ import math
 from typing import Any
 
 from mtp_bench.api.errors import UserError
-from mtp_bench.api.registry import KNOWN_SUITES, Metric
+from mtp_bench.api.metric import Metric
+from mtp_bench.api.registry import KNOWN_SUITES
 from mtp_bench.reporting.results import load_result
 from mtp_bench.scoring import metrics as M
 

@@ -63,7 +63,6 @@ import functools
 import gzip
 import hashlib
 import json
-import os
 import re
 import symtable
 import sys
@@ -71,8 +70,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
-from mtp_bench.api.registry import EvalOutput, Evaluator, RunContext
+from mtp_bench.api.paths import cache_dir, data_dirs
+from mtp_bench.api.registry import EvalOutput, Evaluator
 
 FILES = {"humaneval_plus": ("HumanEvalPlus-v0.1.10.jsonl.gz", 164), "mbpp_plus": ("MbppPlus-v0.2.0.jsonl.gz", 378)}
 MIN_TIME_LIMIT_S = 4.0  # EvalPlus's DEFAULT_MIN_TIME_LIMIT
@@ -333,10 +334,8 @@ def data_file(dataset: str, data_dir=None) -> Path:
     if dataset not in FILES:
         raise UnknownNameError(f"unknown EvalPlus dataset {dataset!r}; known: {', '.join(FILES)}")
     name = FILES[dataset][0]
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d).expanduser() for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
     looked = []
-    for d in dirs:
+    for d in data_dirs(data_dir):
         looked += [d] if d.is_file() else [d / "evalplus" / name, d / name]
     for p in looked:
         if p.is_file():
@@ -405,8 +404,7 @@ def _substitute(template: str, fill: dict[str, str]) -> str:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "mtp-bench" / "evalplus"
+    return cache_dir("evalplus")
 
 
 def _cache_path(dataset: str, digest: str, suffix: str = "") -> Path:

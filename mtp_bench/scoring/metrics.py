@@ -12,7 +12,7 @@ import math
 import operator
 from collections.abc import Sequence
 
-from mtp_bench.api.registry import Metric
+from mtp_bench.api.metric import Metric
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 

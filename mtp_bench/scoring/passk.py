@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtp_bench.api.errors import ConfigError
-from mtp_bench.api.registry import Metric
+from mtp_bench.api.metric import Metric
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sympy
 
-from mtp_bench.api.registry import RunContext
+from mtp_bench.api.context import RunContext
 from mtp_bench.cli import main
 from mtp_bench.evals import arithmetic as A
 from mtp_bench.testing import FakeModel

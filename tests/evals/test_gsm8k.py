@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import REGISTRY, RunContext
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import gsm8k
 from mtp_bench.testing import FakeModel
 

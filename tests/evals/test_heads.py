@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import DataError
-from mtp_bench.api.registry import RunContext
 from mtp_bench.evals.heads import Heads
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.checkpoint import save_checkpoint

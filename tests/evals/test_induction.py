@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import RunContext
 from mtp_bench.cli import main
 from mtp_bench.evals import induction as I
 from mtp_bench.reference_model.checkpoint import save_checkpoint

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import REGISTRY, RunContext, sample_seed
+from mtp_bench.api.registry import REGISTRY, sample_seed
 from mtp_bench.evals import mbpp
 from mtp_bench.generation.engine import Generation
 from mtp_bench.scoring.metrics import mean_metric

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from mtp_bench.api.registry import REGISTRY, RunContext
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import mbpp_plus as mp
 from mtp_bench.generation import chat
 from mtp_bench.generation.engine import Generation

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
-from mtp_bench.api.registry import RunContext
 from mtp_bench.evals.specdec import SpecDec, code_prompts, ratio_metric, text_prompts
 from mtp_bench.generation.speculative import DecodeResult, LosslessError, acceptance_stats
 from mtp_bench.testing import FakeCache, FakeModel

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError, DataError
-from mtp_bench.api.registry import REGISTRY, RunContext
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import summarization as S
 from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel, FakeTokenizer
@@ -287,7 +288,7 @@ def test_prompt_target_corpus_errors(tmp_path):
 
 
 def test_zero_config_nl_settings_are_valid_subsets():
-    from mtp_bench.api.registry import config_from_dict
+    from mtp_bench.api.config import config_from_dict
     from mtp_bench.commands.run import DEFAULT_RUN_CONFIG
 
     for name in ("gsm8k", "summarization"):

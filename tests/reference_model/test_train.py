@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.commands import train as train_cmd
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model import train as T
 from mtp_bench.reference_model.checkpoint import load_checkpoint
@@ -83,7 +84,7 @@ def test_checkpoint_records_provenance_and_true_val_metrics(debug_run):
     # the recorded command line rebuilds exactly this config
     argv = T.shlex.split(info["command"])
     assert argv[:2] == ["mtp-bench", "train"]
-    overrides = T.parse_overrides([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    overrides = train_cmd.parse_overrides([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
     overrides["out"] = argv[argv.index("--out") + 1]
     assert T.make_config(None, overrides) == cfg
     # final validation metrics, recomputed independently from the saved weights
@@ -174,12 +175,12 @@ def test_weight_decay_applies_to_matrices_only():
 
 
 def test_overrides_are_typed_and_bad_names_are_user_errors():
-    o = T.parse_overrides(["lr=6e-4", "n_future=1", "n_kv_heads=none", "head_weights=1,0.5", "corpus=x.jsonl"])
+    o = train_cmd.parse_overrides(["lr=6e-4", "n_future=1", "n_kv_heads=none", "head_weights=1,0.5", "corpus=x.jsonl"])
     assert o == {"lr": 6e-4, "n_future": 1, "n_kv_heads": None, "head_weights": (1.0, 0.5), "corpus": "x.jsonl"}
     with pytest.raises(ConfigError, match="valid keys: dim, n_layers"):
-        T.parse_overrides(["learning_rate=1"])
+        train_cmd.parse_overrides(["learning_rate=1"])
     with pytest.raises(ConfigError, match="not a valid int"):
-        T.parse_overrides(["n_future=two"])
+        train_cmd.parse_overrides(["n_future=two"])
     with pytest.raises(UnknownNameError, match="presets: debug, tiny, small"):
         T.make_config("huge")
     with pytest.raises(ConfigError, match="backward"):

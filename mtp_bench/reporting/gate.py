@@ -45,10 +45,8 @@ metric, malformed policy, version mismatch).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -57,9 +55,10 @@ from typing import Any
 
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError, UserError
 from mtp_bench.api.metric import Metric
-from mtp_bench.reporting.results import load_result
+from mtp_bench.reporting.pairing import Side, fmt_p, paired_test
+from mtp_bench.reporting.show import _num, format_metric, test_cell
 from mtp_bench.scoring.metrics import delta
-from mtp_bench.scoring.stats import Difference
+from mtp_bench.scoring.stats import Difference, holm
 
 # metrics that measure the machine as much as the model (tokens/s, speedups, seconds, cost ratios)
 TIMING_METRIC = re.compile(r"(tokens_per_s|speedup|latency|throughput|verify_cost|_seconds$|_s$)")
@@ -197,7 +196,6 @@ class Check:
         """One sentence with the numbers."""
         if self.skipped:
             return f"{self.metric}: skipped ({self.skipped})"
-        from mtp_bench.reporting.compare import fmt_p
 
         direction = "higher" if self.candidate.higher_is_better else "lower"
         t = self.test
@@ -243,9 +241,6 @@ def compare(doc: dict, base_doc: dict, policy: Policy | None = None, samples: di
             base_samples: dict | None = None, no_samples_why: str | None = None) -> list[Check]:
     """One Check per gated metric (skipped ones included, marked). `samples`/`base_samples`:
     (evaluator, role) -> records of each file (see `mtp_bench.compare.load_samples`)."""
-    from mtp_bench.reporting.compare import Side, paired_test
-    from mtp_bench.scoring.stats import holm
-
     policy = policy or Policy()
     cand, base = _candidate_metrics(doc), _candidate_metrics(base_doc)
     common = [k for k in cand if k in base]
@@ -322,8 +317,6 @@ def _md(text: str) -> str:
 
 def markdown(checks: list[Check], title: str, model_lines: list[str]) -> str:
     """A summary table in GitHub-flavoured Markdown."""
-    from mtp_bench.reporting.show import _num, format_metric, test_cell
-
     failed = [c for c in checks if c.regressed]
     gated = [c for c in checks if not c.skipped]
     head = (f"{len(failed)} of {len(gated)} gated metrics regressed" if failed else
@@ -345,98 +338,3 @@ def markdown(checks: list[Check], title: str, model_lines: list[str]) -> str:
               "(no shared per-sample values); * = significant after the correction. A metric regresses when "
               "it is worse by more than allowed and (where required) significantly so.", ""]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (f"{p.description or ''}\n\n"
-                     "examples:\n"
-                     "  mtp-bench gate results/pr.json --baseline results/main.json\n"
-                     "  mtp-bench gate results/pr.json --baseline results/main.json "
-                     "--metrics humaneval.pass@1 --tolerance 0.02\n"
-                     "  mtp-bench gate results/pr.json --baseline results/main.json --policy gate.toml "
-                     "--junit gate.xml --markdown gate.md\n\n"
-                     "precedence: defaults < --policy file < flags given here\n"
-                     "exit 0: no regression; 1: a regression; 2: bad input")
-    p.add_argument("result", help="result file of the checkpoint under test (its candidate is gated)")
-    p.add_argument("--baseline", required=True, metavar="RESULT", help="result file to compare against (its candidate)")
-    p.add_argument("--policy", default=None, metavar="GATE.TOML", help="per-metric thresholds (see the README)")
-    p.add_argument("--metrics", default=None, metavar="EVAL.METRIC,...",
-                   help="metrics to gate, globs allowed (default: the policy's, else every metric both files have)")
-    p.add_argument("--tolerance", type=float, default=None, help="allowed worsening (absolute; default 0)")
-    p.add_argument("--relative", action="store_true", default=None,
-                   help="--tolerance is a fraction of the baseline value")
-    p.add_argument("--alpha", type=float, default=None, help="significance level after Holm (default 0.05)")
-    p.add_argument("--ignore-significance", "--ignore-intervals", dest="ignore_significance", action="store_true",
-                   default=None, help="fail on any worsening beyond the tolerance, significant or not")
-    p.add_argument("--junit", default=None, metavar="FILE.xml", help="write a JUnit XML report")
-    p.add_argument("--markdown", default=None, metavar="FILE.md", help="write a Markdown summary")
-    p.add_argument("--json", action="store_true", help="print the checks as JSON")
-
-
-def policy_from_args(args: argparse.Namespace) -> Policy:
-    """The policy file (if any) with the flags given on the command line on top."""
-    policy = load_policy(args.policy) if args.policy else Policy()
-    if args.tolerance is not None and args.tolerance < 0:
-        raise UserError(f"--tolerance must be >= 0, got {args.tolerance}")
-    if args.alpha is not None and not 0 < args.alpha < 1:
-        raise UserError(f"--alpha must be in (0, 1), got {args.alpha}")
-    if args.metrics:
-        policy.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    overrides = {"tolerance": args.tolerance, "relative": args.relative, "alpha": args.alpha,
-                 "require_significance": None if args.ignore_significance is None else not args.ignore_significance}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if overrides:  # a flag wins over the file, for every metric
-        policy.defaults = dataclasses.replace(policy.defaults, **overrides)
-        policy.per_metric = {pat: {k: v for k, v in f.items() if k not in overrides}
-                             for pat, f in policy.per_metric.items()}
-    return policy
-
-
-def main(args: argparse.Namespace) -> int:
-    from mtp_bench.api.atomic import atomic_write_bytes
-    from mtp_bench.reporting.compare import load_samples
-    from mtp_bench.reporting.show import _model_line
-
-    policy = policy_from_args(args)
-    doc, base = load_result(args.result), load_result(args.baseline)
-    samples, why = load_samples(args.result, doc)
-    base_samples, base_why = load_samples(args.baseline, base)
-    checks = compare(doc, base, policy, samples, base_samples, why or base_why)
-    failed = [c for c in checks if c.regressed]
-    title = f"gate: {args.result} vs {args.baseline}"
-    models = [_model_line("candidate", doc["models"].get("candidate")),
-              _model_line("baseline", base["models"].get("candidate")) + " (the baseline file's candidate)"]
-    if args.junit:
-        props = {"candidate_result": args.result, "baseline_result": args.baseline,
-                 "candidate_sha256": doc["models"]["candidate"].get("weights_sha256"),
-                 "baseline_sha256": base["models"]["candidate"].get("weights_sha256"),
-                 "correction": policy.correction, "policy": args.policy or ""}
-        atomic_write_bytes(args.junit, junit_xml(checks, title, props))
-    if args.markdown:
-        atomic_write_bytes(args.markdown, markdown(checks, title, models).encode())
-    if args.json:
-        print(json.dumps([c.to_dict() for c in checks], indent=2))
-    else:
-        from rich.table import Table
-
-        from mtp_bench.reporting.show import format_metric, report_console, test_cell
-
-        table = Table(title=title, caption=(
-            "p (test): M = exact McNemar, B = paired bootstrap, U = unpaired z; * = significant after "
-            f"{'Holm' if policy.correction == 'holm' else 'no'} correction"), caption_justify="left")
-        for col in ("metric", "candidate", "baseline", "worse by", "allowed", "p (test)", "verdict"):
-            table.add_column(col, no_wrap=col != "metric")
-        for c in checks:
-            row = {"test": c.test.to_dict() if c.test else None, "significant": c.significant}
-            table.add_row(f"{c.metric} {'↑' if c.candidate.higher_is_better else '↓'}",
-                          format_metric(c.candidate.to_dict()), format_metric(c.baseline.to_dict()),
-                          "—" if c.skipped else f"{c.worse_by:+.4g}", "—" if c.skipped else f"{c.allowed:.4g}",
-                          test_cell(row) if c.test else "—",
-                          {"REGRESSED": "[red]REGRESSED[/red]", "ok": "[green]ok[/green]",
-                           "skipped": f"[dim]skipped: {c.skipped}[/dim]"}[c.verdict])
-        report_console().print(table)
-        gated = len([c for c in checks if not c.skipped])
-        print(f"{len(failed)} of {gated} gated metrics regressed" if failed else f"all {gated} gated metrics ok")
-    return 1 if failed else 0

@@ -19,7 +19,6 @@ With one file, its baseline gets a column too (as `--include-baselines` does for
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -31,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from mtp_bench.api.errors import UserError
+from mtp_bench.api.version import __version__
+from mtp_bench.reporting.compare import comparison_cell, legend, notes
+from mtp_bench.reporting.provenance import utc_now
+from mtp_bench.reporting.show import format_metric, sandbox_lines
 
 INDEXED = (re.compile(r"(head)(\d+)_(\w+)"), re.compile(r"(\w+?)_(\d+)"))  # head{k}_{what}, {what}_{k}
 PASS_AT_K = re.compile(r"pass@(\d+)")
@@ -264,11 +267,6 @@ def render_repro(repros: list[dict]) -> list[str]:
 
 
 def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]], repros: list[dict] | None = None) -> str:
-    from mtp_bench.api.version import __version__
-    from mtp_bench.reporting.compare import comparison_cell, legend, notes
-    from mtp_bench.reporting.provenance import utc_now
-    from mtp_bench.reporting.show import format_metric, sandbox_lines
-
     cols = table["columns"]
     ref = table["reference"]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mtp-bench report</title>"
@@ -344,51 +342,3 @@ def k_by_evaluator(columns: list) -> dict[str, list[int | None]]:
             if isinstance(k, int) and not isinstance(k, bool):
                 out.setdefault(ev, [None] * len(columns))[j] = k
     return out
-
-
-# ----------------------------------------------------------------------------- `mtp-bench report`
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (f"{p.description or ''}\n\n"
-                     "examples:\n"
-                     "  mtp-bench report results/code-default.json --html report.html\n"
-                     "  mtp-bench report results/ntp.json results/mtp4.json results/mtp8.json --html family.html "
-                     "--png figs/\n\n"
-                     "The page is self-contained (images embedded): open it anywhere, offline.")
-    p.add_argument("results", nargs="+", metavar="RESULT", help="result files (their samples JSONL beside them)")
-    p.add_argument("--html", default=None, metavar="OUT.html", help="write the page here")
-    p.add_argument("--png", default=None, metavar="DIR", help="also write every figure as a PNG into DIR")
-    p.add_argument("--reference", default=None, metavar="COLUMN", help="reference column (label or number)")
-    p.add_argument("--repro", action="append", default=[], metavar="DIR",
-                   help="a `mtp-bench repro` result directory: its verdict and plot on the page (repeatable)")
-    p.add_argument("--include-baselines", action="store_true",
-                   help="a column for each file's baseline (always on with a single file)")
-
-
-def main(args: argparse.Namespace) -> int:
-    from mtp_bench.api.atomic import atomic_write_bytes
-    from mtp_bench.reporting.compare import build, columns_from_files, pick_reference
-
-    if not args.html and not args.png:
-        raise UserError("give --html OUT.html and/or --png DIR")
-    if args.html and not args.html.endswith((".html", ".htm")):
-        raise UserError(f"--html must name an .html file, got {args.html!r}")
-    repros = [load_repro(d) for d in args.repro]  # bad input fails before any work
-    columns = columns_from_files(args.results, args.include_baselines or len(args.results) == 1)
-    table = build(columns, pick_reference(columns, args.reference))
-    table["k_by_evaluator"] = k_by_evaluator(columns)
-    figs = figures(table)
-    docs = list(dict.fromkeys((c.path, id(c.doc)) for c in columns))
-    by_id = {id(c.doc): c.doc for c in columns}
-    page = render_html(table, figs, [(path, by_id[i]) for path, i in docs], repros)
-    if args.png:
-        out = Path(args.png)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--png {args.png!r} is not a directory")
-        for i, f in enumerate(figs, 1):
-            atomic_write_bytes(out / f"{i:02d}-{f.name}.png", f.png)
-    if args.html:
-        atomic_write_bytes(args.html, page.encode())
-    where = " and ".join(x for x in (args.html, f"{len(figs)} PNGs in {args.png}" if args.png else None) if x)
-    print(f"wrote {where} ({len(figs)} figures)")
-    return 0

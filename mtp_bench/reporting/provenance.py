@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mtp_bench.api.version import __version__
 from mtp_bench.models.device import device_name
 
 
@@ -49,7 +50,6 @@ def collect(seed: int, device: Any, argv: list[str] | None, start_time: str, dur
     (world_size = their number); None for a single process (world size 1, `device`)."""
     import torch
 
-    from mtp_bench.api.version import __version__
 
     return {
         "mtp_bench_version": __version__,

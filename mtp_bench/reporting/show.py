@@ -14,16 +14,15 @@ versions of an evaluator is refused: the numbers would not measure the same thin
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from typing import Any
 
 from mtp_bench.api.errors import UserError
 from mtp_bench.api.metric import Metric
 from mtp_bench.api.registry import KNOWN_SUITES
-from mtp_bench.reporting.results import load_result
+from mtp_bench.reporting.pairing import Side, fmt_p, mark_holm, paired_test
 from mtp_bench.scoring import metrics as M
+from mtp_bench.scoring.stats import METHODS
 
 GENERIC_CAPTION = ("value ± standard error over samples; Δ = candidate − baseline (green: better, red: worse, "
                    "in the metric's own direction ↑/↓); p (test): two-sided p-value of the candidate-baseline "
@@ -55,8 +54,6 @@ def comparison(doc: dict, baseline_doc: dict | None = None, samples: Samples | N
     baseline file, `baseline_samples`) hold the per-sample records the paired tests read; without
     them the tests are unpaired (`no_samples_why` says why). Mixing evaluator versions raises
     VersionMismatchError."""
-    from mtp_bench.reporting.compare import Side, mark_holm, paired_test
-
     cand = _side(doc, "candidate")
     base_role = "candidate"
     if baseline_doc is not None:
@@ -198,9 +195,6 @@ def sandbox_lines(doc: dict) -> list[str]:
 
 def test_cell(row: dict) -> str:
     """'0.0021 B*': p-value, test letter, * when it survives Holm; '—' without a test."""
-    from mtp_bench.reporting.compare import fmt_p
-    from mtp_bench.scoring.stats import METHODS
-
     t = row.get("test")
     if t is None or t["p"] is None:
         return "—"
@@ -267,36 +261,3 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None, samples: S
         f"mtp-bench {prov.get('mtp_bench_version')} ({commit[:10] if commit else 'no git commit'}), "
         f"{prov.get('device')}, {prov.get('torch_threads')} threads, seed {prov.get('seed')}, "
         f"started {prov.get('start_time')}, {prov.get('duration_s')} s", markup=False, highlight=False, style="dim")
-
-
-# ----------------------------------------------------------------------------- `mtp-bench show`
-
-def add_show_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (f"{p.description or ''}\n\n"
-                     "examples:\n"
-                     "  mtp-bench show results/mine.json\n"
-                     "  mtp-bench show results/mine.json --baseline results/main.json\n"
-                     "  mtp-bench show results/mine.json --json | jq .results")
-    p.add_argument("result", help="a result file written by `mtp-bench run --out`")
-    p.add_argument("--baseline", metavar="RESULT", default=None,
-                   help="compare against the candidate of another result file (same evaluator versions)")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON for machines: the result file, or the comparison rows with --baseline")
-
-
-def show_main(args: argparse.Namespace) -> int:
-    from mtp_bench.reporting.compare import load_samples
-
-    doc = load_result(args.result)
-    base = load_result(args.baseline) if args.baseline else None
-    if args.json and base is None:
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
-        return 0
-    samples, why = load_samples(args.result, doc)
-    base_samples, base_why = load_samples(args.baseline, base) if base is not None else (None, None)
-    kwargs = {"samples": samples, "baseline_samples": base_samples, "no_samples_why": why or base_why}
-    if args.json:
-        print(json.dumps(comparison(doc, base, **kwargs), indent=2, ensure_ascii=False))
-        return 0
-    render(doc, report_console(), base, **kwargs)
-    return 0

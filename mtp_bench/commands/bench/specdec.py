@@ -107,9 +107,9 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import mtp_bench
     from mtp_bench.api.context import RunContext
     from mtp_bench.evals.specdec import SpecDec
+    from mtp_bench.models.loader import load as load_model
 
     if args.repeats < 1:
         raise ConfigError("--repeats must be >= 1")
@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mtp-bench-specdec-") as tmp:
         tmp = Path(tmp)
-        model = mtp_bench.load(_resolve_model_path(args, tmp), device=args.device, dtype=args.dtype)
+        model = load_model(_resolve_model_path(args, tmp), device=args.device, dtype=args.dtype)
         ks = _parse_ks(args.k, model.n_future)
         ctx = RunContext(seed=0, data_dir=Path(data_dir) if data_dir else None, work_dir=tmp)
         rows: dict[int, dict] = {}

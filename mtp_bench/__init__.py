@@ -18,4 +18,13 @@ def load(path, device=None, dtype=None, base=None):
     return _load(path, device=device, dtype=dtype, base=base)
 
 
-__all__ = ["__version__", "load"]
+def evaluate(model, evals=None, **kwargs):
+    """Run evaluators (by name, or `suite=`) on a model and optionally a `baseline`; returns a
+    `Result` (the result document, each evaluator's records, cache counts). Keywords and steps:
+    `mtp_bench.evaluation.evaluate`."""
+    from mtp_bench.evaluation import evaluate as _evaluate
+
+    return _evaluate(model, evals, **kwargs)
+
+
+__all__ = ["__version__", "evaluate", "load"]

@@ -34,8 +34,8 @@ EPILOG = """examples:
 
 # name -> (module, add_arguments function, main function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("mtp_bench.commands.run", "add_run_arguments", "run_main", "run a suite or evaluators on a model (and a baseline)"),
-    "ls": ("mtp_bench.commands.run", "add_ls_arguments", "ls_main", "list evaluators and suites"),
+    "run": ("mtp_bench.commands.run", "add_arguments", "main", "run a suite or evaluators on a model (and a baseline)"),
+    "ls": ("mtp_bench.commands.ls", "add_arguments", "main", "list evaluators and suites"),
     "show": ("mtp_bench.commands.show", "add_arguments", "main", "print a saved result file as a report"),
     "train": ("mtp_bench.commands.train", "add_arguments", "main", "train a reference MTP model"),
     "export": ("mtp_bench.commands.export", "add_arguments", "main", "export a checkpoint to another format"),

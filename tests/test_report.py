@@ -147,7 +147,7 @@ def test_run_side_by_side_table_pairs_the_records_in_memory(tmp_path, capsys, mo
     """`mtp-bench run` with a baseline: the p (test) column is McNemar on the records it just made."""
     from dataclasses import dataclass
 
-    import mtp_bench
+    from mtp_bench import evaluation
     from mtp_bench.api.registry import register
     from mtp_bench.testing import isolated_registry
 
@@ -164,7 +164,7 @@ def test_run_side_by_side_table_pairs_the_records_in_memory(tmp_path, capsys, mo
             recs = [{"sample_id": f"p{i}", "correct": good or i < 2} for i in range(12)]
             return EvalOutput(recs, {"accuracy": mean_metric([r["correct"] for r in recs], True)})
 
-    monkeypatch.setattr(mtp_bench, "load", lambda path, device=None, dtype=None: FakeModel(name=path))
+    monkeypatch.setattr(evaluation, "load", lambda path, device=None, dtype=None: FakeModel(name=path))
     with isolated_registry():
         register(Right)
         assert main(["run", "--quiet", "--evals", "right", "--model", "good", "--baseline", "bad",

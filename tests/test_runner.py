@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import mtp_bench
+from mtp_bench import evaluation
 from mtp_bench.api import config, registry
 from mtp_bench.api.errors import CheckpointError
 from mtp_bench.api.registry import EvalOutput, Evaluator, GenRequest, register
@@ -95,7 +96,7 @@ def install():
     registry._plugins_loaded = True
     for cls in EVALUATORS:
         register(cls)
-    mtp_bench.load = load
+    evaluation.load = load
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def env(monkeypatch):
     with isolated_registry():
         for cls in EVALUATORS:
             register(cls)
-        monkeypatch.setattr(mtp_bench, "load", counting_load)
+        monkeypatch.setattr(evaluation, "load", counting_load)
         yield calls
 
 
@@ -301,9 +302,9 @@ def test_parse_value_types():
 
 def test_default_work_dir_is_keyed_by_out_path(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    a = runner.resolve_work_dir(None, tmp_path / "results" / "a.json", {})
-    assert a == runner.resolve_work_dir(None, tmp_path / "results" / "a.json", {"other": 1})
-    assert a != runner.resolve_work_dir(None, tmp_path / "results" / "b.json", {})
+    a = evaluation.resolve_work_dir(None, tmp_path / "results" / "a.json", {})
+    assert a == evaluation.resolve_work_dir(None, tmp_path / "results" / "a.json", {"other": 1})
+    assert a != evaluation.resolve_work_dir(None, tmp_path / "results" / "b.json", {})
     assert a.parent == tmp_path / "xdg" / "mtp-bench" / "runs" and a.is_dir()
 
 

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -83,9 +84,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtp_bench.api import registry
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import ConfigError, DataError, UserError
 from mtp_bench.api.paths import cache_root
+from mtp_bench.evaluation import evaluate
+from mtp_bench.models.loader import load as load_model
+from mtp_bench.reporting.results import atomic_write_json
 
 SCHEMA = "mtp-bench-repro/1"
 BUDGETS = ("smoke", "quick", "full")
@@ -472,29 +477,21 @@ def _arm_lock(out: Path):
 
 
 def evaluate_arm(name: str, config: dict, ckpt: Path, device: str, work: Path, data_dir: Path | None) -> dict:
-    """Step 3: one evaluator on one checkpoint, cached by (weights, evaluator, version, config)."""
-    import hashlib
-
-    import mtp_bench
-    from mtp_bench.api import registry
-    from mtp_bench.api.context import RunContext
-    from mtp_bench.commands.run import seed_everything
-
+    """Step 3: one evaluator on one checkpoint (`mtp_bench.evaluate`), cached by (weights, evaluator,
+    version, config)."""
     cls = registry.get(name)
     ev = cls(config)
-    model = mtp_bench.load(ckpt, device=device)
+    model = load_model(ckpt, device=device)
     key = hashlib.sha256(json.dumps([model.weights_sha256, name, cls.version, ev.config_dict()],
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = work / "evals" / f"{ckpt.name}-{name}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    seed_everything(0)
-    out = ev.run(model, RunContext(seed=0, work_dir=work, data_dir=data_dir))
+    out = evaluate(model, [name], config={name: config}, seed=0, data_dir=data_dir, work_dir=work,
+                   cache=False).outputs[name]["candidate"]
     doc = {"evaluator": name, "version": cls.version, "config": ev.config_dict(),
            "weights_sha256": model.weights_sha256, "metrics": {k: m.to_dict() for k, m in out.metrics.items()},
            "info": out.info, "records": out.records}
-    from mtp_bench.reporting.results import atomic_write_json
-
     atomic_write_json(path, doc)
     return doc
 
@@ -985,7 +982,7 @@ def _default_cache() -> Path:
 
 
 def _resolve_data_dir(data_dir: str | None) -> Path | None:
-    from mtp_bench.commands.run import resolve_data_dir
+    from mtp_bench.evaluation import resolve_data_dir
 
     d = resolve_data_dir(data_dir)
     if d is None:  # the checkout's sibling shared/data, where this project keeps its benchmark data

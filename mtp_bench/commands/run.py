@@ -1,38 +1,29 @@
-"""`mtp-bench run` and `mtp-bench ls`: run evaluators on a candidate model (and a baseline),
-write the result with its provenance, print the side-by-side report.
+"""`mtp-bench run`: run evaluators on a candidate model (and a baseline), write the result with its
+provenance, print the side-by-side report.
 
-A run, step by step:
-    1) resolve what to run (suite or --evals, --config overrides) and where to write (--out is
-       checked before any work: no model is loaded for a run that could not save its result)
-    2) load the candidate and baseline with `mtp_bench.load` (bad path -> CheckpointError)
-    3) for each model role, for each evaluator: reseed, build the RunContext, run, check the
-       output against the contract; generations go through the append-only cache in the work
-       dir, so a killed run started again redoes only what is missing
-    4) write the samples JSONL, then the result JSON, both atomically
-    5) print one table per suite: candidate, baseline, delta, paired test (mtp_bench.compare)
+    1) check what the flags ask for; with no --model, the zero-config run: the shipped mtp4-code
+       vs ntp-code with the quick settings of DEFAULT_RUN_CONFIG under any --config
+    2) `mtp_bench.evaluate` (mtp_bench/evaluation.py) does the run: evaluators, models, the
+       generation cache, the result file and its samples
+    3) print one table per suite: candidate, baseline, delta, paired test (mtp_bench.reporting.show)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import hashlib
-import json
-import os
-import random
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtp_bench.api import paths, registry
-from mtp_bench.api.config import config_from_dict, parse_overrides
-from mtp_bench.api.context import RunContext
-from mtp_bench.api.errors import DataError, UserError
-from mtp_bench.api.registry import EvalOutput
-from mtp_bench.execution.pool import hide_path
+from rich.console import Console
+
+from mtp_bench import evaluation, reference_model
+from mtp_bench.api import registry
+from mtp_bench.api.errors import UserError
+from mtp_bench.generation import distributed
+from mtp_bench.reference_model import pretrained_heads
+from mtp_bench.reporting.results import samples_path
+from mtp_bench.reporting.show import render, report_console
 
 DEFAULT_CANDIDATE = "mtp4-code"
 DEFAULT_BASELINE = "ntp-code"
@@ -61,7 +52,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # ----------------------------------------------------------------------------- arguments
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         f"{p.description or ''}\n\n"
         "examples:\n"
@@ -102,17 +93,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_ls_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = f"{p.description or ''}\n\nexamples:\n  mtp-bench ls\n  mtp-bench ls --json"
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
-
-
 # ----------------------------------------------------------------------------- resolution helpers
 
 def default_checkpoints_dir() -> Path:
-    import mtp_bench.reference_model as rm
-
-    return Path(rm.__file__).resolve().parent / "checkpoints"
+    return Path(reference_model.__file__).resolve().parent / "checkpoints"
 
 
 def speed_model_paths(baseline: str | None) -> tuple[str, str] | None:
@@ -121,9 +105,7 @@ def speed_model_paths(baseline: str | None) -> tuple[str, str] | None:
     ckpts = default_checkpoints_dir()
     if baseline is not None or not (ckpts / SPEED_CANDIDATE).is_dir():
         return None
-    from mtp_bench.reference_model.pretrained_heads import smollm2_gguf
-
-    return (str(ckpts / SPEED_CANDIDATE), str(ckpts / DEFAULT_CANDIDATE)) if smollm2_gguf() is not None else None
+    return (str(ckpts / SPEED_CANDIDATE), str(ckpts / DEFAULT_CANDIDATE)) if pretrained_heads.smollm2_gguf() is not None else None
 
 
 def resolve_model_paths(model: str | None, baseline: str | None) -> tuple[str, str | None]:
@@ -144,129 +126,11 @@ def resolve_model_paths(model: str | None, baseline: str | None) -> tuple[str, s
     return str(cand), baseline
 
 
-def resolve_data_dir(data_dir: str | None) -> Path | None:
-    """--data-dir, else $MTP_BENCH_DATA, else None (`mtp_bench.api.paths`), hidden from the sandbox."""
-    p = paths.resolve_data_dir(data_dir)
-    if p is not None:
-        hide_path(p)  # benchmark data: never visible to the programs the sandbox runs
-    return p
-
-
-def resolve_work_dir(work_dir: str | None, out: Path | None, identity: dict[str, Any]) -> Path:
-    """--work-dir, else a deterministic dir under ~/.cache/mtp-bench/runs/ keyed by the absolute
-    --out path (or, without --out, by what is run), so rerunning a command finds its cache."""
-    if work_dir:
-        p = Path(work_dir).expanduser()
-    else:
-        ident = str(out.resolve()) if out is not None else json.dumps(identity, sort_keys=True)
-        p = paths.cache_dir("runs") / hashlib.sha256(ident.encode()).hexdigest()[:16]
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the work dir {str(p)!r}: {e.strerror or e}") from None
-    if not os.access(p, os.W_OK):
-        raise UserError(f"the work dir {str(p)!r} is not writable")
-    return p
-
-
-def seed_everything(seed: int) -> None:
-    """Reseed every global RNG before each evaluator, so its results do not depend on which
-    evaluators ran before it."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------- progress
-
-class _Bar:
-    def __init__(self, progress: Any, task: Any) -> None:
-        self._p, self._t = progress, task
-
-    def advance(self, n: int = 1) -> None:
-        self._p.advance(self._t, n)
-
-
-@contextlib.contextmanager
-def rich_progress(console: Any) -> Iterator[Any]:
-    """A live rich Progress (description, bar, done/total, elapsed, ETA) and a factory of bars
-    for RunContext.progress."""
-    from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
-
-    @contextlib.contextmanager
-    def factory(description: str, total: int | None) -> Iterator[_Bar]:
-        task = progress.add_task(escape(description), total=total)
-        yield _Bar(progress, task)
-
-    with progress:
-        yield factory
-
-
 # ----------------------------------------------------------------------------- run
 
-@dataclasses.dataclass
-class RunOutcome:
-    doc: dict[str, Any]  # the result document
-    outputs: dict[str, dict[str, EvalOutput]]  # evaluator -> role -> output
-    stats: dict[str, int]  # generation cache hits / generated
-
-
-def run_main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from mtp_bench.generation import distributed
-
+def main(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=bool(args.quiet) or distributed.is_worker())
-    outcome = execute(args, console=console, argv=sys.argv[1:])
-    if outcome is None:  # a torchrun rank > 0: rank 0 reports and writes
-        return 0
-    from mtp_bench.reporting.show import render, report_console
-
-    samples = {(ev, role): o.records for ev, per_role in outcome.outputs.items() for role, o in per_role.items()}
-    render(outcome.doc, report_console(), samples=samples)  # paired tests on the records in memory
-    if args.out:
-        from mtp_bench.reporting.results import samples_path
-
-        console.print(f"wrote {args.out} and {samples_path(Path(args.out))}", markup=False, highlight=False)
-    return 0
-
-
-def execute(args: argparse.Namespace, console: Any, argv: list[str] | None = None) -> RunOutcome | None:
-    """Steps 1-4 of the module docstring; returns the result document (also written to --out).
-    Under torchrun every rank calls it; ranks > 0 only generate for rank 0 and return None."""
-    from mtp_bench.generation import distributed
-
-    group = distributed.from_env(args.device)  # None for a single process
-    try:
-        return _execute(args, console, argv, group)
-    finally:
-        if group is not None:
-            group.close()
-
-
-def _execute(args: argparse.Namespace, console: Any, argv: list[str] | None, group: Any) -> RunOutcome | None:
-    from mtp_bench.generation import vllm as vllm_backend
-    from mtp_bench.generation.cache import open_run_cache
-    from mtp_bench.reporting import results
-    from mtp_bench.reporting.provenance import collect, utc_now
-
-    t0, start_iso = time.perf_counter(), utc_now()
-    # 1) what to run, where to write
+    # 1) what the flags ask for (bad input: one line, exit 2, before any work)
     if args.suite is None and not args.evals:
         known = ", ".join(registry.suites()) or "none (no evaluator is installed)"
         raise UserError(f"give --suite NAME or --evals A,B; known suites: {known}")
@@ -276,123 +140,23 @@ def _execute(args: argparse.Namespace, console: Any, argv: list[str] | None, gro
     if args.evals is not None and not names:
         raise UserError("--evals needs at least one evaluator name")
     classes = registry.resolve(args.suite, names)
-    eval_items, backend_items = vllm_backend.split_config(args.config)
-    backend = vllm_backend.resolve(getattr(args, "backend", "native"), backend_items, group)  # None = ours
-    overrides = parse_overrides(eval_items, classes)
-    if args.model is None:  # the zero-config run: shipped defaults under the user's --config
-        for cls in classes:
-            overrides[cls.name] = {**DEFAULT_RUN_CONFIG.get(cls.name, {}), **overrides.get(cls.name, {})}
-    evaluators = [cls(config_from_dict(cls.Config, overrides.get(cls.name, {}), owner=cls.name))
-                  for cls in classes]
+    defaults = {cls.name: DEFAULT_RUN_CONFIG.get(cls.name, {}) for cls in classes} if args.model is None else None
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    out_path, samples = results.check_output_path(args.out) if args.out else (None, None)
-    data_dir = resolve_data_dir(args.data_dir)
     speed = speed_model_paths(args.baseline) if args.model is None and args.suite == "speed" else None
     cand_path, base_path = speed or resolve_model_paths(args.model, args.baseline)
     if args.model is None and args.suite == "speed" and speed is None:
         console.print(SPEED_NOTE, markup=False, highlight=False)
-    identity = {"evals": [e.name for e in evaluators], "configs": [e.config_dict() for e in evaluators],
-                "models": [cand_path, base_path], "seed": args.seed, "limit": args.limit}
-    work_dir = resolve_work_dir(args.work_dir, out_path, identity)
-    cache = None if args.no_cache else open_run_cache(work_dir, group.rank if group is not None else 0)
-    if cache is not None and cache.skipped:
-        console.print(f"generation cache: skipped {cache.skipped} unreadable line(s) (a torn write from a "
-                      "killed run); those samples are generated again", markup=False, highlight=False)
-
-    # 2) models
-    import mtp_bench
-
-    dtype = args.dtype  # a name; the adapter validates it
-    device = group.device if group is not None else args.device
-    load = backend.load if backend is not None else mtp_bench.load
-    kw = {"base": args.base} if getattr(args, "base", None) else {}  # a heads-only checkpoint's base
-    models = {"candidate": load(cand_path, device=device, dtype=dtype, **kw)}
-    if base_path is not None:
-        models["baseline"] = load(base_path, device=device, dtype=dtype, **kw)
-    if group is not None:
-        group.ready(models)
-        if not group.is_leader:
-            group.serve(models, cache)
-            return None
-    model_blocks = {role: results.model_info(m) for role, m in models.items()}
-    results.dumps(model_blocks)  # an adapter bug (a config that is not JSON) fails now, not after the run
-
-    # 3) run
-    outputs: dict[str, dict[str, EvalOutput]] = {}
-    stats = {"cache_hits": 0, "generated": 0}
-    durations: dict[str, float] = {}  # "evaluator/role" -> seconds
-    skipped: dict[str, str] = {}  # evaluator -> why (a suite run skips an evaluator whose data is missing)
-    with rich_progress(console) if not args.quiet else contextlib.nullcontext(None) as factory:
-        for role, model in models.items():
-            for ev in evaluators:
-                if ev.name in skipped:
-                    continue
-                seed_everything(args.seed)
-                ctx = RunContext(seed=args.seed, limit=args.limit, data_dir=data_dir, work_dir=work_dir, role=role,
-                                 cache=cache, distributed=group,
-                                 generate_fn=backend.generate if backend is not None else None,
-                                 **({"progress_factory": factory} if factory else {}))
-                console.print(f"{ev.name} v{ev.version} on the {role} ({model.path})", markup=False, highlight=False)
-                t_ev = time.perf_counter()
-                try:
-                    output = ev.run(model, ctx)
-                except DataError as e:
-                    if args.suite is None:  # asked for by name: missing data is an error
-                        raise
-                    # a suite run goes on without it, and the report says why
-                    skipped[ev.name] = str(e)
-                    outputs.pop(ev.name, None)
-                    console.print(f"skipped {ev.name}: {e}", markup=False, highlight=False)
-                    continue
-                durations[f"{ev.name}/{role}"] = round(time.perf_counter() - t_ev, 3)
-                results.check_output(ev, output)
-                outputs.setdefault(ev.name, {})[role] = output
-                for k in stats:
-                    stats[k] += ctx.stats[k]
-
-    # 4) write: samples first, then the result that points at them
-    prov = collect(seed=args.seed, device=models["candidate"].device, argv=argv, start_time=start_iso,
-                   duration_s=time.perf_counter() - t0,
-                   devices=group.devices if group is not None else None)
-    if group is not None:
-        prov["distributed"] = group.provenance()
-    if backend is not None:
-        prov["generation_backend"] = backend.provenance()
-    prov["evaluator_durations_s"] = durations
-    prov["generation_cache"] = {"work_dir": str(work_dir), "enabled": cache is not None, **stats}
-    ran = [ev for ev in evaluators if ev.name not in skipped]
-    doc = results.build_result(suite=args.suite, evaluators=ran, models=model_blocks, outputs=outputs,
-                               provenance=prov, samples_file=samples.name if samples else None, skipped=skipped)
-    if out_path is not None:
-        results.atomic_write_jsonl(samples, results.sample_rows(ran, outputs))
-        results.atomic_write_json(out_path, doc)
-    return RunOutcome(doc=doc, outputs=outputs, stats=stats)
-
-
-# ----------------------------------------------------------------------------- ls
-
-def ls_main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    registry.load_plugins()
-    suites = registry.suites()
-    rows = [{"name": n, "suites": list(cls.suites), "version": cls.version, "description": cls.description}
-            for n, cls in sorted(registry.REGISTRY.items())]
-    if args.json:
-        print(json.dumps({"evaluators": rows, "suites": suites}, indent=2))
+    # 2) the run
+    result = evaluation.evaluate(
+        cand_path, names, suite=args.suite, config=args.config, defaults=defaults, baseline=base_path,
+        base=getattr(args, "base", None), limit=args.limit, seed=args.seed, data_dir=args.data_dir,
+        work_dir=args.work_dir, out=args.out, cache=not args.no_cache, device=args.device, dtype=args.dtype,
+        backend=getattr(args, "backend", "native"), console=console, progress=not args.quiet, argv=sys.argv[1:])
+    if result is None:  # a torchrun rank > 0: rank 0 reports and writes
         return 0
-    console = Console()
-    if not rows:
-        console.print("no evaluators are installed")
-        return 0
-    table = Table(title="evaluators")
-    for col in ("name", "suites", "version", "description"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], ", ".join(r["suites"]), r["version"], r["description"])
-    console.print(table)
-    for suite, names in suites.items():
-        console.print(f"[bold]{suite}[/bold]: {', '.join(names)}")
+    # 3) the report, with paired tests on the records in memory
+    render(result.doc, report_console(), samples=result.samples())
+    if args.out:
+        console.print(f"wrote {args.out} and {samples_path(Path(args.out))}", markup=False, highlight=False)
     return 0

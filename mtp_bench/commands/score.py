@@ -24,9 +24,18 @@ import argparse
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from mtp_bench.api import registry
+from mtp_bench.api.config import parse_overrides
 from mtp_bench.api.errors import DataError, UserError
 from mtp_bench.api.files import file_sha256
+from mtp_bench.api.jsonl import read_lines
+from mtp_bench.api.registry import EvalOutput
+from mtp_bench.evaluation import make_evaluators, resolve_data_dir, result_document
+from mtp_bench.reporting import results
+from mtp_bench.reporting.provenance import utc_now
+from mtp_bench.reporting.show import render, report_console
 
 SCORING_METHODS = ("load_docs", "score_completion", "aggregate")
 
@@ -57,8 +66,6 @@ def scoring_evaluators() -> list[str]:
 
 def read_generations(path: Path) -> list[dict]:
     """The records of a generations file; a bad line is a DataError naming the line."""
-    from mtp_bench.api.jsonl import read_lines
-
     records = []
     for lineno, rec in read_lines(path, "generations file"):
         if not isinstance(rec, dict):
@@ -96,23 +103,13 @@ def score_file(evaluator, generations: Path, data_dir: Path | None = None) -> tu
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from mtp_bench.api.config import config_from_dict, parse_overrides
-    from mtp_bench.api.registry import EvalOutput
-    from mtp_bench.commands.run import resolve_data_dir
-    from mtp_bench.reporting import results
-    from mtp_bench.reporting.provenance import collect, utc_now
-    from mtp_bench.reporting.show import render, report_console
-
     t0, start_iso = time.perf_counter(), utc_now()
     # 1) what to score with, where to write (checked before any work)
     cls = registry.get(args.evaluator)
     if not all(hasattr(cls, m) for m in SCORING_METHODS):
         raise UserError(f"{args.evaluator} does not score generations made elsewhere; evaluators that do: "
                         f"{', '.join(scoring_evaluators())} (for code, use `mtp-bench exec`)")
-    overrides = parse_overrides(args.config, [cls])
-    evaluator = cls(config_from_dict(cls.Config, overrides.get(cls.name, {}), owner=cls.name))
+    evaluator = make_evaluators([cls], parse_overrides(args.config, [cls]))[0]
     out = Path(args.out).expanduser()
     if out.suffix != ".jsonl" or out.is_dir():
         raise UserError(f"--out must name a .jsonl file, got {str(args.out)!r}")
@@ -124,16 +121,14 @@ def main(args: argparse.Namespace) -> int:
     # 2) score (every input checked first), 3) write the scored lines atomically
     scored, metrics, info = score_file(evaluator, args.generations, data_dir)
     results.atomic_write_jsonl(out, scored)
-    # 4) the result document: printed as the usual table, written with --result
+    # 4) the result document, as `mtp_bench.evaluate` builds it: printed as the usual table, written with --result
     sha = file_sha256(args.generations)
     model = {"path": str(args.generations), "format": "generations", "weights_sha256": sha, "n_future": None,
              "num_params": None, "config": {"kind": "generations made elsewhere", "sha256": sha}}
     info["scored_file"] = str(out)
-    prov = collect(seed=0, device="cpu", argv=None, start_time=start_iso, duration_s=time.perf_counter() - t0)
-    doc = results.build_result(suite=None, evaluators=[evaluator], models={"candidate": model},
-                               outputs={evaluator.name: {"candidate": EvalOutput(records=scored, metrics=metrics,
-                                                                                  info=info)}},
-                               provenance=prov, samples_file=None)
+    outputs = {evaluator.name: {"candidate": EvalOutput(records=scored, metrics=metrics, info=info)}}
+    doc = result_document([evaluator], {"candidate": model}, outputs, suite=None, seed=0, device="cpu", argv=None,
+                          start_time=start_iso, t0=t0)
     render(doc, report_console())
     if result_path is not None:
         results.atomic_write_json(result_path, doc)

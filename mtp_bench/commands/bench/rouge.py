@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mtp_bench.api.atomic import atomic_open
-    from mtp_bench.commands.run import resolve_data_dir
+    from mtp_bench.evaluation import resolve_data_dir
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")

@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "compare": ("mtp_bench.commands.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
     "report": ("mtp_bench.commands.report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),
     "score": ("mtp_bench.commands.score", "add_arguments", "main", "score a JSONL of text generations (gsm8k, summarization)"),
-    "repro": ("mtp_bench.commands.repro", "add_arguments", "main", "reproduce a finding of the paper: train arms, evaluate, verdict"),
+    "repro": ("mtp_bench.commands.repro.cli", "add_arguments", "main", "reproduce a finding of the paper: train arms, evaluate, verdict"),
     "data": ("mtp_bench.commands.data", "add_arguments", "main", "write synthetic-suite data (arithmetic problems, name-replaced stories)"),
 }
 

@@ -275,5 +275,7 @@ def test_help_lists_every_finding(capsys):
 def test_doctests_of_the_rules_run():
     import doctest
 
-    failures, tried = doctest.testmod(repro)
+    from mtp_bench.commands.repro import rules
+
+    failures, tried = doctest.testmod(rules)
     assert tried >= 10 and failures == 0

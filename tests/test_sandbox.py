@@ -224,7 +224,10 @@ def test_memory_bomb_is_killed():
 
 
 def test_cpu_time_limit_fires_before_the_wall_clock():
-    res = run_program("while True:\n    pass\n", SandboxConfig(timeout_s=10.0, cpu_s=1))
+    # not a timing test: the wall clock is far beyond what 1 s of CPU takes even on a machine shared
+    # by dozens of jobs (it was 10 s, which a loaded 2-core machine could outrun); how fast the limit
+    # fires is `mtp-bench bench exec`'s business
+    res = run_program("while True:\n    pass\n", SandboxConfig(timeout_s=300.0, cpu_s=1))
     assert not res.passed and res.status == "killed", res
     assert res.detail == "CPU time limit exceeded"
 

@@ -16,7 +16,7 @@ Imports only the standard library and the errors module, so the reference model 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mtp_bench.api.errors import DataError
@@ -26,17 +26,18 @@ OLD_CACHE_ENV = "MTP_BENCH_CACHE"  # deprecated spelling (the trainer's); read w
 DATA_ENV = "MTP_BENCH_DATA"
 
 
-def cache_root() -> Path:
+def cache_root(env: Mapping[str, str] = os.environ) -> Path:
     """$MTP_BENCH_CACHE_DIR, else $XDG_CACHE_HOME/mtp-bench, else ~/.cache/mtp-bench.
 
-    >>> import os; os.environ[CACHE_ENV] = "/tmp/mtpb-cache"; str(cache_root())
-    '/tmp/mtpb-cache'
-    >>> del os.environ[CACHE_ENV]
+    >>> str(cache_root({"MTP_BENCH_CACHE_DIR": "/data/cache", "XDG_CACHE_HOME": "/xdg"}))
+    '/data/cache'
+    >>> str(cache_root({"XDG_CACHE_HOME": "/xdg"}))
+    '/xdg/mtp-bench'
     """
-    env = os.environ.get(CACHE_ENV) or os.environ.get(OLD_CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = env.get(CACHE_ENV) or env.get(OLD_CACHE_ENV)
+    if root:
+        return Path(root).expanduser()
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mtp-bench"
 
 
@@ -45,22 +46,22 @@ def cache_dir(*parts: str) -> Path:
     return cache_root().joinpath(*parts)
 
 
-def data_dirs(given: str | os.PathLike | Iterable[str | os.PathLike | None] | None = None) -> list[Path]:
+def data_dirs(given: str | os.PathLike | Iterable[str | os.PathLike | None] | None = None,
+              env: Mapping[str, str] = os.environ) -> list[Path]:
     """The folders (or files) to search for benchmark data, in order: `given` (one path or several:
     an evaluator's `data_dir` field, the run's --data-dir), then $MTP_BENCH_DATA; empty entries
     dropped, each once.
 
-    >>> import os; os.environ.pop(DATA_ENV, None) and None
-    >>> [str(p) for p in data_dirs(["a", None, "b", "a"])]
-    ['a', 'b']
-    >>> data_dirs(None)
+    >>> [str(p) for p in data_dirs(["a", None, "b", "a"], env={"MTP_BENCH_DATA": "shared"})]
+    ['a', 'b', 'shared']
+    >>> data_dirs(None, env={})
     []
     """
     if given is None:
         given = []
     elif isinstance(given, (str, os.PathLike)):
         given = [given]
-    raw = [*given, os.environ.get(DATA_ENV)]
+    raw = [*given, env.get(DATA_ENV)]
     return list(dict.fromkeys(Path(d).expanduser() for d in raw if d))
 
 

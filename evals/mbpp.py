@@ -60,6 +60,8 @@ from pathlib import Path
 from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
 from mtp_bench.api.paths import cache_dir, data_dirs
+from mtp_bench.execution.judge import split_program
+from mtp_bench.execution.pool import hide_path
 from mtp_bench.generation import chat
 from mtp_bench.scoring.code_extract import entry_point_of_tests, extract_fenced, sanitize
 from mtp_bench.scoring.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
@@ -123,7 +125,6 @@ def load_all(data_dir: Path | str | list | None = None, variant: str = "full") -
     looked = [p for d in data_dirs(data_dir) for p in _candidates(d, file_name)]
     path = next((p for p in looked if p.is_file()), None)
     if path is not None:
-        from mtp_bench.execution.pool import hide_path
 
         hide_path(path)  # its tests and reference solutions: never visible to the sandboxed programs
     if path is None and _env_offline():
@@ -217,8 +218,6 @@ def build_program(problem: dict, completion: str, include_challenge: bool = Fals
 def build_split(problem: dict, completion: str, include_challenge: bool = False):
     """The same program split for the sandbox's judge: the candidate (the completion) and the tests
     (setup code and asserts) run in separate processes (`mtp_bench.judge`)."""
-    from mtp_bench.execution.judge import split_program
-
     tests = problem["test_list"] + (problem["challenge_test_list"] if include_challenge else [])
     return split_program(completion, problem["test_setup_code"] + "\n" + "\n".join(tests) + "\n",
                          reference=problem["code"])

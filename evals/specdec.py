@@ -41,6 +41,7 @@ import torch
 
 from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.generation.engine import encode_prompt, uses_bos
 from mtp_bench.generation.speculative import (
     DecodeResult,
     LosslessError,
@@ -48,6 +49,7 @@ from mtp_bench.generation.speculative import (
     plain_decode,
     speculative_decode,
 )
+from mtp_bench.reference_model.checkpoint import export_checkpoint
 from mtp_bench.scoring.metrics import mean_metric, normal_ci95, point_metric
 
 PROMPT_SETS = ("code", "text", "chat")
@@ -150,7 +152,6 @@ def _hf_peer(model, work_dir: Path):
     elif model.format == "heads" and model.info.get("base_format") == "hf":
         src = Path(model.info["base"])
     elif model.format in ("native", "meta"):
-        from mtp_bench.reference_model.checkpoint import export_checkpoint
 
         src = Path(work_dir) / "specdec-hf-llama" / model.weights_sha256[:16]
         if not (src / "config.json").is_file():  # the export is atomic: config.json means complete
@@ -242,7 +243,6 @@ class SpecDec(Evaluator):
         greedy = c.temperature == 0
 
         # 1) prompts: deterministic set, first n (then --limit), encoded and left-truncated to fit
-        from mtp_bench.generation.engine import encode_prompt, uses_bos  # the generation engine's BOS rule
 
         named = (code_prompts() if c.prompt_set == "code"
                  else text_prompts(ctx.data_dir, c.source) if c.prompt_set == "text"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation.vllm import NeedsVLLMBackend
 from mtp_bench.scoring.metrics import mean_metric, point_metric
 
 
@@ -80,8 +81,6 @@ class SpecDecVLLM(Evaluator):
                                   "warmup >= 0")
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.generation.vllm import NeedsVLLMBackend
-
         if not hasattr(model, "speculative_generate"):
             raise NeedsVLLMBackend("specdec_vllm runs through vLLM: give --backend vllm and a Hugging Face "
                                    "directory of a model with MTP layers vLLM can draft with")

@@ -62,9 +62,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
 from mtp_bench.api.paths import data_dirs
+from mtp_bench.generation.engine import GenerationConfig, uses_bos
+from mtp_bench.scoring.metrics import mean_metric
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -378,8 +380,6 @@ class Summarization(Evaluator):
 
     def aggregate(self, scored: list[dict]) -> tuple[dict[str, Metric], dict]:
         """Means over documents (one score per document: several samples of one document are averaged)."""
-        from mtp_bench.scoring.metrics import mean_metric
-
         per_doc: dict[int, list[dict]] = {}
         for r in scored:
             per_doc.setdefault(r["doc_id"], []).append(r)
@@ -399,9 +399,6 @@ class Summarization(Evaluator):
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.api import GenRequest
-        from mtp_bench.generation.engine import GenerationConfig, uses_bos
-
         cfg = self.config
         spec = DATASETS[cfg.dataset]
         # 1) documents (and, for kshot, the examples taken from the end of the split)

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from mtp_bench.api import registry
+
 BYTE_VOCAB = 256
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
 
@@ -177,8 +179,6 @@ def isolated_registry(builtins: bool = False) -> Iterator[dict]:
     """Run a block with its own evaluator registry and restore the real one afterwards.
     builtins=False: start empty and skip plugin loading, so only the evaluators the test
     registers exist. builtins=True: start from the built-ins and installed plugins."""
-    from mtp_bench.api import registry
-
     saved, saved_loaded = dict(registry.REGISTRY), registry._plugins_loaded
     try:
         if builtins:

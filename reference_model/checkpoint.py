@@ -40,6 +40,7 @@ import torch
 
 from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model.model import ModelConfig, Transformer
+from mtp_bench.reference_model.tokenizer import load_tokenizer as load_json_tokenizer
 
 FORMAT_NAME = "mtp-bench"
 FORMAT_VERSION = 1
@@ -155,7 +156,6 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     if path.suffix == ".model":
         return SentencePieceTokenizer(path)
-    from mtp_bench.reference_model.tokenizer import load_tokenizer as load_json_tokenizer
 
     return load_json_tokenizer(path)
 

@@ -27,6 +27,7 @@ import torch
 
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.jsonl import read_lines
 from mtp_bench.api.paths import cache_root
 
 CACHE_FORMAT_VERSION = 1  # bump when the cached token layout changes
@@ -79,8 +80,6 @@ def _folder_documents(root: Path, patterns: list[str], exclude: set[str]) -> lis
 
 
 def _jsonl_documents(path: Path, field: str) -> list[Document]:
-    from mtp_bench.api.jsonl import read_lines
-
     docs = []
     for i, rec in read_lines(path, "corpus"):
         if not isinstance(rec, dict) or field not in rec:
@@ -94,8 +93,6 @@ def _jsonl_documents(path: Path, field: str) -> list[Document]:
 
 def _jsonl_pairs(path: Path, prompt_field: str, target_field: str) -> list[Document]:
     """Prompt/target documents of a JSONL file: prompt in `prompt_field`, target in `target_field`."""
-    from mtp_bench.api.jsonl import read_lines
-
     docs = []
     for i, rec in read_lines(path, "corpus"):
         for field in (prompt_field, target_field):

@@ -30,6 +30,7 @@ from typing import Any
 from mtp_bench.api.errors import CheckpointError
 from mtp_bench.api.files import weights_sha256
 from mtp_bench.api.paths import cache_root
+from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = ("llama", "mistral", "qwen2")  # general.architecture values hf_import can take
@@ -103,7 +104,6 @@ def _convert(p: Path, out: Path, sha: str, meta: dict, types: dict[str, str]) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
     hf_logging.disable_progress_bar()
     try:

@@ -46,7 +46,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import CheckpointError, ConfigError
+from mtp_bench.reference_model.checkpoint import _read_json, write_dir_atomically
 from mtp_bench.reference_model.model import ModelConfig, SequentialModule, Transformer
 
 HEADS_FORMAT = "mtp-bench-heads"
@@ -230,7 +232,6 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
     """config.json + heads.safetensors (extra heads only) + training.json, written atomically."""
     from safetensors.torch import save_file
 
-    from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
           if k.startswith("extra_heads.")}
@@ -249,8 +250,6 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
 
 
 def read_heads_config(d: Path) -> dict:
-    from mtp_bench.reference_model.checkpoint import _read_json
-
     c = _read_json(d / "config.json")
     if c.get("format") != HEADS_FORMAT:
         raise CheckpointError(f"{d / 'config.json'}: not a heads checkpoint (format={c.get('format')!r})")
@@ -301,8 +300,6 @@ class BaseTokenizer:
         return hashlib.sha256(self.to_str().encode()).hexdigest()
 
     def save(self, path) -> None:
-        from mtp_bench.api.atomic import atomic_open
-
         with atomic_open(path, "w", encoding="utf-8") as f:
             f.write(self.to_str())
 

@@ -31,6 +31,7 @@ def test_committed_baseline_result_was_made_with_the_shipped_weights():
         assert doc["models"][role]["weights_sha256"] == model.weights_sha256
 
 
+@pytest.mark.slow
 def test_zero_config_code_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "code.json"

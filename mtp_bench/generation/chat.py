@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 
 from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation.engine import uses_bos
 
 PROMPT_MODES = ("completion", "chat", "auto")
 FUNCTION_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
@@ -70,8 +71,6 @@ def render_chat(model, user_text: str) -> str:
     A template that writes the BOS token itself loses it here when the generation engine adds BOS
     anyway (`generation.uses_bos`), so the prompt never starts with two.
     """
-    from mtp_bench.generation.engine import uses_bos
-
     tok = model.tokenizer.tok
     text = tok.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
                                    add_generation_prompt=True)

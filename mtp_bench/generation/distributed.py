@@ -40,6 +40,10 @@ import os
 from typing import Any
 
 from mtp_bench.api.errors import ConfigError, UserError
+from mtp_bench.generation import engine
+from mtp_bench.generation.cache import MissingGeneration, generate_batches
+from mtp_bench.generation.engine import Generation, GenerationConfig
+from mtp_bench.models.device import device_name
 
 BACKEND = "gloo"
 # Workers wait for rank 0 through all the work that is not generation (sandboxed execution of
@@ -148,8 +152,6 @@ class Group:
         rank 0 can record the devices and no rank evaluates other weights than rank 0's."""
         import torch.distributed as dist
 
-        from mtp_bench.models.device import device_name
-
         mine = {"device": device_name(self.device), "weights": {r: str(m.weights_sha256) for r, m in models.items()}}
         everyone: list[Any] = [None] * self.world_size
         dist.all_gather_object(everyone, mine)
@@ -181,8 +183,6 @@ class Group:
                  bar: Any = None) -> list:
         """Rank 0, from `RunContext.generate`: the generations of `todo` (cache misses), in order,
         made by every rank on its shard (steps 1-3 of the module docstring)."""
-        from mtp_bench.generation.engine import Generation
-
         task = {"op": "generate", "role": role, "gen_config": gen_config.to_dict(),
                 "todo": [dataclasses.asdict(t) for t in todo]}
         self._broadcast(task)
@@ -216,14 +216,11 @@ class Group:
             self._gather(reply)
 
     def _run_shard(self, model: Any, task: dict, gen_fn: Any, cache: Any, bar: Any) -> tuple[dict, Exception | None]:
-        from mtp_bench.generation.cache import MissingGeneration, generate_batches
-        from mtp_bench.generation.engine import GenerationConfig, generate
-
         todo = [MissingGeneration(**t) for t in task["todo"]]
         mine = [i for i, t in enumerate(todo) if shard_of(t.sample_id, self.world_size) == self.rank]
         try:
             gens = generate_batches(model, [todo[i] for i in mine], GenerationConfig.from_dict(task["gen_config"]),
-                                    gen_fn or generate, cache, bar)
+                                    gen_fn or engine.generate, cache, bar)
         except Exception as e:  # reported to rank 0, which raises it
             return {"gens": [], "error": f"{type(e).__name__}: {e}", "user_error": isinstance(e, UserError)}, e
         payload = gens if self.is_leader else [dataclasses.asdict(g) for g in gens]

@@ -48,6 +48,9 @@ from typing import Any
 
 from mtp_bench.api.config import config_from_dict, parse_section
 from mtp_bench.api.errors import CheckpointError, ConfigError, DataError, UserError
+from mtp_bench.generation.engine import Generation, GenerationConfig, encode_prompt, trim_at_stop, uses_bos
+from mtp_bench.models.adapters import HFTokenizer, _hf_weight_files, weights_sha256
+from mtp_bench.reference_model.checkpoint import detect_format
 
 ENGINE = "vllm"
 PREFIX = "backend."
@@ -161,8 +164,6 @@ class VLLMModel:
         import torch
         from transformers import AutoTokenizer
 
-        from mtp_bench.models.adapters import HFTokenizer, _hf_weight_files
-        from mtp_bench.reference_model.checkpoint import detect_format
 
         d = Path(path)
         if not d.is_dir():
@@ -199,7 +200,6 @@ class VLLMModel:
     @property
     def weights_sha256(self) -> str:
         if self._sha is None:
-            from mtp_bench.models.adapters import weights_sha256
 
             self._sha = weights_sha256(self._weight_files)
         return self._sha
@@ -241,8 +241,6 @@ class VLLMModel:
 
     def encode(self, prompts: list[str], max_new_tokens: int) -> list[tuple[list[int], int]]:
         """Token ids (and left-truncated count) of each prompt, exactly as our engine encodes them."""
-        from mtp_bench.generation.engine import encode_prompt, uses_bos
-
         max_prompt_len = self.max_seq_len - max_new_tokens
         if max_prompt_len < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt "
@@ -275,8 +273,6 @@ class VLLMModel:
         return [self._generation(out, ids, dropped, config.stop) for out, (ids, dropped) in zip(outs, encoded)]
 
     def _generation(self, out: Any, prompt_ids: list[int], dropped: int, stop: tuple[str, ...]) -> Any:
-        from mtp_bench.generation.engine import Generation, trim_at_stop
-
         if list(out.prompt_token_ids) != list(prompt_ids):
             raise RuntimeError("vLLM saw other prompt tokens than it was given")
         c = out.outputs[0]
@@ -300,8 +296,6 @@ class VLLMModel:
     def speculative_generate(self, prompts: list[str], max_new_tokens: int, speculative_config: dict) -> dict:
         """Greedy generation with vLLM's speculative decoding; returns the generations, the wall
         time and the change of vLLM's spec-decode counters over this call (`spec_decode_counters`)."""
-        from mtp_bench.generation.engine import GenerationConfig
-
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
         llm = self.engine(speculative_config)
         before = spec_decode_counters(llm.get_metrics())
@@ -315,8 +309,6 @@ class VLLMModel:
 
     def plain_generate(self, prompts: list[str], max_new_tokens: int) -> dict:
         """Greedy generation without speculation, timed: the reference of `speculative_generate`."""
-        from mtp_bench.generation.engine import GenerationConfig
-
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
         self.engine(None)
         t0 = time.perf_counter()

@@ -188,6 +188,7 @@ def test_cot8_end_to_end_with_a_scripted_model(tmp_path):
     assert rerun.records == out.records
 
 
+@pytest.mark.slow
 def test_paper_protocol_reports_pass_at_k_and_majority(tmp_path):
     data = _fake_data(tmp_path, PROBLEMS[:2])
     shots = list(gsm8k.COT_EXEMPLARS)
@@ -202,6 +203,7 @@ def test_paper_protocol_reports_pass_at_k_and_majority(tmp_path):
     assert [r["completion"] for r in again.records] == [r["completion"] for r in out.records]
 
 
+@pytest.mark.slow
 def test_zero_config_nl_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch):
     from mtp_bench.cli import main
 

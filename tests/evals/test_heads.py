@@ -60,6 +60,7 @@ def test_per_head_loss_equals_mtp_loss_on_the_held_out_windows(tmp_path, corpus,
     assert bpb == pytest.approx(out.metrics["head1_loss"].value / math.log(2), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_limit_caps_windows(tmp_path, corpus):
     model = _model(tmp_path, 2)
     ev = Heads({"corpus": str(corpus), "val_fraction": 0.3, "seq_len": 32, "n_windows": 6})

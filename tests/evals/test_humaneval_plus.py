@@ -70,6 +70,7 @@ def test_completion_prompt_and_stops_are_evalplus_direct_completion(problems):
     assert {"\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert ", "\nif __name__", "\nprint("} <= set(hp.STOP_SEQUENCES)
 
 
+@pytest.mark.slow
 def test_base_and_plus_pass_at_1_side_by_side(data_dir, tmp_path, problems):
     p0, p1, p2 = (problems[t] for t in ("HumanEval/0", "HumanEval/1", "HumanEval/2"))
     answers = {hp.build_prompt(p0): p0["canonical_solution"],  # right everywhere
@@ -89,6 +90,7 @@ def test_base_and_plus_pass_at_1_side_by_side(data_dir, tmp_path, problems):
     json.dumps([out.records, out.info])
 
 
+@pytest.mark.slow
 def test_chat_mode_extracts_the_function(data_dir, tmp_path, problems):
     model = chat_model()
     p = problems["HumanEval/0"]

@@ -72,6 +72,7 @@ def test_replacement_names_are_two_tokens_at_known_positions(which, bpe):
     assert [r for _, _, r in occ] == [name in seen[:i] for i, name in enumerate(seen)]
 
 
+@pytest.mark.slow
 def test_replacement_is_seeded_and_per_story():
     tok = byte_tokenizer()
     pool = I.name_pool(tok, seed=0)

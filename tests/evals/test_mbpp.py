@@ -80,6 +80,7 @@ def everything(data_dir):
     return mbpp.load_all(data_dir, "full")
 
 
+@pytest.mark.slow
 def test_full_test_split_is_task_ids_11_to_510(data_dir):
     problems = mbpp.load_problems(data_dir)
     assert list(problems) == [str(i) for i in range(11, 511)]
@@ -158,6 +159,7 @@ def test_program_is_completion_then_setup_then_asserts(everything):
     assert with_challenge["challenge_test_list"][0] not in mbpp.build_program(with_challenge, "")
 
 
+@pytest.mark.slow
 def test_every_reference_solution_passes_its_own_tests_in_the_sandbox(data_dir):
     from mtp_bench.execution.pool import SandboxConfig, run_programs
 

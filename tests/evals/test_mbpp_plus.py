@@ -48,6 +48,7 @@ def test_prompt_is_split_into_task_and_test(problems):
     assert tests == "assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))"
 
 
+@pytest.mark.slow
 def test_completion_mode_base_and_plus(data_dir, tmp_path, problems):
     p2, p3, p4 = (problems[t] for t in ("Mbpp/2", "Mbpp/3", "Mbpp/4"))
     # Mbpp/3 (is_not_prime): divisors tried below 50 only, enough for MBPP's own inputs (1, 2, 10, 35,
@@ -63,6 +64,7 @@ def test_completion_mode_base_and_plus(data_dir, tmp_path, problems):
     assert out.metrics["plus_pass@1"].value == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 def test_chat_mode_prompt_and_sanitized_solution(data_dir, tmp_path, problems):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast

@@ -169,6 +169,7 @@ def tiny_ckpt(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("specdec") / "ckpt", Transformer(cfg), tok, {})
 
 
+@pytest.mark.slow
 def test_real_checkpoint_against_hf_peers(tiny_ckpt, tmp_path):
     """End to end on a saved reference checkpoint: lossless, and the HF peers (the same weights
     exported as LlamaForCausalLM) produce the very same greedy tokens, prompt lookup included."""
@@ -215,6 +216,7 @@ def test_degenerate_outputs_are_flagged():
     assert not is_degenerate([7] * 5)  # too short to tell
 
 
+@pytest.mark.slow
 def test_sequential_checkpoint_drafts_by_chaining_and_reuses_the_last_module(tmp_path):
     import mtp_bench
     from mtp_bench.reference_model.checkpoint import save_checkpoint

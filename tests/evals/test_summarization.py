@@ -42,6 +42,7 @@ def test_doctests_run():
     assert failures == 0 and tried >= 4
 
 
+@pytest.mark.slow
 def test_xsum_per_document_scores_equal_rouge_score_called_directly(xsum):
     ref_scorer = RougeScorer(TYPES, use_stemmer=True)
     for doc in xsum[:150]:
@@ -57,6 +58,7 @@ def test_xsum_per_document_scores_equal_rouge_score_called_directly(xsum):
         assert ours["rougeLsum"]["fmeasure"] == lsum.fmeasure
 
 
+@pytest.mark.slow
 def test_scitldr_max_rule_equals_score_multi(scitldr):
     ref_scorer = RougeScorer(TYPES, use_stemmer=True)
     for doc in scitldr[:40]:
@@ -67,6 +69,7 @@ def test_scitldr_max_rule_equals_score_multi(scitldr):
         assert {t: ours[t]["fmeasure"] for t in TYPES} == {t: direct[t].fmeasure for t in TYPES}, doc["doc_id"]
 
 
+@pytest.mark.slow
 def test_scitldr_best_rouge1_rule_scores_one_reference(scitldr):
     ref_scorer = RougeScorer(TYPES, use_stemmer=True)
     differs = 0
@@ -81,6 +84,7 @@ def test_scitldr_best_rouge1_rule_scores_one_reference(scitldr):
     assert differs > 0  # the two rules are not the same rule on real data
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("rouge_score_rs") is None, reason="rouge-score-rs is not installed")
 def test_rust_backend_is_bit_identical_on_the_shared_data(xsum, scitldr):
     for docs, n in ((xsum[:200], 1), (scitldr[:60], 2)):
@@ -227,6 +231,7 @@ def test_tokenize_pairs_masks_everything_but_the_target():
     assert masks[1].tolist() == [1] * 8 and rows[1][-1] == tok.eos_id
 
 
+@pytest.mark.slow
 def test_target_only_loss_equals_the_masked_cross_entropy_and_both_backwards_agree():
     import torch
 
@@ -253,6 +258,7 @@ def test_target_only_loss_equals_the_masked_cross_entropy_and_both_backwards_agr
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["sequential"], grads["naive"]))
 
 
+@pytest.mark.slow
 def test_fine_tune_a_debug_model_on_a_prompt_target_file(tmp_path):
     from mtp_bench.reference_model import train as T
 

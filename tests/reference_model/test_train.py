@@ -99,6 +99,7 @@ def test_checkpoint_records_provenance_and_true_val_metrics(debug_run):
         assert info["final"]["val"]["acc"][i] == pytest.approx(acc, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(debug_run, tmp_path):
     _, ref_out, ref_info = debug_run
     cfg = debug_config(tmp_path, ckpt_interval=3)
@@ -125,6 +126,7 @@ def test_resume_after_crash_matches_uninterrupted_run(debug_run, tmp_path):
     assert not T.state_path(cfg.out).exists()  # finished: nothing left to resume
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_state_at_a_step_boundary_and_resume_matches(tmp_path):
     import signal
 
@@ -232,6 +234,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_ranks_stay_identical_and_match_grad_accumulation(tmp_path):
     cfg = debug_config(tmp_path, "ddp", max_steps=4, eval_interval=0)
     port = _free_port()

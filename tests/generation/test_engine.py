@@ -375,6 +375,7 @@ def test_reference_model_batch_size_does_not_change_samples_or_greedy(exported):
         assert [g.text for g in one] == [g.text for g in eight]
 
 
+@pytest.mark.slow
 def test_finished_rows_leave_the_batch_and_change_nothing(exported, monkeypatch):
     """Rows that stop early (a stop sequence, at different steps) are dropped from the reference
     model's cache; every output, greedy and sampled, equals the same prompt decoded alone."""
@@ -434,6 +435,7 @@ def test_bos_prepended_and_kept_through_truncation(tiny):
     assert g[1].prompt_truncated == 200 - (keep - 1)
 
 
+@pytest.mark.slow
 def test_bench_generate_quick_writes_consistent_json(tmp_path):
     """The benchmark's bookkeeping, not its speed: both sides produce the same greedy tokens,
     every prompt gets exactly max_new_tokens (a random model emits no EOS), and the ratio is

@@ -214,6 +214,7 @@ def sample_counts(model, prompt, n_runs, n_tok, temperature, batch):
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 300])
 def test_sampling_matches_head1_distribution(batch):
     # vocab 3, 3 tokens: 27 cells; drafts are right for ~2/3 of prefixes, so accepts and rejects both occur
@@ -225,6 +226,7 @@ def test_sampling_matches_head1_distribution(batch):
     assert stat < chi2_critical(dof), (stat, dof)
 
 
+@pytest.mark.slow
 def test_sampling_test_detects_a_biased_acceptance_rule(monkeypatch):
     """The distribution test has power: always accepting drafts (a common bug) is caught."""
     model = HashMTP(vocab=3, n_future=3, mode="mixed", scale=1.0, seed=3)
@@ -279,6 +281,7 @@ def simulate_accepts(module, prompt: list[int], out: list[int], k: int) -> list[
     return accepts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_type", ["parallel", "linear", "causal", "anticausal"])
 def test_reference_model_is_lossless_with_cache_rollback(head_type):
     model = echo_model(head_type)
@@ -342,6 +345,7 @@ def simulate_chained_accepts(module, prompt: list[int], out: list[int], k: int) 
     return accepts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sequential_modules_draft_by_chaining_and_are_lossless(seed):
     model = sequential_echo_model(seed)

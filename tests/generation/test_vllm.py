@@ -156,6 +156,7 @@ def test_without_vllm_it_is_one_line_and_exit_2(monkeypatch, checkpoints, tmp_pa
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_greedy_humaneval_through_vllm_equals_our_engine(fake_vllm, checkpoints, tmp_path):
     common = [*GREEDY, "--model", checkpoints["hf"], "--work-dir", str(tmp_path / "wd")]
     assert main(["run", "--quiet", *common, "--out", str(tmp_path / "native.json")]) == 0
@@ -190,6 +191,7 @@ def test_greedy_humaneval_through_vllm_equals_our_engine(fake_vllm, checkpoints,
     assert sent == sorted(tuple(encode_prompt(m, r["prompt"], 128 - 12, uses_bos(m))[0]) for r in native)
 
 
+@pytest.mark.slow
 def test_sampling_sends_per_sample_seeds_and_top_p(fake_vllm, checkpoints, tmp_path):
     assert main(["run", "--quiet", *GREEDY, "--backend", "vllm", "--model", checkpoints["hf"], "--seed", "7",
                  "--config", "humaneval.temperatures=0.8", "--config", "humaneval.n=2", "--config", "humaneval.k=1",
@@ -201,6 +203,7 @@ def test_sampling_sends_per_sample_seeds_and_top_p(fake_vllm, checkpoints, tmp_p
     assert {sp.seed for sp in params} == expected
 
 
+@pytest.mark.slow
 def test_specdec_vllm_reports_vllms_acceptance_counters(fake_vllm, checkpoints, tmp_path):
     assert main(["run", "--quiet", "--evals", "specdec_vllm", "--limit", "3", "--backend", "vllm",
                  "--model", checkpoints["hf"], "--config", "specdec_vllm.num_speculative_tokens=2",

@@ -27,6 +27,7 @@ def _report(tmp_path, files, *extra):
     return out
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_with_the_plots_the_results_call_for(shipped_results, tmp_path):
     from PIL import Image
 
@@ -46,6 +47,7 @@ def test_page_is_self_contained_with_the_plots_the_results_call_for(shipped_resu
     assert page.count("<th>command</th>") == 3 and page.count("<th>heads/candidate config</th>") == 3
 
 
+@pytest.mark.slow
 def test_png_dir_holds_the_embedded_figures(shipped_results, tmp_path):
     page = _report(tmp_path, [shipped_results["mtp4-code"]], "--png", str(tmp_path / "figs")).read_text()
     pngs = sorted((tmp_path / "figs").glob("*.png"))
@@ -70,6 +72,7 @@ def _toy(path, name, metrics, info=None):
     return path
 
 
+@pytest.mark.slow
 def test_plot_kinds_follow_the_metric_names_of_any_evaluator(tmp_path):
     m = lambda v: mean_metric([v, v + 0.1, v - 0.1], True)
     a = _toy(tmp_path / "a.json", "codex", {"pass@1": m(0.2), "pass@10": m(0.5), "pass@100": m(0.7)})
@@ -103,7 +106,7 @@ def test_repro_results_show_their_verdict_and_their_own_plot(tmp_path, capsys):
     import json
     from pathlib import Path
 
-    ROOT_REPRO_EXAMPLE = Path(__file__).resolve().parent.parent / "results" / "repro" / "induction-quick"  # committed
+    ROOT_REPRO_EXAMPLE = Path(__file__).resolve().parents[2] / "results" / "repro" / "induction-quick"  # committed
     a = _toy(tmp_path / "a.json", "x", {"m": point_metric(1.0, 1, True)})
     page = _report(tmp_path, [a], "--repro", str(ROOT_REPRO_EXAMPLE)).read_text()
     doc = json.loads((ROOT_REPRO_EXAMPLE / "result.json").read_text())

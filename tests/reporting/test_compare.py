@@ -94,11 +94,12 @@ def test_per_sample_values_reproduce_every_metric_they_are_used_for(shipped_resu
     assert found["humaneval.pass@1"].binary and found["specdec.alpha_cond_3"].rule == "ratio rule alpha_cond_3"
 
 
+@pytest.mark.slow
 def test_samples_not_shared_fall_back_to_unpaired_and_say_so(shipped_results, tmp_path, capsys):
     ckpts = shipped_results["ntp-code"].parent
     short = tmp_path / "short.json"
     assert main(["run", "--quiet", "--evals", "heads", "--limit", "4", "--model",
-                 str(pairing.Path(__file__).resolve().parent.parent / "reference_model" / "checkpoints" / "ntp-code"),
+                 str(pairing.Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "ntp-code"),
                  "--config", "heads.n_windows=8", "--work-dir", str(ckpts / "work"), "--out", str(short)]) == 0
     capsys.readouterr()
     assert main(["compare", str(shipped_results["ntp-code"]), str(short)]) == 0

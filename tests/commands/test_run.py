@@ -27,7 +27,7 @@ from mtp_bench.reporting import results
 from mtp_bench.scoring.metrics import mean_metric, point_metric
 from mtp_bench.testing import FakeModel, isolated_registry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = {f"q{i}": (f"Q{i}: what is {i} + {i}?\nA:", f" {2 * i}") for i in range(8)}
 
 
@@ -180,13 +180,14 @@ def _cache_lines(path):
     return [line for line in path.read_bytes().split(b"\n") if line.strip()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_does_only_missing_work(env, tmp_path):
     args = ["--evals", "qa,nfut", "--model", "good", "--baseline", "half", "--config", "qa.temperature=3"]
     # reference: one uninterrupted run without cache
     assert run(tmp_path, *args, "--no-cache", out="ref.json", work="ref") == 0
     ref = results.metric_values(results.load_result(tmp_path / "ref.json"))
     # the same command in a subprocess with a slow model, SIGKILLed once some batches are cached
-    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_runner; test_runner.install(); "
+    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests' / 'commands')!r}); import test_run; test_run.install(); "
               "from mtp_bench.cli import main; raise SystemExit(main(sys.argv[1:]))")
     cache = tmp_path / "wd" / "generations.jsonl"
     argv = ["run", "--quiet", "--work-dir", str(tmp_path / "wd"), "--out", str(tmp_path / "r.json"), *args]

@@ -85,6 +85,7 @@ def test_program_runs_in_its_slots_cgroup_with_the_limits():
     assert res.stdout.strip() == expected
 
 
+@pytest.mark.slow
 def test_floods_beside_correct_programs_leave_their_verdicts_alone():
     """A memory flood (forked children, each under RLIMIT_AS, together far over it), a fork bomb and a
     CPU-bound swarm of processes run at the same time as correct HumanEval programs in other workers:
@@ -175,6 +176,7 @@ def test_failing_assertion_is_reported_with_its_message():
 # runaway programs
 
 
+@pytest.mark.slow
 def test_timeout_kills_infinite_loop_and_leaves_no_process():
     tag = new_tag()
     res = run_program(tag_line(tag) + "while True:\n    pass\n", FAST)
@@ -182,6 +184,7 @@ def test_timeout_kills_infinite_loop_and_leaves_no_process():
     assert pids_named(tag) == []
 
 
+@pytest.mark.slow
 def test_ignoring_sigterm_does_not_help():
     tag = new_tag()
     prog = tag_line(tag) + ("import signal, time\n"
@@ -193,6 +196,7 @@ def test_ignoring_sigterm_does_not_help():
     assert pids_named(tag) == []
 
 
+@pytest.mark.slow
 def test_fork_bomb_is_contained_and_cleaned_up():
     tag, cfg = new_tag(), SandboxConfig(timeout_s=1.5, max_procs=16)
     prog = tag_line(tag) + ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
@@ -223,6 +227,7 @@ def test_memory_bomb_is_killed():
     assert "memory" in res.detail
 
 
+@pytest.mark.slow
 def test_cpu_time_limit_fires_before_the_wall_clock():
     # not a timing test: the wall clock is far beyond what 1 s of CPU takes even on a machine shared
     # by dozens of jobs (it was 10 s, which a loaded 2-core machine could outrun); how fast the limit

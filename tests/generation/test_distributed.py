@@ -15,7 +15,7 @@ from mtp_bench.generation.cache import GENERATIONS_FILE, JsonlCache, open_run_ca
 from mtp_bench.generation.distributed import rank_device, shard_of
 from mtp_bench.reporting import results
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 6  # HumanEval/0..5: sha256 puts 3 on each of 2 ranks (the tests check that both have work)
 N = 2  # samples per problem, at T=0.8: per-sample seeds must survive the split
 ARGS = ["--evals", "humaneval", "--limit", str(LIMIT), "--device", "cpu", "--seed", "3",
@@ -88,6 +88,7 @@ def rank_of_requests(world_size):
     return per_rank
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_result(models, reference, tmp_path):
     per_rank = rank_of_requests(2)
     assert min(per_rank) >= 2  # both ranks have work, or the test proves nothing
@@ -108,6 +109,7 @@ def test_two_gloo_ranks_give_the_single_process_result(models, reference, tmp_pa
     assert proc.stdout.count(f"humaneval v{VERSION}") == 1  # one report, from rank 0
 
 
+@pytest.mark.slow
 def test_a_killed_rank_resumes_with_two_ranks_then_with_one(models, reference, tmp_path):
     per_rank = rank_of_requests(2)
     assert per_rank[1] >= 4  # rank 1 has a second batch to be killed in

@@ -40,6 +40,7 @@ def test_paired_interval_averages_seeds_and_pairs_samples():
     assert m.value == pytest.approx(0.75) and m.n == 2  # per sample: x 1.0, y 0.5
 
 
+@pytest.mark.slow
 def test_smoke_arithmetic_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     work, out = tmp_path / "work", tmp_path / "out"
     # a crash in the second arm's training after its state was saved at step 2 (ckpt_interval=2)
@@ -86,6 +87,7 @@ def test_smoke_arithmetic_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert "proves the pipeline only" in printed and "inconclusive" in printed
 
 
+@pytest.mark.slow
 def test_smoke_induction_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "out"
     assert main(["repro", "induction", "--budget", "smoke", "--work-dir", str(tmp_path / "w"), "--out", str(out),
@@ -164,6 +166,7 @@ def test_speedup_rule_reaches_every_outcome():
     assert d["verdict"] == "not_reproduced" and d["tau_rises"] and d["no_k_faster"]
 
 
+@pytest.mark.slow
 def test_smoke_speedup_end_to_end_held_out_prompts_and_reuse(tmp_path, data_dir, monkeypatch, capsys):
     from mtp_bench.evals.specdec import SpecDec
 
@@ -231,6 +234,7 @@ def test_memory_rule_reaches_every_outcome():
     assert decide(100, 110, 400, 10, 0.15, peak_reset=False)["verdict"] == "inconclusive"
 
 
+@pytest.mark.slow
 def test_smoke_memory_end_to_end_and_reuse(tmp_path, monkeypatch, capsys):
     from mtp_bench.commands.bench import train as B
 

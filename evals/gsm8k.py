@@ -23,7 +23,7 @@ Protocols (config field `protocol`; prompt template version 1.0):
     paper     the cot8 prompt, nucleus sampling (top_p 0.95), n=200 samples per problem at each
               temperature 0.1, 0.2, ..., 1.0; pass@k for k = 1, 10, 100 with the unbiased estimator,
               each k at its best temperature (Gloeckle et al. 2024 App. I; the "oracle temperature"
-              rule of the code evaluators, `mtp_bench.passk`).
+              rule of the code evaluators, `mtp_bench.scoring.passk`).
 
 Extraction, a step of its own (`extract`), with lm-evaluation-harness's definitions
 (`lm_eval/tasks/gsm8k/gsm8k*.yaml`, `lm_eval/filters/extraction.py`), reimplemented here:
@@ -118,7 +118,7 @@ STYLES = {
 }
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 REGEXES_TO_IGNORE = (re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
-# protocol -> (prompt style, exemplars, sampling protocol of mtp_bench.passk)
+# protocol -> (prompt style, exemplars, sampling protocol of mtp_bench.scoring.passk)
 PROTOCOLS = {"cot8": ("cot", "cot8", "quick"), "fewshot5": ("hash", "train5", "quick"), "paper": ("cot", "cot8", "paper")}
 FEWSHOT_DELIMITER = "\n\n"
 

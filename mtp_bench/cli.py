@@ -2,7 +2,7 @@
 
 Every subcommand lives in the module named below, which provides `add_arguments(parser)`
 and a `main(args) -> int` function (names given per command). Modules are imported lazily
-so `mtp-bench --help` stays fast. Errors a user can cause are `mtp_bench.errors.UserError`:
+so `mtp-bench --help` stays fast. Errors a user can cause are `mtp_bench.api.errors.UserError`:
 they print one line and exit 2. Anything else is a bug and keeps its traceback.
 """
 

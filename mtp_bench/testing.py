@@ -1,5 +1,5 @@
 """Deterministic fakes for tests of any layer: a byte tokenizer and a model that follows the
-`mtp_bench.protocols.Model` contract exactly (left padding, attention mask, KV cache with
+`mtp_bench.api.protocols.Model` contract exactly (left padding, attention mask, KV cache with
 truncate, n_future heads), but whose predictions are a few lines of arithmetic instead of
 a transformer. They are small enough to read and fast enough for every test.
 

@@ -114,7 +114,7 @@ def _read_json(path: Path) -> dict:
 
 
 class SentencePieceTokenizer:
-    """Meta's tokenizer.model behind mtp_bench.protocols.Tokenizer."""
+    """Meta's tokenizer.model behind mtp_bench.api.protocols.Tokenizer."""
 
     def __init__(self, path: str | os.PathLike):
         import sentencepiece as spm

@@ -51,7 +51,7 @@ def _byte_level(tok: HFTokenizer) -> HFTokenizer:
 
 
 class Tokenizer:
-    """A thin wrapper over `tokenizers.Tokenizer` implementing mtp_bench.protocols.Tokenizer."""
+    """A thin wrapper over `tokenizers.Tokenizer` implementing mtp_bench.api.protocols.Tokenizer."""
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf

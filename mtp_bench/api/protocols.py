@@ -3,7 +3,7 @@
     checkpoint -> model adapter (Model) -> evaluator (Evaluator) -> result record -> report / gate
 
 `mtp_bench.load(path)` returns a `Model`. Evaluators receive a `Model` and a `RunContext`
-(see `mtp_bench.registry`). Nothing here imports torch at runtime.
+(see `mtp_bench.api.registry`). Nothing here imports torch at runtime.
 """
 
 from __future__ import annotations

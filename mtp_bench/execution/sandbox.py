@@ -1,7 +1,7 @@
 """The execution sandbox's process side: runs one untrusted Python program behind OS-level isolation.
 
 This file imports only a few standard modules because it runs as a script: each worker of the pool
-in `mtp_bench.execution` is `python -I mtp_bench/sandbox.py --worker SLOT`, a small long-lived process
+in `mtp_bench.execution` is `python -I mtp_bench/execution/sandbox.py --worker SLOT`, a small long-lived process
 that forks a fresh sandbox per program (no new interpreter per program; a small worker keeps the
 copy-on-write cost of each fork low). The public API (`SandboxConfig`, `ExecResult`, `run_program`,
 `run_programs`, `isolation_report`) is in `mtp_bench.execution`, whose docstring says what the sandbox
@@ -53,7 +53,7 @@ from types import SimpleNamespace
 
 
 def _load_wire():
-    """mtp_bench/wire.py, loaded by path: this script runs as `python -I`, outside the package."""
+    """mtp_bench/execution/wire.py, loaded by path: this script runs as `python -I`, outside the package."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mtp_bench_wire", os.path.join(os.path.dirname(__file__), "wire.py"))

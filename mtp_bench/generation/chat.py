@@ -5,7 +5,7 @@ problem in the tokenizer's chat template), and the instructions the chat mode se
                 base models (HumanEval's signature + docstring, MBPP's 3-shot [BEGIN]/[DONE])
     chat        one user turn rendered with the tokenizer's own chat template (with its generation
                 prompt, i.e. the assistant turn opened), holding a short instruction and the
-                problem; the code is then taken out of the answer (`mtp_bench.code_extract`)
+                problem; the code is then taken out of the answer (`mtp_bench.scoring.code_extract`)
     auto        chat when the tokenizer has a chat template, completion otherwise (the default)
 
 The instructions (version 1 of each; changing one changes the evaluators' versions):

@@ -22,7 +22,7 @@ the timing evaluators (`specdec`: its figures are rank 0's device's, measured wh
 ranks are idle), forward-only ones (`heads`) and sandboxed execution (which uses all of the
 node's cores from rank 0).
 
-The generation cache is per rank (`mtp_bench.cache.open_run_cache`): rank 0 writes
+The generation cache is per rank (`mtp_bench.generation.cache.open_run_cache`): rank 0 writes
 generations.jsonl, rank r generations.rank{r}.jsonl, and rank 0 (or a single process) reads them
 all, so a killed multi-rank run resumes with any number of ranks. Across nodes, give a
 `--work-dir` on a shared file system, or a resumed run regenerates what other nodes cached.

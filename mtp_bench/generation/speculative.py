@@ -30,7 +30,7 @@ Batches (B > 1) share one cache length, so a step keeps n = min over unfinished 
 accepted drafts; a row that accepted more keeps its (equally valid) tokens up to n+1 and redrafts.
 That is still exact: emitting a prefix of correctly distributed tokens is always allowed.
 
-Nothing here knows about evaluators; `evals/specdec.py` and `mtp_bench/benchmarks/specdec.py`
+Nothing here knows about evaluators; `evals/specdec.py` and `mtp_bench/commands/bench/specdec.py`
 build on `speculative_decode` and `plain_decode`.
 """
 

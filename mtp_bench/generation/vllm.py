@@ -31,7 +31,7 @@ they raise `NeedsForwardPass`, a DataError, so a suite run skips them and says w
 One vLLM engine lives at a time (weights plus KV cache take most of the GPU): building another
 (the baseline's, or a speculative one) drops the previous one first. vLLM itself spans GPUs
 (`--config backend.tensor_parallel_size=N`), so `--backend vllm` is refused under torchrun.
-Tested here against a fake `vllm` module only (tests/test_vllm_backend.py): our side of the
+Tested here against a fake `vllm` module only (tests/generation/test_vllm.py): our side of the
 calls, not vLLM.
 """
 

@@ -7,7 +7,7 @@
 One column per result file's candidate (and, with `--include-baselines`, per baseline), one row
 per evaluator metric, deltas against the reference column (`--reference`: a column label or its
 1-based number; default the first). Each delta comes with the test that fits what the files hold
-(`mtp_bench.stats`):
+(`mtp_bench.scoring.stats`):
 
     1) per-sample values: the samples JSONL beside each result file holds every evaluator's
        records; `sample_units` finds, for each metric, the per-sample values that reproduce the

@@ -7,7 +7,7 @@
 
 A metric regresses when the candidate is worse than the baseline in the metric's own direction
 (`higher_is_better`) by more than its tolerance AND, unless significance is not required, the
-worsening is significant: the paired test of `mtp_bench.compare` (exact McNemar for pass/fail,
+worsening is significant: the paired test of `mtp_bench.reporting.compare` (exact McNemar for pass/fail,
 paired bootstrap otherwise, on the samples both files answered; the unpaired z test where they
 share none) gives a p-value below alpha after Holm's correction over the gated metrics. So
 sampling noise alone does not fail a build, and a real drop on the same problems does, even when
@@ -240,7 +240,7 @@ def _select(patterns: list[str], common: list[str], what: str) -> list[str]:
 def compare(doc: dict, base_doc: dict, policy: Policy | None = None, samples: dict | None = None,
             base_samples: dict | None = None, no_samples_why: str | None = None) -> list[Check]:
     """One Check per gated metric (skipped ones included, marked). `samples`/`base_samples`:
-    (evaluator, role) -> records of each file (see `mtp_bench.compare.load_samples`)."""
+    (evaluator, role) -> records of each file (see `mtp_bench.reporting.pairing.load_samples`)."""
     policy = policy or Policy()
     cand, base = _candidate_metrics(doc), _candidate_metrics(base_doc)
     common = [k for k in cand if k in base]

@@ -3,7 +3,7 @@
 One table per suite; a row per evaluator metric; columns candidate, baseline, delta and the
 p-value of a paired test on the samples both models answered (exact McNemar for pass/fail, a
 paired bootstrap otherwise; unpaired z where the samples are not shared, with the reason under
-the table: `mtp_bench.compare`), `*` where it survives Holm's correction over the report.
+the table: `mtp_bench.reporting.compare`), `*` where it survives Holm's correction over the report.
 Values read "value ± standard error". A caption under each table says what the numbers mean. A comparison between results scored by different
 versions of an evaluator is refused: the numbers would not measure the same thing.
 
@@ -188,7 +188,7 @@ def sandbox_lines(doc: dict) -> list[str]:
     single = [f"{name} {role} {info['single_process_problems']}/{info.get('num_problems', '?')}"
               for name, per_role in doc.get("results", {}).items() for role, block in per_role.items()
               if "single_process_problems" in (info := block.get("info") or {})]
-    if single:  # problems whose tests could not be split from the program (mtp_bench.judge)
+    if single:  # problems whose tests could not be split from the program (mtp_bench.execution.judge)
         lines.append("problems judged in one process with the program, not apart: " + ", ".join(single))
     return lines
 

@@ -1,6 +1,6 @@
 """HumanEval evaluator: data, prompt/extraction/program layout, protocols, and pass@k end to end
 with a scripted fake model and the real sandbox. (Canonical 164/164 through the sandbox is
-tested in tests/test_execution.py; not repeated here.)"""
+tested in tests/execution/test_pool.py; not repeated here.)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """HumanEval+ evaluator: prompts in both modes, base and base+plus pass@k side by side with a
 scripted fake model and the real sandbox, registration. (Verdicts against EvalPlus's own
-evaluator: tests/test_evalplus.py.)"""
+evaluator: tests/scoring/test_evalplus.py.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """MBPP+ evaluator: prompts in both modes, base and base+plus pass@k with a scripted fake model and
-the real sandbox. (Verdicts against EvalPlus's own evaluator: tests/test_evalplus.py.)"""
+the real sandbox. (Verdicts against EvalPlus's own evaluator: tests/scoring/test_evalplus.py.)"""
 
 from __future__ import annotations
 

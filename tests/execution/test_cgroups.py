@@ -1,5 +1,5 @@
 """Where slot cgroups go and what is written there, on fake cgroup trees (the machine's own
-hierarchy is exercised by tests/test_sandbox.py, with whichever version it has)."""
+hierarchy is exercised by tests/execution/test_sandbox.py, with whichever version it has)."""
 
 from types import SimpleNamespace
 

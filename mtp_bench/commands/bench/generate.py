@@ -2,7 +2,7 @@
 `generate`, on the same weights, prompts, batches and token budget.
 
 Both sides run greedy decoding with a KV cache:
-    ours  mtp_bench.generation.generate on the model as mtp_bench.load gives it
+    ours  mtp_bench.generation.engine.generate on the model as mtp_bench.load gives it
     HF    transformers' generate(do_sample=False, use_cache=True) on the same weights: a native or
           Meta checkpoint is exported with `mtp-bench export --format hf-llama` (head 0 = the
           next-token model) and loaded as LlamaForCausalLM; an HF directory is used as it is

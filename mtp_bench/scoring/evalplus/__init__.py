@@ -18,7 +18,7 @@ The semantics are EvalPlus's `evaluate` (v0.3.1), re-implemented here:
        per problem, the outputs pickled and returned base64 on stdout, never unpickled by the
        harness), and is cached in ~/.cache/mtp-bench/evalplus/ by the data file's sha256.
     2) a sample is checked twice, on the base inputs and on the plus inputs, each time by one
-       sandboxed run split in two processes (`mtp_bench.judge`): the candidate process execs the
+       sandboxed run split in two processes (`mtp_bench.execution.judge`): the candidate process execs the
        solution in fresh globals with stdout/stderr swallowed and serves calls of the entry point;
        the judge process holds the inputs and expected outputs, calls the entry point on each
        input in order (each call a request, its arguments and result crossing as plain data,

@@ -213,7 +213,7 @@ def check_solutions(dataset: str, problems: dict[str, dict], truth: dict[str, di
                     samples: list[tuple[str, str]], workers: int | None = None, cache_dir: Path | None = None,
                     bar=None, cap_s: float = TASK_TIMEOUT_CAP_S, single_process: dict[str, str] | None = None) -> list[dict]:
     """Verdicts of (task_id, solution) samples, in order: {"base": verdict, "plus": verdict} with each
-    verdict as mtp_bench.passk.execute gives it (passed, status, detail, duration_s, isolation);
+    verdict as mtp_bench.scoring.passk.execute gives it (passed, status, detail, duration_s, isolation);
     "plus" is the plus inputs alone, so a sample's base+plus pass is base["passed"] and plus["passed"].
 
     Every task is judged apart except those in `single_process` (task_id -> reason, `judge_plan`).

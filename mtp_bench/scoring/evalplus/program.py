@@ -211,7 +211,7 @@ def _check_loop(dataset, entry, part, inputs, expected, limits, digests, atol, s
 
     The expected outputs and the input index are module globals (`_expected`, `_i`), as they were
     when this loop was the program's top level, as in EvalPlus's check: in one process a solution
-    can read them off its caller's frame (tests/test_evalplus.py forges a pass that way), which is
+    can read them off its caller's frame (tests/scoring/test_evalplus.py forges a pass that way), which is
     why the judge holds them in another process."""
     global _expected, _i
     _expected = expected

@@ -1,4 +1,8 @@
-"""Evaluators, one a file. Importing this package registers every built-in evaluator."""
+"""Evaluators, one a file. Importing this package registers every built-in evaluator.
+
+May import: mtp_bench.api, .reference_model, .models, .generation, .execution, .scoring; an
+evaluator never imports another (shared code lives in mtp_bench.scoring).
+"""
 
 import importlib as _importlib
 from pathlib import Path as _Path

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtp_bench.errors import ConfigError
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import EvalOutput, Evaluator, GenRequest, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, GenRequest, RunContext, register
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation.engine import GenerationConfig
+from mtp_bench.scoring.metrics import mean_metric
 
 P = 7  # coefficients live in F7
 DEG = 5  # polynomials mod X^5: 5 coefficients c0..c4
@@ -224,8 +225,6 @@ class Arithmetic(Evaluator):
                 raise ConfigError(f"arithmetic: n_per_m must be >= 1, got {self.n_per_m}")
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.generation import GenerationConfig
-
         cfg = self.config
         n = cfg.n_per_m if ctx.limit is None else min(cfg.n_per_m, ctx.limit)
         # 1) the fixed test set

@@ -23,7 +23,7 @@ Protocols (config field `protocol`; prompt template version 1.0):
     paper     the cot8 prompt, nucleus sampling (top_p 0.95), n=200 samples per problem at each
               temperature 0.1, 0.2, ..., 1.0; pass@k for k = 1, 10, 100 with the unbiased estimator,
               each k at its best temperature (Gloeckle et al. 2024 App. I; the "oracle temperature"
-              rule of the code evaluators, `mtp_bench.passk`).
+              rule of the code evaluators, `mtp_bench.scoring.passk`).
 
 Extraction, a step of its own (`extract`), with lm-evaluation-harness's definitions
 (`lm_eval/tasks/gsm8k/gsm8k*.yaml`, `lm_eval/filters/extraction.py`), reimplemented here:
@@ -57,8 +57,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.jsonl import read_lines
+from mtp_bench.api.paths import data_dirs
+from mtp_bench.generation.engine import GenerationConfig
+from mtp_bench.scoring.metrics import mean_metric
+from mtp_bench.scoring.passk import PROTOCOLS as SAMPLING
+from mtp_bench.scoring.passk import SamplingRun, as_tuple, sampling_runs, score
 
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 FILES = {"test": "test.jsonl", "train": "train.jsonl"}
@@ -112,7 +118,7 @@ STYLES = {
 }
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 REGEXES_TO_IGNORE = (re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
-# protocol -> (prompt style, exemplars, sampling protocol of mtp_bench.passk)
+# protocol -> (prompt style, exemplars, sampling protocol of mtp_bench.scoring.passk)
 PROTOCOLS = {"cot8": ("cot", "cot8", "quick"), "fewshot5": ("hash", "train5", "quick"), "paper": ("cot", "cot8", "paper")}
 FEWSHOT_DELIMITER = "\n\n"
 
@@ -235,8 +241,6 @@ def _env_offline() -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from mtp_bench.jsonl import read_lines
-
     rows = []
     for lineno, rec in read_lines(path, "GSM8K file"):
         if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) \
@@ -250,8 +254,7 @@ def load_split(data_dir: Path | str | list | None = None, split: str = "test") -
     """The split's problems in file order: [{question, answer}]. Local file first, then the hub."""
     if split not in FILES:
         raise ConfigError(f"unknown gsm8k split {split!r}; valid: {', '.join(FILES)}")
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d).expanduser() for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
+    dirs = data_dirs(data_dir)
     looked = [p for d in dirs for p in (d / "gsm8k" / FILES[split], d / FILES[split])]
     path = next((p for p in looked if p.is_file()), None)
     if path is not None:
@@ -316,8 +319,6 @@ class GSM8K(Evaluator):
         batch_size: int = 8  # generation batch; never changes an output
 
         def __post_init__(self):
-            from mtp_bench.passk import as_tuple, sampling_runs
-
             if self.protocol not in PROTOCOLS:
                 raise ConfigError(f"gsm8k config: unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
             self.temperatures = as_tuple(self.temperatures, float, "temperatures")
@@ -348,9 +349,6 @@ class GSM8K(Evaluator):
 
     def aggregate(self, scored: list[dict]) -> tuple[dict[str, Metric], dict]:
         """Metrics from scored samples (each with doc_id, temperature, exact_match_*, extracted_*)."""
-        from mtp_bench.metrics import mean_metric
-        from mtp_bench.passk import SamplingRun, score
-
         by_temp: dict[float, dict[int, list[dict]]] = {}
         for r in scored:
             by_temp.setdefault(float(r.get("temperature", 0.0)), {}).setdefault(r["doc_id"], []).append(r)
@@ -386,18 +384,12 @@ class GSM8K(Evaluator):
 
     def _ks(self, n: int) -> list[int]:
         """The k of pass@k to report for n samples per problem: config k, else the protocol's."""
-        from mtp_bench.passk import PROTOCOLS as SAMPLING
-
         ks = self.config.k or {k for r in SAMPLING[PROTOCOLS[self.config.protocol][2]] for k in r.ks}
         return sorted({k for k in ks if k <= n}) or [1]
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.generation import GenerationConfig
-        from mtp_bench.passk import sampling_runs
-        from mtp_bench.registry import GenRequest
-
         cfg = self.config
         style, shot_kind, passk_protocol = PROTOCOLS[cfg.protocol]
         # 1) problems and exemplars

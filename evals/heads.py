@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.errors import DataError
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.errors import DataError
+from mtp_bench.reference_model import data as D
+from mtp_bench.scoring.metrics import mean_metric
 
 
 def agreement_chain(logits: torch.Tensor) -> torch.Tensor:
@@ -81,8 +82,6 @@ class Heads(Evaluator):
         batch_size: int = 8  # windows per forward pass
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.reference_model import data as D
-
         cfg = self.config
         # 1) held-out documents, tokenized with the model's own tokenizer
         docs = D.load_corpus(cfg.corpus, cfg.corpus_glob, cfg.corpus_field)

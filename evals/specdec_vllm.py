@@ -1,6 +1,6 @@
 """specdec_vllm: vLLM's own speculative-decoding figures, for models whose MTP layers vLLM runs as
 drafts (`speculative_config={"method": "mtp", "num_speculative_tokens": k}`: DeepSeek-V3, MiMo,
-GLM-4.5, Qwen3-Next). Runs with `--backend vllm` only (`mtp_bench.vllm_backend`).
+GLM-4.5, Qwen3-Next). Runs with `--backend vllm` only (`mtp_bench.generation.vllm`).
 
 Our `specdec` drafts with the heads of an mtp-bench checkpoint; vLLM cannot run those, and our
 engine cannot run DeepSeek's or MiMo's MTP layers, so this is a separate evaluator whose metrics
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtp_bench.errors import ConfigError
-from mtp_bench.metrics import mean_metric, point_metric
-from mtp_bench.registry import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation.vllm import NeedsVLLMBackend
+from mtp_bench.scoring.metrics import mean_metric, point_metric
 
 
 def code_prompts() -> list[tuple[str, str]]:
@@ -80,8 +81,6 @@ class SpecDecVLLM(Evaluator):
                                   "warmup >= 0")
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.vllm_backend import NeedsVLLMBackend
-
         if not hasattr(model, "speculative_generate"):
             raise NeedsVLLMBackend("specdec_vllm runs through vLLM: give --backend vllm and a Hugging Face "
                                    "directory of a model with MTP layers vLLM can draft with")

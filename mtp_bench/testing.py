@@ -1,5 +1,5 @@
 """Deterministic fakes for tests of any layer: a byte tokenizer and a model that follows the
-`mtp_bench.protocols.Model` contract exactly (left padding, attention mask, KV cache with
+`mtp_bench.api.protocols.Model` contract exactly (left padding, attention mask, KV cache with
 truncate, n_future heads), but whose predictions are a few lines of arithmetic instead of
 a transformer. They are small enough to read and fast enough for every test.
 
@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from mtp_bench.api import registry
 
 BYTE_VOCAB = 256
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
@@ -177,8 +179,6 @@ def isolated_registry(builtins: bool = False) -> Iterator[dict]:
     """Run a block with its own evaluator registry and restore the real one afterwards.
     builtins=False: start empty and skip plugin loading, so only the evaluators the test
     registers exist. builtins=True: start from the built-ins and installed plugins."""
-    from mtp_bench import registry
-
     saved, saved_loaded = dict(registry.REGISTRY), registry._plugins_loaded
     try:
         if builtins:

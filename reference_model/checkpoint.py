@@ -26,7 +26,6 @@ existing directory is replaced only once the new one is complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -39,8 +38,9 @@ from typing import Any
 
 import torch
 
-from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
+from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model.model import ModelConfig, Transformer
+from mtp_bench.reference_model.tokenizer import load_tokenizer as load_json_tokenizer
 
 FORMAT_NAME = "mtp-bench"
 FORMAT_VERSION = 1
@@ -114,7 +114,7 @@ def _read_json(path: Path) -> dict:
 
 
 class SentencePieceTokenizer:
-    """Meta's tokenizer.model behind mtp_bench.protocols.Tokenizer."""
+    """Meta's tokenizer.model behind mtp_bench.api.protocols.Tokenizer."""
 
     def __init__(self, path: str | os.PathLike):
         import sentencepiece as spm
@@ -156,7 +156,6 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     if path.suffix == ".model":
         return SentencePieceTokenizer(path)
-    from mtp_bench.reference_model.tokenizer import load_tokenizer as load_json_tokenizer
 
     return load_json_tokenizer(path)
 
@@ -481,14 +480,19 @@ def _spm_to_hf(tok: SentencePieceTokenizer, tok_max_len: int | None = None):
     return PreTrainedTokenizerFast(tokenizer_object=raw, model_max_length=tok_max_len, **kw)
 
 
-def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: str = "hf-llama") -> Path:
-    """Write the next-token model of a native or Meta checkpoint as a LlamaForCausalLM directory."""
+def check_export_format(format: str) -> None:
     if format not in EXPORT_FORMATS:
         raise UnknownNameError(f"unknown export format {format!r}; known formats: {', '.join(EXPORT_FORMATS)}")
-    if detect_format(path) == "heads":  # extra heads on a pretrained base: the base's own next-token model
-        from mtp_bench.reference_model.pretrained_heads import export_heads
 
-        return export_heads(Path(path), out, format)
+
+def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: str = "hf-llama") -> Path:
+    """Write the next-token model of a native or Meta checkpoint as a LlamaForCausalLM directory.
+    (A heads-only checkpoint exports its base's model, which needs the framework's loaders:
+    `mtp_bench.models.loader.export_checkpoint`, what `mtp-bench export` runs.)"""
+    check_export_format(format)
+    if detect_format(path) == "heads":
+        raise CheckpointError(f"{path}: a heads-only checkpoint exports its base's next-token model, which needs "
+                              "its base loaded: use `mtp-bench export` (mtp_bench.models.loader.export_checkpoint)")
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
@@ -542,19 +546,3 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: s
                                                    "n_future_dropped": cfg.n_future - 1, "format": format})
 
     return write_dir_atomically(out, fill)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Export the next-token model (trunk + head 1) of a checkpoint to another format.\n\n"
-        "examples:\n  mtp-bench export ckpt/debug --format hf-llama --out hf/debug\n"
-        "  python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('hf/debug')\"")
-    parser.add_argument("ckpt", metavar="CKPT", help="native mtp-bench or Meta checkpoint directory")
-    parser.add_argument("--format", default="hf-llama", help=f"output format: {', '.join(EXPORT_FORMATS)} (default hf-llama)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
-
-
-def export_main(args: argparse.Namespace) -> int:
-    out = export_checkpoint(args.ckpt, args.out, format=args.format)
-    print(f"wrote {args.format} export of {args.ckpt} to {out}")
-    return 0

@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.atomic import atomic_write_bytes
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.atomic import atomic_write_bytes
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.jsonl import read_lines
+from mtp_bench.api.paths import cache_root
 
 CACHE_FORMAT_VERSION = 1  # bump when the cached token layout changes
 # stdlib sub-trees that are tests, vendored packages or byte caches, not library source
@@ -34,9 +36,8 @@ STDLIB_EXCLUDE = {"test", "tests", "idle_test", "site-packages", "dist-packages"
 
 
 def default_cache_dir() -> Path:
-    """~/.cache/mtp-bench, or $MTP_BENCH_CACHE when set."""
-    env = os.environ.get("MTP_BENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtp-bench"
+    """The cache root (`mtp_bench.api.paths.cache_root`: $MTP_BENCH_CACHE_DIR, else ~/.cache/mtp-bench)."""
+    return cache_root()
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ def _folder_documents(root: Path, patterns: list[str], exclude: set[str]) -> lis
 
 
 def _jsonl_documents(path: Path, field: str) -> list[Document]:
-    from mtp_bench.jsonl import read_lines
-
     docs = []
     for i, rec in read_lines(path, "corpus"):
         if not isinstance(rec, dict) or field not in rec:
@@ -94,8 +93,6 @@ def _jsonl_documents(path: Path, field: str) -> list[Document]:
 
 def _jsonl_pairs(path: Path, prompt_field: str, target_field: str) -> list[Document]:
     """Prompt/target documents of a JSONL file: prompt in `prompt_field`, target in `target_field`."""
-    from mtp_bench.jsonl import read_lines
-
     docs = []
     for i, rec in read_lines(path, "corpus"):
         for field in (prompt_field, target_field):

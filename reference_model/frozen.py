@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtp_bench.errors import ConfigError
-from mtp_bench.reference_model.model import Transformer, _attn_context
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.reference_model import sequential
+from mtp_bench.reference_model.layers import _attn_context
+from mtp_bench.reference_model.model import Transformer
 
 FIELDS = ("h", "h0", "nll", "topi", "topp")
 
@@ -210,8 +212,8 @@ def frozen_step(model: Transformer, b: dict[str, torch.Tensor], head_weights: li
             for k in range(1, model.n_future):
                 module = model.extra_heads[k - 1]
                 with torch.no_grad():
-                    emb = model._ahead_embeddings(x, k, ctx)  # (B, T, dim), the frozen embedding
-                out = module.block(module.fuse(model._chain_input(k, prev), emb), ctx)  # (B, T, dim)
+                    emb = sequential.ahead_embeddings(model, x, k, ctx)  # (B, T, dim), the frozen embedding
+                out = module.block(module.fuse(sequential.chain_input(model, k, prev), emb), ctx)  # (B, T, dim)
                 loss, _ = head_loss(model.draft_logits(out[:, : T - k], k), b, k, targets, vmap)
                 total = total + head_weights[k] * loss
                 losses.append(loss.detach())

@@ -27,17 +27,18 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mtp_bench.errors import CheckpointError
+from mtp_bench.api.errors import CheckpointError
+from mtp_bench.api.files import weights_sha256
+from mtp_bench.api.paths import cache_root
+from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = ("llama", "mistral", "qwen2")  # general.architecture values hf_import can take
 
 
 def default_cache_dir() -> Path:
-    """$MTP_BENCH_CACHE_DIR, else $XDG_CACHE_HOME/mtp-bench, else ~/.cache/mtp-bench (as adapters.weights_sha256)."""
-    root = os.environ.get("MTP_BENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mtp-bench")
-    return Path(root)
+    """The cache root (`mtp_bench.api.paths.cache_root`: $MTP_BENCH_CACHE_DIR, else ~/.cache/mtp-bench)."""
+    return cache_root()
 
 
 def read_metadata(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -75,9 +76,7 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def file_sha256(path: Path) -> str:
-    from mtp_bench.adapters import weights_sha256  # cached per (path, mtime, size)
-
-    return weights_sha256([path])
+    return weights_sha256([path])  # cached per (path, mtime, size)
 
 
 def cached_hf_dir(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -105,7 +104,6 @@ def _convert(p: Path, out: Path, sha: str, meta: dict, types: dict[str, str]) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
     hf_logging.disable_progress_bar()
     try:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.reference_model.model import ModelConfig
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.reference_model import hf_import
-from mtp_bench.reference_model.model import ModelConfig
+from mtp_bench.reference_model.model import ModelConfig, Transformer
 
 HEAD_FILE = "medusa_lm_head.pt"
 
@@ -86,8 +86,6 @@ def heads_state_dict(sd: dict[str, torch.Tensor], n_heads: int, n_layers: int, d
 
 def load_medusa_module(d: Path):
     """(Transformer, base directory, weight files) for a Medusa directory, float32 on the CPU."""
-    from mtp_bench.reference_model.model import Transformer
-
     c = read_medusa_config(d)
     b = base_dir(d, c)
     base_cfg = hf_import.read_hf_config(b)

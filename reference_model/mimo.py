@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.reference_model import hf_import
-from mtp_bench.reference_model.model import ModelConfig
+from mtp_bench.reference_model.model import ModelConfig, Transformer
 
 # MTP tensor names under model.mtp_layers.{j}. -> ours under extra_heads.{j}. (block tensors: hf_import's names)
 _MODULE_NAMES = {"token_layernorm.weight": "enorm.weight", "hidden_layernorm.weight": "hnorm.weight",
@@ -137,8 +137,6 @@ def state_dict_from_mimo(sd: dict[str, torch.Tensor], cfg: ModelConfig, main: Mo
 
 def load_mimo_module(d: Path, hf_cfg: dict[str, Any], zero_first_embedding: bool = False):
     """The reference Transformer of a MiMo directory (float32 on the CPU) and its weight files."""
-    from mtp_bench.reference_model.model import Transformer
-
     cfg, main = config_from_mimo(hf_cfg, d / "config.json", zero_first_embedding)
     tensors, files = hf_import.load_hf_tensors(d)
     sd = state_dict_from_mimo(tensors, cfg, main, bool(hf_cfg.get("tie_word_embeddings", False)), d)

@@ -28,8 +28,10 @@ pairs like Meta's complex-number rotary, SwiGLU, GQA, no biases), which is what 
 export relies on. Imported Qwen2-family models add q/k/v biases (`qkv_bias`) and an explicit
 SwiGLU width (`ffn_hidden`).
 
-Modules are declared leaves first: RMSNorm, rotary, Attention, FeedForward, TransformerBlock,
-SequentialModule, KVCache, Transformer; then the two loss functions (`mtp_loss`, `mtp_forward_backward`).
+This file: the config, the KV cache, the Transformer, then the two loss functions (`mtp_loss`,
+`mtp_forward_backward`). Its modules, leaves first (RMSNorm, rotary, Attention, FeedForward,
+TransformerBlock, SequentialModule, MedusaHead), are in layers.py beside it; what the sequential
+modules do beyond one block (teacher forcing, chained drafting) in sequential.py.
 """
 
 from __future__ import annotations
@@ -42,7 +44,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.reference_model import sequential
+from mtp_bench.reference_model.layers import (  # noqa: F401  (the leaf modules; their old import path is this module)
+    _SDPA_GQA,
+    Attention,
+    FeedForward,
+    MedusaHead,
+    RMSNorm,
+    SequentialModule,
+    TransformerBlock,
+    _attn_context,
+    _AttnContext,
+    _sdpa,
+    apply_rotary,
+    rotary_cos_sin,
+)
 
 HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential", "medusa")
 MTP_CONCAT = ("hidden_first", "embedding_first")
@@ -155,186 +172,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# -----------------------------------------------------------------------------
-# modules, leaves first
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalise in float32 at least (as Meta's and HF's Llama do), cast back, then scale
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.type_as(x)
-
-
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of the rotary angles for integer positions (B, T) -> two (B, T, 1, head_dim/2).
-
-    Computed on the fly from each token's own position, so left-padded rows (whose positions
-    start at 0 after the padding) need no special tables."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
-    angles = angles.to(dtype)
-    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]): the real form of Meta's complex-number rotary.
-    x: (B, T, H, hd); the HF export permutes wq/wk rows to HF's rotate-half convention."""
-    xf = x.to(cos.dtype).unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
-
-
-def _sdpa_has_gqa() -> bool:
-    import inspect
-
-    try:
-        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: ask by calling
-        try:
-            F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2),
-                                           enable_gqa=True)
-            return True
-        except TypeError:
-            return False
-
-
-_SDPA_GQA = _sdpa_has_gqa()
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention of q (B, H, T, hd) over k, v (B, Hkv, S, hd); mask (B, 1, T, S) bool or None = causal.
-    GQA (Hkv < H: each kv head serves H/Hkv query heads) goes to SDPA as is (torch >= 2.5), not
-    as copies of k and v: the same numbers, an order of magnitude less time in decoding on a CPU."""
-    if k.shape[1] != q.shape[1]:
-        if _SDPA_GQA:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-
-    def forward(self, x: torch.Tensor, ctx: _AttnContext, kv: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        if kv is not None:  # write the new positions into this block's cache, attend to all so far
-            k_buf, v_buf = kv  # (B, Hkv, max_len, hd)
-            k_buf[:, :, ctx.q0 : ctx.q0 + T] = k
-            v_buf[:, :, ctx.q0 : ctx.q0 + T] = v
-            k, v = k_buf[:, :, : ctx.q0 + T], v_buf[:, :, : ctx.q0 + T]
-        y = _sdpa(q, k, v, ctx.mask)  # (B, H, T, hd)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        hidden = cfg.ffn_hidden_dim
-        self.w1 = nn.Linear(cfg.dim, hidden, bias=False)  # gate
-        self.w2 = nn.Linear(hidden, cfg.dim, bias=False)  # down
-        self.w3 = nn.Linear(cfg.dim, hidden, bias=False)  # up
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg)
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-
-    def forward(self, x: torch.Tensor, ctx: _AttnContext, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), ctx, kv)
-        return h + self.feed_forward(self.ffn_norm(h))
-
-
-class SequentialModule(nn.Module):
-    """One DeepSeek-V3 / MiMo MTP module: two RMSNorms, a 2d -> d projection, a transformer block,
-    and its own final norm (the unembedding is the model's, shared)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.hidden_first = cfg.mtp_concat == "hidden_first"
-        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps)  # on the previous depth's hidden state
-        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps)  # on the token embedding
-        self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
-        self.block = TransformerBlock(cfg)
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # this module's final norm, before the shared unembedding
-
-    def fuse(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """(B, T, dim) hidden states and (B, T, dim) embeddings -> the block's input (B, T, dim)."""
-        parts = (self.hnorm(h), self.enorm(emb)) if self.hidden_first else (self.enorm(emb), self.hnorm(h))
-        return self.proj(torch.cat(parts, dim=-1))
-
-
-class MedusaHead(nn.Module):
-    """One Medusa-1 head: ResBlocks x + SiLU(W x + b), then its own unembedding (no bias)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.res = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim, bias=True) for _ in range(cfg.medusa_layers))
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for lin in self.res:
-            x = x + F.silu(lin(x))
-        return x
-
-
-@dataclass
-class _AttnContext:
-    """Rotary angles and attention mask for queries at cache positions [q0, q0+T)."""
-
-    cos: torch.Tensor  # (B, T, 1, hd/2)
-    sin: torch.Tensor  # (B, T, 1, hd/2)
-    mask: torch.Tensor | None  # (B, 1, T, q0+T) bool, True = may attend; None = plain causal
-    q0: int  # cache position of the first query
-    first: torch.Tensor | None = None  # (B, T) bool, query at rotary position 0 (None: only q0 == 0's first column)
-
-
-def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, dtype: torch.dtype, device) -> _AttnContext:
-    """real: (B, S) bool, which of the positions [0, S) are real tokens (S >= q0+T), or None when
-    there is no padding and no cache (then positions are 0..T-1 and attention is plain causal)."""
-    rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    if real is None:
-        pos = torch.arange(T, device=device)[None]  # (1, T)
-        cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, rope_dtype)
-        return _AttnContext(cos, sin, None, 0)
-    S = q0 + T
-    real = real[:, :S]
-    positions = real.long().cumsum(1) - real.long()  # (B, S) number of real tokens before each position
-    cos, sin = rotary_cos_sin(positions[:, q0:S], cfg.head_dim, cfg.rope_theta, rope_dtype)
-    q_idx = torch.arange(q0, S, device=device)[:, None]  # (T, 1)
-    k_idx = torch.arange(S, device=device)[None, :]  # (1, S)
-    # causal, real keys only; a query may always see itself so padded rows never go all -inf (NaN)
-    mask = (k_idx <= q_idx)[None] & (real[:, None, :] | (k_idx == q_idx)[None])  # (B, T, S)
-    first = (positions[:, q0:S] == 0) & real[:, q0:S]  # (B, T)
-    return _AttnContext(cos, sin, mask[:, None], q0, first)
 
 
 class KVCache:
@@ -572,35 +409,13 @@ class Transformer(nn.Module):
         if t == "sequential" and i > 0:
             if input_ids is None or ctx is None:
                 raise ConfigError("sequential MTP modules need input_ids and ctx in head_input (they read tokens ahead)")
-            return self.extra_heads[i - 1].fuse(self._chain_input(i, outs[i - 1]), self._ahead_embeddings(input_ids, i, ctx))
+            return self.extra_heads[i - 1].fuse(sequential.chain_input(self, i, outs[i - 1]),
+                                                sequential.ahead_embeddings(self, input_ids, i, ctx))
         if t == "causal" and i > 0:
             return outs[i - 1]
         if t == "anticausal" and i < self.n_future - 1:
             return outs[i + 1]
         return h
-
-    def _chain_input(self, i: int, z: torch.Tensor) -> torch.Tensor:
-        """The previous depth's hidden state as sequential module i reads it: head 0's block output,
-        or module i-1's block output, after that module's final norm when mtp_chain_normed."""
-        if i > 1 and self.config.mtp_chain_normed:
-            return self.extra_heads[i - 2].norm(z)
-        return z
-
-    def _ahead_embeddings(self, input_ids: torch.Tensor, i: int, ctx: _AttnContext) -> torch.Tensor:
-        """Embeddings of input_ids shifted i to the left: (B, T) -> (B, T, dim), position t holding
-        token t+i. The last i positions have no such token: they get token T-1's embedding, and
-        their outputs are never used (causal attention keeps them out of the earlier positions)."""
-        ids = torch.cat([input_ids[:, i:], input_ids[:, -1:].expand(-1, min(i, input_ids.shape[1]))], dim=1)
-        return self._module_embeddings(ids, ctx)
-
-    def _module_embeddings(self, ids: torch.Tensor, ctx: _AttnContext) -> torch.Tensor:
-        e = self.tok_embeddings(ids)  # (B, T, dim)
-        if self.config.mtp_zero_first_embedding:
-            if ctx.first is not None:
-                e = e * (~ctx.first)[..., None].to(e.dtype)
-            elif ctx.q0 == 0:
-                e = torch.cat([torch.zeros_like(e[:, :1]), e[:, 1:]], dim=1)
-        return e
 
     def draft_logits(self, z: torch.Tensor, i: int) -> torch.Tensor:
         """Extra head i's logits over its draft vocabulary only: (..., dim) -> (..., K), column j
@@ -651,7 +466,7 @@ class Transformer(nn.Module):
         they run through `draft` instead (return_all_heads then raises)."""
         B, T = input_ids.shape
         if self.config.head_type == "sequential" and self.n_future > 1:
-            return self._forward_sequential(input_ids, cache, return_all_heads, attention_mask)
+            return sequential.forward(self, input_ids, cache, return_all_heads, attention_mask)
         start, real = self._prepare(input_ids, cache, attention_mask)
         # 1) trunk
         h, ctx = self.trunk(input_ids, cache, _prepared=(start, real))  # (B, T, dim)
@@ -697,102 +512,11 @@ class Transformer(nn.Module):
             return torch.cat([self.unembed(z[:, :, :1]), self.unembed(z[:, :, 1:], 1)], dim=2)
         return self.unembed(z)  # (B, T, n_out, V)
 
-    # --- sequential MTP modules (DeepSeek-V3 / MiMo) ---
-
-    def _forward_sequential(self, input_ids, cache, return_all_heads, attention_mask) -> torch.Tensor:
-        """Teacher-forced logits (B, T, n, V): module i at position t reads tokens up to t+i and
-        predicts t+1+i; where t+i >= T the token is not in the input, so those entries are NaN.
-        With a cache only head 0 runs (drafting goes through `draft`); its outputs and the
-        token ids are kept for the modules."""
-        B, T = input_ids.shape
-        start, real = self._prepare(input_ids, cache, attention_mask)
-        h, ctx = self.trunk(input_ids, cache, _prepared=(start, real))
-        h0 = self.head(0, h, ctx, cache)  # (B, T, dim)
-        if cache is not None:
-            if return_all_heads:
-                raise ConfigError("a sequential MTP model drafts with model.draft(cache, next_token, n) after a cached "
-                                  "forward; return_all_heads with a cache is not defined (the modules read tokens ahead)")
-            if cache.extra_in is None:
-                cache.extra_in = h0.new_zeros(B, cache.max_len, h0.shape[-1])
-                cache.ids = input_ids.new_zeros(B, cache.max_len)
-                cache.seq_length = [0] * (self.n_future - 1)
-            cache.extra_in[:, start : start + T] = h0
-            cache.ids[:, start : start + T] = input_ids
-            cache.extra_length = cache.length
-            return self.unembed(h0)[:, :, None]  # (B, T, 1, V)
-        if not return_all_heads:
-            return self.unembed(h0)[:, :, None]
-        outs, logits = {0: h0}, [self.unembed(h0)]
-        for i in range(1, self.n_future):
-            outs[i] = self.head(i, self.head_input(i, h, outs, input_ids, ctx), ctx)
-            lg = self.unembed(outs[i], i)  # (B, T, V)
-            lg[:, max(T - i, 0) :] = float("nan")  # token t+i is past the input: undefined
-            logits.append(lg)
-        return torch.stack(logits, dim=2)  # (B, T, n_future, V)
-
-    @torch.no_grad()
     def draft(self, cache: KVCache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False,
               sample=None) -> torch.Tensor:
-        """Chained drafting with the sequential modules after a cached forward.
-
-        The cache holds positions [0, p] (p = cache.length - 1); next_token (B,) is token p+1 (head
-        0's choice, not yet fed). Module k, run at position p on the previous module's output and
-        on the token module k-1 drafted (module 1: next_token), drafts token p+1+k. Its attention
-        sees its own keys at the earlier positions, computed on ground-truth tokens where they are
-        known and on the drafts where not (exactly the teacher-forced model when the drafts are
-        right). reuse_last: draft more tokens than there are modules by running the last module
-        again at the next positions on its own output and draft (what vLLM does with one MTP
-        layer); off = at most n_future-1 drafts. sample: a function (B, V) logits -> (B,) tokens
-        that chooses each draft (speculative sampling draws them); None = argmax. Returns (B, n_draft)
-        token ids; nothing in the cache's trunk changes."""
-        pick = sample if sample is not None else (lambda lg: lg.argmax(-1))
-        M = self.n_future - 1
-        if self.config.head_type != "sequential" or M < 1:
-            raise ConfigError("draft needs a model with sequential MTP modules (head_type='sequential', n_future > 1)")
-        if n_draft < 0 or (n_draft > M and not reuse_last):
-            raise ConfigError(f"n_draft={n_draft} must be in 0..{M} (the modules; reuse_last=True drafts more)")
-        if cache.ids is None or cache.length < 1:
-            raise ConfigError("draft needs a cache filled by a forward pass of this model")
-        p, B = cache.length - 1, cache.batch_size
-        if p + 1 + max(n_draft - M, 0) > cache.max_len:
-            raise ConfigError(f"cache overflow: drafting {n_draft} tokens needs {p + 1 + n_draft - M} positions "
-                              f"> cache max_len={cache.max_len}")
-        if cache.seq_out is None:
-            cache.seq_out = cache.extra_in.new_zeros(M, B, cache.max_len, cache.extra_in.shape[-1])
-        known = torch.cat([cache.ids[:, : p + 1], next_token.to(cache.ids)[:, None]], dim=1)  # (B, p+2) tokens 0..p+1
-        drafts: list[torch.Tensor] = []
-        prev = cache.extra_in  # depth 0: head 0's outputs
-        for k in range(1, min(M, n_draft) + 1):
-            # 1) module k over [L, p]: its token at q is q+k, ground truth up to p+1 then the drafts
-            L = cache.seq_length[k - 1]
-            if L > p:  # nothing fed since the last draft: module 1's output at p is ground truth, kept
-                drafts.append(pick(self.unembed(cache.seq_out[k - 1, :, p : p + 1], k)[:, 0]))
-                prev = cache.seq_out[k - 1]
-                continue
-            toks = torch.cat([known] + [d[:, None] for d in drafts], dim=1)[:, L + k : p + k + 1]  # (B, p+1-L)
-            ctx = _attn_context(cache.real, L, p + 1 - L, self.config, prev.dtype, prev.device)
-            module = self.extra_heads[k - 1]
-            x = module.fuse(self._chain_input(k, prev[:, L : p + 1]), self._module_embeddings(toks, ctx))
-            out = module.block(x, ctx, cache.kv(len(self.layers) + k - 1))  # (B, p+1-L, dim)
-            cache.seq_out[k - 1, :, L : p + 1] = out
-            cache.seq_length[k - 1] = max(0, p + 2 - k)  # inputs at q <= p+1-k were all ground truth
-            drafts.append(pick(self.unembed(out[:, -1:], k)[:, 0]))  # (B,) token p+1+k
-            prev = cache.seq_out[k - 1]
-        if n_draft > M:
-            # 2) reuse the last module at positions p+1, p+2, ...: its own output stands in for the
-            # previous depth's, its own draft is the token (vLLM's one-layer MTP drafting)
-            real = cache.real.clone()
-            real[:, p + 1 : p + 1 + n_draft - M] = True
-            module, h_last = self.extra_heads[M - 1], cache.seq_out[M - 1, :, p : p + 1]
-            for j in range(M + 1, n_draft + 1):
-                q = p + j - M
-                ctx = _attn_context(real, q, 1, self.config, h_last.dtype, h_last.device)
-                x = module.fuse(self._chain_input(M + 1, h_last), self._module_embeddings(drafts[-1][:, None], ctx))
-                h_last = module.block(x, ctx, cache.kv(len(self.layers) + M - 1))
-                drafts.append(pick(self.unembed(h_last, M)[:, 0]))
-        if not drafts:
-            return next_token.new_zeros(B, 0, dtype=torch.long)
-        return torch.stack(drafts, dim=1)  # (B, n_draft)
+        """Chained drafting with the sequential MTP modules after a cached forward: (B, n_draft) token
+        ids (`sequential.draft`; sample chooses each draft from its logits, None = argmax)."""
+        return sequential.draft(self, cache, next_token, n_draft, reuse_last, sample)
 
 
 # -----------------------------------------------------------------------------

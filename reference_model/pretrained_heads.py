@@ -46,7 +46,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import CheckpointError, ConfigError
+from mtp_bench.reference_model.checkpoint import _read_json, write_dir_atomically
 from mtp_bench.reference_model.model import ModelConfig, SequentialModule, Transformer
 
 HEADS_FORMAT = "mtp-bench-heads"
@@ -83,18 +85,6 @@ def _kind(source: str) -> str:
     if source.startswith("gguf:") or source.endswith(".gguf"):
         return "gguf"
     return "dir" if Path(source).exists() else "hub"
-
-
-def load_base(source: str, device=None, dtype=None):
-    """BASE as an MTPModel (reference backend, one head); ConfigError if it cannot take heads."""
-    from mtp_bench.adapters import load
-
-    m = load(source, device=device, dtype=dtype)
-    if getattr(m, "backend", None) != "reference":
-        raise ConfigError(f"--init {source}: runs through transformers ({m.backend_note}); heads need the reference model")
-    if m.n_future != 1:
-        raise ConfigError(f"--init {source}: already has n_future={m.n_future} heads; start from a next-token model")
-    return m
 
 
 def base_record(source: str, base) -> dict[str, Any]:
@@ -242,7 +232,6 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
     """config.json + heads.safetensors (extra heads only) + training.json, written atomically."""
     from safetensors.torch import save_file
 
-    from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
           if k.startswith("extra_heads.")}
@@ -261,8 +250,6 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
 
 
 def read_heads_config(d: Path) -> dict:
-    from mtp_bench.reference_model.checkpoint import _read_json
-
     c = _read_json(d / "config.json")
     if c.get("format") != HEADS_FORMAT:
         raise CheckpointError(f"{d / 'config.json'}: not a heads checkpoint (format={c.get('format')!r})")
@@ -292,49 +279,6 @@ def find_base(c: dict, d: Path, base: str | None = None) -> str:
                           f"holds {b.get('file_name')!r}{hint}; pass --base PATH")
 
 
-def load_heads(d: Path, device=None, dtype=None, base: str | None = None):
-    """A heads checkpoint with its base, as one MTPModel (format "heads")."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from mtp_bench.adapters import MTPModel
-
-    c = read_heads_config(d)
-    source = find_base(c, d, base)
-    bm = load_base(source, device=device, dtype=dtype)
-    if bm.weights_sha256 != c["base"]["sha256"]:
-        raise CheckpointError(f"{d}: base {source} has weights sha256 {bm.weights_sha256[:12]}..., but these heads were "
-                              f"trained on {c['base']['sha256'][:12]}...; pass the right --base")
-    try:
-        mcfg = ModelConfig.from_dict(c["model"])
-    except ConfigError as e:
-        raise CheckpointError(f"{d / 'config.json'}: {e}") from None
-    model = attach_heads(bm.module, mcfg.n_future, mcfg.head_type, "fresh", draft_vocab_size=mcfg.draft_vocab_size)
-    if model.config != mcfg:
-        raise CheckpointError(f"{d}: the heads' model config does not match base {source} plus {mcfg.n_future - 1} heads")
-    f = d / "heads.safetensors"
-    try:
-        sd = load_file(str(f))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read {f} (truncated or not safetensors?): {e}") from None
-    try:
-        vocab = sd.pop("draft_vocab", None)
-        if (vocab is None) != (not mcfg.draft_vocab_size):
-            raise RuntimeError(f"draft_vocab: config.json says draft_vocab_size={mcfg.draft_vocab_size}, the file "
-                               f"{'lacks' if vocab is None else 'has'} a draft_vocab tensor")
-        if vocab is not None:
-            if tuple(vocab.shape) != (mcfg.draft_vocab_size,) or vocab.dtype != torch.int64 or \
-                    int(vocab.min()) < 0 or int(vocab.max()) >= mcfg.vocab_size:
-                raise RuntimeError(f"draft_vocab must be {mcfg.draft_vocab_size} token ids below {mcfg.vocab_size}")
-            model.draft_vocab = vocab.to(bm.device)
-        model.extra_heads.load_state_dict({k.removeprefix("extra_heads."): v for k, v in sd.items()}, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{f}: heads do not match config.json: {str(e).splitlines()[-1].strip()}") from None
-    model = model.to(device=bm.device, dtype=bm.dtype).eval()
-    info = {**bm.info, "base": source, "base_format": bm.format, "base_sha256": c["base"]["sha256"]}
-    return MTPModel(model, bm.tokenizer, str(d), "heads", [*bm._weight_files, f], info)
-
-
 class BaseTokenizer:
     """The base model's tokenizer (adapters.HFTokenizer) with what the trainer's data pipeline needs:
     sha256() to key token caches, to_str()/save() for training.json and native checkpoints."""
@@ -356,45 +300,24 @@ class BaseTokenizer:
         return hashlib.sha256(self.to_str().encode()).hexdigest()
 
     def save(self, path) -> None:
-        from mtp_bench.atomic import atomic_open
-
         with atomic_open(path, "w", encoding="utf-8") as f:
             f.write(self.to_str())
 
 
-def init_model(cfg, device: torch.device):
-    """TrainConfig with init=BASE -> (model with extra heads, tokenizer, base record). The base
-    loads in float32 (autocast handles bf16 training)."""
-    bm = load_base(cfg.init, device=device, dtype=torch.float32)
-    model = attach_heads(bm.module, cfg.n_future, cfg.head_type, cfg.head_init, cfg.seed, cfg.draft_vocab)
-    if cfg.freeze_trunk:
-        freeze_trunk(model)
-    return model, BaseTokenizer(bm.tokenizer), base_record(cfg.init, bm)
+# -----------------------------------------------------------------------------
+# deprecated: loading heads as framework models moved to mtp_bench.models.heads (one release)
+
+_MOVED = ("load_base", "load_heads", "init_model", "export_heads")
 
 
-def export_heads(path: Path, out, format: str = "hf-llama", base: str | None = None) -> Path:
-    """`mtp-bench export HEADS_DIR`: the base's next-token model, unchanged (the heads add nothing
-    to it): a GGUF base's cached HF conversion or an HF base's files, copied; a native base exported."""
-    import shutil
+def __getattr__(name: str):
+    """`pretrained_heads.load_heads` and the other loaders of _MOVED, forwarded for one release
+    to `mtp_bench.models.heads` (the reference model does not import the framework)."""
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-    from mtp_bench.reference_model.checkpoint import export_checkpoint, write_dir_atomically
-
-    c = read_heads_config(path)
-    source = find_base(c, path, base)
-    bm = load_base(source)
-    if bm.weights_sha256 != c["base"]["sha256"]:
-        raise CheckpointError(f"{path}: base {source} has weights sha256 {bm.weights_sha256[:12]}..., but these heads were "
-                              f"trained on {c['base']['sha256'][:12]}...; pass the right --base")
-    if bm.format in ("native", "meta"):
-        return export_checkpoint(source, out, format=format)
-    src = Path(bm.info["converted_dir"]) if bm.format == "gguf" else Path(source)
-
-    def fill(d: Path) -> None:
-        for f in sorted(src.iterdir()):
-            if f.is_file() and f.name != "gguf.json":
-                shutil.copy2(f, d / f.name)
-        (d / "mtp_bench_export.json").write_text(json.dumps(
-            {"source": str(path), "source_format": "heads", "base": source, "base_sha256": c["base"]["sha256"],
-             "n_future_dropped": c["model"].get("n_future", 1) - 1, "format": format}, indent=2) + "\n", encoding="utf-8")
-
-    return write_dir_atomically(out, fill)
+        warnings.warn(f"mtp_bench.reference_model.pretrained_heads.{name} moved to mtp_bench.models.heads.{name}; "
+                      "the old path goes in the next release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("mtp_bench.models.heads"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,8 +21,9 @@ import re
 import sysconfig
 from pathlib import Path
 
-from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import DataError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import DataError
+from mtp_bench.reference_model import gguf_import, pretrained_heads
 
 
 def chat_text(tok, user: str, assistant: str) -> str:
@@ -77,7 +78,6 @@ def main() -> int:
     a = ap.parse_args()
     tdir = a.tokenizer
     if tdir is None:
-        from mtp_bench.reference_model import gguf_import, pretrained_heads
 
         g = pretrained_heads.smollm2_gguf()
         if g is None:

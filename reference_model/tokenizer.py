@@ -22,8 +22,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import CheckpointError, ConfigError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]
@@ -51,7 +51,7 @@ def _byte_level(tok: HFTokenizer) -> HFTokenizer:
 
 
 class Tokenizer:
-    """A thin wrapper over `tokenizers.Tokenizer` implementing mtp_bench.protocols.Tokenizer."""
+    """A thin wrapper over `tokenizers.Tokenizer` implementing mtp_bench.api.protocols.Tokenizer."""
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf

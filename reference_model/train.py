@@ -21,7 +21,7 @@ as one process with grad_accum=a*W.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,17 +35,22 @@ import time
 import typing
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from mtp_bench.atomic import atomic_open
-from mtp_bench.errors import CheckpointError, ConfigError, DataError, UnknownNameError
+from mtp_bench.api.atomic import atomic_open
+from mtp_bench.api.errors import CheckpointError, ConfigError, DataError, UnknownNameError
+from mtp_bench.api.version import __version__
 from mtp_bench.reference_model import data as D
+from mtp_bench.reference_model import frozen as FZ
+from mtp_bench.reference_model import pretrained_heads as PH
+from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_forward_backward
 from mtp_bench.reference_model.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, tokenizer_summary, train_bpe
 
@@ -77,7 +82,7 @@ class TrainConfig:
     corpus_field: str = "text"  # JSONL corpora: the field holding each document (the prompt, with target_field)
     target_field: str = ""  # JSONL prompt/target corpora (fine-tuning): the target field; loss on target tokens only
     val_fraction: float = 0.02  # share of DOCUMENTS held out for validation (by hash of their name)
-    cache_dir: str = ""  # token/tokenizer cache; "" = $MTP_BENCH_CACHE or ~/.cache/mtp-bench
+    cache_dir: str = ""  # token/tokenizer cache; "" = the cache root ($MTP_BENCH_CACHE_DIR, else ~/.cache/mtp-bench)
     # --- batch and length ---
     seq_len: int = 256  # tokens per training window (= the model's max_seq_len)
     batch_size: int = 8  # windows per micro-batch per rank
@@ -197,46 +202,6 @@ PRESETS: dict[str, dict] = {
                   seq_len=256, batch_size=8, max_steps=800, lr=1e-3, warmup_steps=80, eval_interval=100,
                   eval_batches=8, ckpt_interval=50),
 }
-
-
-def _parse_value(key: str, raw: str, hint) -> object:
-    """Turn a --set string into the field's type: int, float, str, bool, X | None, tuple[float, ...]."""
-    args = typing.get_args(hint)
-    if type(None) in args:  # Optional[X]
-        if raw.strip().lower() in ("none", "null", ""):
-            return None
-        hint = next(a for a in args if a is not type(None))
-    try:
-        if typing.get_origin(hint) is tuple:
-            return tuple(float(x) for x in raw.replace("(", "").replace(")", "").split(",") if x.strip())
-        if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if hint is int:
-            return int(raw)
-        if hint is float:
-            return float(raw)
-        return raw
-    except ValueError:
-        raise ConfigError(f"--set {key}={raw}: not a valid {getattr(hint, '__name__', hint)}") from None
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """["lr=1e-3", "n_future=1"] -> {"lr": 0.001, "n_future": 1}, typed by TrainConfig's fields."""
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        if key not in hints:
-            raise ConfigError(f"unknown train config key {key!r}; valid keys: {', '.join(f.name for f in fields(TrainConfig))}")
-        out[key] = _parse_value(key, raw.strip(), hints[key])
-    return out
 
 
 def make_config(preset: str | None = None, overrides: dict | None = None) -> TrainConfig:
@@ -407,9 +372,7 @@ def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     if device.type == "cuda":
         return torch.bfloat16
     if cfg.freeze_trunk:
-        from mtp_bench.reference_model.frozen import cpu_native_bf16
-
-        return torch.bfloat16 if cpu_native_bf16() else None
+        return torch.bfloat16 if FZ.cpu_native_bf16() else None
     return None
 
 
@@ -621,21 +584,54 @@ def _eval_line(step: int, split: str, ev: dict) -> str:
 RESUME_MUTABLE = {"out", "eval_interval", "log_interval", "ckpt_interval", "device", "cache_dir"}
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, overrides: dict | None = None,
-          step_callback: Callable[[int, nn.Module], None] | None = None, verbose: bool = True) -> Path:
-    """Train per `cfg`; return the final checkpoint directory (cfg.out).
+@dataclass
+class _Setup:
+    """Everything a run needs before its first step (`_setup`)."""
 
-    step_callback(step, model) runs after each optimizer step (after any state save): tests use it
-    to watch parameters or to simulate a crash. preset/overrides only go into training.json.
-    """
-    from mtp_bench import __version__
-    from mtp_bench.reference_model.checkpoint import save_checkpoint
+    dd: Dist
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    autocast: Any
+    model: Transformer
+    tok: Any
+    base: dict | None  # init=BASE: what the heads checkpoint records about its base
+    corpus_info: dict
+    train_tokens: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: D.WindowLoader
+    tokens_per_step: int
+    total_steps: int
+    val: tuple  # (windows, masks) scored at each evaluation
+    train_sample: tuple  # a fixed sample of training windows, scored like validation
+    lstsq: dict | None = None
+    frozen_info: dict = field(default_factory=dict)
+    trunk_cache: Any = None
+    topk: int = 0
 
-    t_start = time.time()
+
+def _check_out(cfg: TrainConfig) -> tuple[Path, Path]:
+    """The output directory (required) and its resumable state path."""
     if not cfg.out:
         raise ConfigError("no output directory: pass --out DIR (or set out=DIR)")
     out = Path(cfg.out)
     spath = state_path(out)
+    return out, spath
+
+
+def _check_state(out: Path, spath: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if resume and not spath.is_file():
+        raise ConfigError(f"--resume: no saved training state at {spath}")
+    if not resume and spath.is_file():
+        raise ConfigError(f"{spath} holds an unfinished run: pass --resume to continue it, or remove it / pick another --out")
+
+
+def _setup(cfg: TrainConfig, resume: bool, out: Path, spath: Path, init_model: Callable | None, verbose: bool) -> _Setup:
+    """Steps 0 and 1 of `train`: distributed, device, precision; data and tokenizer (cached), model,
+    optimizer, schedule, loader; with init=BASE the base and its heads, and on a frozen trunk the
+    base's outputs (TrunkCache), the draft vocabulary and the sequential modules' input scale."""
     # 0) distributed, device, precision
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device.split(":")[0]
     dd = setup_distributed(kind)
@@ -644,19 +640,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
         torch.cuda.set_device(device)
     amp_dtype = resolve_amp_dtype(cfg, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    if resume and not spath.is_file():
-        raise ConfigError(f"--resume: no saved training state at {spath}")
-    if not resume and spath.is_file():
-        raise ConfigError(f"{spath} holds an unfinished run: pass --resume to continue it, or remove it / pick another --out")
-
+    _check_state(out, spath, resume)
     # 1) data and tokenizer (cached), model, optimizer, schedule, loader
     base = None
     if cfg.init:  # heads on a pretrained trunk: the model and tokenizer come from the base
-        from mtp_bench.reference_model import pretrained_heads as PH
-
-        model, base_tok, base = PH.init_model(cfg, device)
+        if init_model is None:
+            raise ConfigError("init=BASE needs a base loader: train(cfg, init_model=mtp_bench.models.heads.init_model), "
+                              "as `mtp-bench train --init BASE` does")
+        model, base_tok, base = init_model(cfg, device)
     tok, train_tokens, val_tokens, corpus_info = prepare_data(cfg, dd, base_tok if base else None)
     train_mask = val_mask = None  # loss masks of prompt/target corpora (target tokens only)
     if cfg.target_field:
@@ -670,57 +661,136 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
         for p in model.parameters():
             dist.broadcast(p.data, src=0)
     optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
-    windows_per_step = cfg.batch_size * cfg.grad_accum * dd.world_size
-    tokens_per_step = windows_per_step * cfg.seq_len
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * dd.world_size * cfg.seq_len
     total_steps = math.ceil(cfg.max_tokens / tokens_per_step) if cfg.max_tokens else cfg.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg, total_steps))
     loader = D.WindowLoader(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, dd.rank, dd.world_size, mask=train_mask)
     n_eval = cfg.eval_batches * cfg.batch_size
-    val_windows = D.eval_windows(val_tokens, cfg.seq_len, n_eval)
-    # a fixed sample of training windows, scored like validation (train accuracy per head)
-    train_windows = D.eval_windows(train_tokens, cfg.seq_len, n_eval)
-    val_masks = D.eval_windows(val_mask, cfg.seq_len, n_eval) if val_mask is not None else None
-    train_masks = D.eval_windows(train_mask, cfg.seq_len, n_eval) if train_mask is not None else None
-    step, history, evals = 0, [], []
-    lstsq = None
+    windows = lambda tokens, mask: (D.eval_windows(tokens, cfg.seq_len, n_eval),  # noqa: E731
+                                    D.eval_windows(mask, cfg.seq_len, n_eval) if mask is not None else None)
+    r = _Setup(dd, device, amp_dtype, autocast, model, tok, base, corpus_info, train_tokens, optimizer, scheduler,
+               loader, tokens_per_step, total_steps, windows(val_tokens, val_mask), windows(train_tokens, train_mask))
     if cfg.init and cfg.head_init == "lstsq" and not resume:  # closed-form linear heads before any step
         fit_windows = D.eval_windows(train_tokens, cfg.seq_len, cfg.lstsq_windows)
-        lstsq = PH.fit_linear_heads(model, fit_windows, cfg.batch_size, autocast=autocast,
-                                    log=print if dd.main and verbose else None)
-    frozen_info: dict = {}
-    trunk_cache, vmap, topk = None, None, 0
-    if cfg.freeze_trunk:  # heads on a frozen trunk (frozen.py): the base's outputs once, then heads only
-        from mtp_bench.reference_model import frozen as FZ
+        r.lstsq = PH.fit_linear_heads(model, fit_windows, cfg.batch_size, autocast=autocast,
+                                      log=print if dd.main and verbose else None)
+    if cfg.freeze_trunk:
+        _setup_frozen(cfg, r, resume, verbose)
+    return r
 
-        topk = cfg.teacher_topk if (cfg.head_targets == "base" or cfg.draft_vocab) else 0
-        if cfg.hidden_cache:
-            if dd.enabled and not dd.main:
-                dd.barrier()  # rank 0 creates and fills the cache files first
-            trunk_cache = FZ.TrunkCache(Path(corpus_info["cache_dir"]), base["sha256"], train_tokens, cfg.seq_len,
-                                        model.config.dim, topk)
-            if dd.main:
-                frozen_info["trunk_cache"] = {**trunk_cache.fill(model, cfg.batch_size, autocast,
-                                                                  FZ.log_line if verbose else None),
-                                              "key": trunk_cache.key, "bytes": trunk_cache.nbytes()}
-            if dd.enabled and dd.main:
-                dd.barrier()
-        if cfg.draft_vocab and not resume:
-            ids, cover = FZ.choose_draft_vocab(trunk_cache.argmax_counts(model.config.vocab_size), cfg.draft_vocab)
-            model.draft_vocab = ids.to(device)
-            frozen_info["draft_vocab"] = {"size": cfg.draft_vocab, "argmax_coverage": round(cover, 6)}
-        if cfg.head_type == "sequential" and cfg.head_init == "copy" and not resume:
-            # the copied block expects its input at the scale of the residual stream, not at RMS 1
-            x0 = torch.from_numpy(np.asarray(train_tokens[: cfg.batch_size * cfg.seq_len], dtype=np.int64))
-            h0 = FZ.trunk_outputs(model, x0.view(-1, cfg.seq_len).to(device), 0, autocast)["h0"]
-            scale = float(h0.pow(2).mean().sqrt())
-            with torch.no_grad():
-                for module in model.extra_heads:
-                    module.hnorm.weight.fill_(scale)
-            frozen_info["h0_rms"] = scale
+
+def _setup_frozen(cfg: TrainConfig, r: _Setup, resume: bool, verbose: bool) -> None:
+    """Heads on a frozen trunk (frozen.py): the base's outputs once, then heads only."""
+    dd, model, device, autocast = r.dd, r.model, r.device, r.autocast
+    r.topk = cfg.teacher_topk if (cfg.head_targets == "base" or cfg.draft_vocab) else 0
+    if cfg.hidden_cache:
+        if dd.enabled and not dd.main:
+            dd.barrier()  # rank 0 creates and fills the cache files first
+        r.trunk_cache = FZ.TrunkCache(Path(r.corpus_info["cache_dir"]), r.base["sha256"], r.train_tokens, cfg.seq_len,
+                                      model.config.dim, r.topk)
+        if dd.main:
+            r.frozen_info["trunk_cache"] = {**r.trunk_cache.fill(model, cfg.batch_size, autocast,
+                                                                 FZ.log_line if verbose else None),
+                                            "key": r.trunk_cache.key, "bytes": r.trunk_cache.nbytes()}
+        if dd.enabled and dd.main:
+            dd.barrier()
+    if cfg.draft_vocab and not resume:
+        ids, cover = FZ.choose_draft_vocab(r.trunk_cache.argmax_counts(model.config.vocab_size), cfg.draft_vocab)
+        model.draft_vocab = ids.to(device)
+        r.frozen_info["draft_vocab"] = {"size": cfg.draft_vocab, "argmax_coverage": round(cover, 6)}
+    if cfg.head_type == "sequential" and cfg.head_init == "copy" and not resume:
+        # the copied block expects its input at the scale of the residual stream, not at RMS 1
+        x0 = torch.from_numpy(np.asarray(r.train_tokens[: cfg.batch_size * cfg.seq_len], dtype=np.int64))
+        h0 = FZ.trunk_outputs(model, x0.view(-1, cfg.seq_len).to(device), 0, autocast)["h0"]
+        scale = float(h0.pow(2).mean().sqrt())
+        with torch.no_grad():
+            for module in model.extra_heads:
+                module.hnorm.weight.fill_(scale)
+        r.frozen_info["h0_rms"] = scale
+
+
+def _step_fn(cfg: TrainConfig, r: _Setup, micro_w: list[float]) -> Callable[[], torch.Tensor]:
+    """The step, chosen once: the whole model (full_step), or the extra heads alone on the base's
+    cached or just computed outputs (frozen_step). Either returns the micro-batch's per-head CE."""
+    model, loader, device, autocast = r.model, r.loader, r.device, r.autocast
+
+    def full_step() -> torch.Tensor:
+        """One micro-batch through the whole model (trunk and every head); returns per-head CE."""
+        x, m = loader.next_batch_with_mask()  # (B, T), loss mask (B, T) or None
+        x = x.to(device, non_blocking=True)
+        with autocast:
+            if m is None:
+                return mtp_forward_backward(model, x, micro_w, mode=cfg.backward)[1]
+            return target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)[1]
+
+    if not cfg.freeze_trunk:
+        return full_step
+    vmap = FZ.vocab_index(model)
+
+    def frozen_step() -> torch.Tensor:
+        """One micro-batch of the extra heads alone, on the base's cached (or just computed) outputs."""
+        idx = PH.window_indices(loader, cfg.batch_size) if r.trunk_cache is not None else None
+        x, _ = loader.next_batch_with_mask()
+        b = r.trunk_cache.batch(idx, device) if r.trunk_cache is not None else \
+            FZ.trunk_outputs(model, x.to(device), r.topk, autocast)
+        return FZ.frozen_step(model, b, micro_w, cfg.head_targets, autocast, vmap)
+
+    return frozen_step
+
+
+def _all_reduce(model: nn.Module, per_head: torch.Tensor, dd: Dist, device: torch.device) -> torch.Tensor:
+    """Average gradients (and the logged losses) over ranks: one flat all-reduce."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads] + [per_head.to(grads[0].dtype).to(device)])
+    dist.all_reduce(flat)
+    flat /= dd.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[offset:].double().cpu()
+
+
+@contextlib.contextmanager
+def _deferred_sigint(interrupted: list[int]):
+    """Ctrl-C (SIGINT) is deferred to the end of the current step, where the state is consistent:
+    the loop saves it there and stops; `--resume` continues. A second Ctrl-C stops at once."""
+    prev = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            if interrupted:  # a second Ctrl-C stops at once (no state saved)
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+
+        prev = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, overrides: dict | None = None,
+          step_callback: Callable[[int, nn.Module], None] | None = None, verbose: bool = True,
+          init_model: Callable | None = None) -> Path:
+    """Train per `cfg`; return the final checkpoint directory (cfg.out).
+
+    step_callback(step, model) runs after each optimizer step (after any state save): tests use it
+    to watch parameters or to simulate a crash. preset/overrides only go into training.json.
+    init_model(cfg, device) -> (model, tokenizer, base record): how `init=BASE` loads the base and
+    adds heads; loading a base needs the framework's loaders, so the caller passes it
+    (`mtp_bench.models.heads.init_model`, which `mtp-bench train` passes).
+    """
+    t_start = time.time()
+    out, spath = _check_out(cfg)
+    # 0) + 1) device and precision; data, model, optimizer, schedule, loader (`_setup`)
+    r = _setup(cfg, resume, out, spath, init_model, verbose)
+    model, optimizer, scheduler, loader, dd = r.model, r.optimizer, r.scheduler, r.loader, r.dd
     # frozen trunk: only the extra heads (and their vocabulary) are in the resumable state
     trained_state = (lambda: {k: v for k, v in model.state_dict().items()
                               if k.startswith("extra_heads.") or k == "draft_vocab"}) \
         if cfg.freeze_trunk else model.state_dict
+    step, history, evals = 0, [], []
 
     # 2) resume: everything that determines the next step
     if resume:
@@ -747,118 +817,88 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             dd.barrier()
 
     def run_eval() -> None:
-        rec = {"step": step, "val": evaluate(model, val_windows, cfg.batch_size, autocast, dd.rank, dd.world_size, val_masks),
-               "train": evaluate(model, train_windows, cfg.batch_size, autocast, dd.rank, dd.world_size, train_masks)}
+        rec = {"step": step, "val": evaluate(model, r.val[0], cfg.batch_size, r.autocast, dd.rank, dd.world_size, r.val[1]),
+               "train": evaluate(model, r.train_sample[0], cfg.batch_size, r.autocast, dd.rank, dd.world_size,
+                                 r.train_sample[1])}
         evals.append(rec)
         progress.message(_eval_line(step, "val", rec["val"]))
 
-    progress = Progress(total_steps, step, dd.main and verbose, cfg.log_interval)
+    progress = Progress(r.total_steps, step, dd.main and verbose, cfg.log_interval)
     if dd.main and verbose:
         progress.message(f"model: {model.num_params():,} params, n_future={cfg.n_future} ({cfg.head_type}), "
-                         f"vocab {tok.vocab_size}; data: {corpus_info['train_tokens']:,} train / "
-                         f"{corpus_info['val_tokens']:,} val tokens; {tokens_per_step:,} tokens/step; device {device}"
+                         f"vocab {r.tok.vocab_size}; data: {r.corpus_info['train_tokens']:,} train / "
+                         f"{r.corpus_info['val_tokens']:,} val tokens; {r.tokens_per_step:,} tokens/step; device {r.device}"
                          + (f" x{dd.world_size} ranks" if dd.enabled else ""))
     # 3) the step, chosen once, and the loop
     head_w = list(cfg.head_weights) if cfg.head_weights is not None else [1.0] * cfg.n_future
     micro_w = [w / cfg.grad_accum for w in head_w]  # so accumulated grads are the mean over micro-batches
-    if cfg.freeze_trunk:
-        vmap = FZ.vocab_index(model)
-
-    def full_step() -> torch.Tensor:
-        """One micro-batch through the whole model (trunk and every head); returns per-head CE."""
-        x, m = loader.next_batch_with_mask()  # (B, T), loss mask (B, T) or None
-        x = x.to(device, non_blocking=True)
-        with autocast:
-            if m is None:
-                return mtp_forward_backward(model, x, micro_w, mode=cfg.backward)[1]
-            return target_only_forward_backward(model, x, m.to(device), micro_w, mode=cfg.backward)[1]
-
-    def frozen_step() -> torch.Tensor:
-        """One micro-batch of the extra heads alone, on the base's cached (or just computed) outputs."""
-        idx = PH.window_indices(loader, cfg.batch_size) if trunk_cache is not None else None
-        x, _ = loader.next_batch_with_mask()
-        b = trunk_cache.batch(idx, device) if trunk_cache is not None else FZ.trunk_outputs(model, x.to(device), topk, autocast)
-        return FZ.frozen_step(model, b, micro_w, cfg.head_targets, autocast, vmap)
-
-    step_fn = frozen_step if cfg.freeze_trunk else full_step
+    step_fn = _step_fn(cfg, r, micro_w)
     model.train()
-    # Ctrl-C (SIGINT) is deferred to the end of the current step, where the state is consistent:
-    # the state is saved there and the run stops; `--resume` continues it
     interrupted: list[int] = []
-    prev_handler = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            if interrupted:  # a second Ctrl-C stops at once (no state saved)
-                raise KeyboardInterrupt
-            interrupted.append(signum)
-
-        prev_handler = signal.signal(signal.SIGINT, on_sigint)
     try:
-        while step < total_steps:
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            per_head = torch.zeros(cfg.n_future, dtype=torch.float64)
-            for _ in range(cfg.grad_accum):
-                per_head += step_fn().double().cpu() / cfg.grad_accum  # unweighted CE per head
-            if dd.enabled:  # average gradients (and the logged losses) over ranks: one flat all-reduce
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                flat = torch.cat([g.flatten() for g in grads] + [per_head.to(grads[0].dtype).to(device)])
-                dist.all_reduce(flat)
-                flat /= dd.world_size
-                offset = 0
-                for g in grads:
-                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                    offset += g.numel()
-                per_head = flat[offset:].double().cpu()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss = float((torch.tensor(head_w, dtype=torch.float64) * per_head).sum())
-            history.append({"step": step, "loss": loss, "per_head": per_head.tolist(), "lr": lr,
-                            "grad_norm": float(grad_norm) if grad_norm is not None else None})
-            progress.step(step, loss, per_head.tolist(), tokens_per_step / (time.perf_counter() - t0), lr)
-            if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == total_steps:
+        with _deferred_sigint(interrupted):
+            while step < r.total_steps:
+                t0 = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                per_head = torch.zeros(cfg.n_future, dtype=torch.float64)
+                for _ in range(cfg.grad_accum):
+                    per_head += step_fn().double().cpu() / cfg.grad_accum  # unweighted CE per head
+                if dd.enabled:
+                    per_head = _all_reduce(model, per_head, dd, r.device)
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss = float((torch.tensor(head_w, dtype=torch.float64) * per_head).sum())
+                history.append({"step": step, "loss": loss, "per_head": per_head.tolist(), "lr": lr,
+                                "grad_norm": float(grad_norm) if grad_norm is not None else None})
+                progress.step(step, loss, per_head.tolist(), r.tokens_per_step / (time.perf_counter() - t0), lr)
+                if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == r.total_steps:
+                    run_eval()
+                if interrupted and step < r.total_steps:
+                    save_state(sync=False)
+                    progress.message(f"interrupted at step {step}: state saved to {spath}; continue with --resume")
+                    raise KeyboardInterrupt
+                if cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and step < r.total_steps:
+                    save_state()
+                if step_callback is not None:
+                    step_callback(step, model)
+            if not evals or evals[-1]["step"] != step:
                 run_eval()
-            if interrupted and step < total_steps:
-                save_state(sync=False)
-                progress.message(f"interrupted at step {step}: state saved to {spath}; continue with --resume")
-                raise KeyboardInterrupt
-            if cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and step < total_steps:
-                save_state()
-            if step_callback is not None:
-                step_callback(step, model)
-        if not evals or evals[-1]["step"] != step:
-            run_eval()
     finally:
-        if prev_handler is not None:
-            signal.signal(signal.SIGINT, prev_handler)
         progress.close()
-
     # 4) final checkpoint (rank 0), then drop the resumable state: the run is complete
+    _finish(cfg, r, out, spath, step, history, evals, preset, overrides, t_start, progress, verbose)
+    return out
+
+
+def _finish(cfg: TrainConfig, r: _Setup, out: Path, spath: Path, step: int, history: list, evals: list,
+            preset: str | None, overrides: dict | None, t_start: float, progress: Progress, verbose: bool) -> None:
+    """Step 4: training.json's report and the checkpoint (rank 0); the resumable state removed."""
+    dd, model = r.dd, r.model
     last = evals[-1]
     info = {
         "preset": preset, "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items()},
-        "config": cfg.to_dict(), "corpus": corpus_info, "tokenizer": tokenizer_summary(tok),
-        "steps": step, "tokens_seen": step * tokens_per_step, "tokens_per_step": tokens_per_step,
+        "config": cfg.to_dict(), "corpus": r.corpus_info, "tokenizer": tokenizer_summary(r.tok),
+        "steps": step, "tokens_seen": step * r.tokens_per_step, "tokens_per_step": r.tokens_per_step,
         "world_size": dd.world_size, "num_params": model.num_params(),
         "final": {"train_loss_last_step": history[-1]["per_head"] if history else None,
                   "train": last["train"], "val": last["val"]},
         "history": history, "evals": evals, "seed": cfg.seed,
         "mtp_bench_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-        "device": str(device), "duration_s": round(time.time() - t_start, 3),
+        "device": str(r.device), "duration_s": round(time.time() - t_start, 3),
         "command": reproduce_command(cfg), "argv": shlex.join(sys.argv),
     }
-    if dd.main and base is not None:
-        info["base"] = base
-        info["lstsq"] = lstsq
-        info["frozen"] = frozen_info
-        info["dtype_resolved"] = str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else "float32"
+    if dd.main and r.base is not None:
+        info["base"] = r.base
+        info["lstsq"] = r.lstsq
+        info["frozen"] = r.frozen_info
+        info["dtype_resolved"] = str(r.amp_dtype).removeprefix("torch.") if r.amp_dtype is not None else "float32"
     if dd.main and cfg.freeze_trunk:  # heads only; the base stays where it is
-        PH.save_heads(out, model, base, info, torch.bfloat16 if cfg.heads_dtype == "bfloat16" else None)
+        PH.save_heads(out, model, r.base, info, torch.bfloat16 if cfg.heads_dtype == "bfloat16" else None)
     elif dd.main:
-        save_checkpoint(out, model, tok, info)
+        save_checkpoint(out, model, r.tok, info)
         if spath.is_file():
             spath.unlink()
             try:
@@ -866,58 +906,5 @@ def train(cfg: TrainConfig, *, resume: bool = False, preset: str | None = None, 
             except OSError:
                 pass
         if verbose:
-            progress.message(f"saved {out} ({step} steps, {step * tokens_per_step:,} tokens)")
+            progress.message(f"saved {out} ({step} steps, {step * r.tokens_per_step:,} tokens)")
     dd.barrier()
-    return out
-
-
-# -----------------------------------------------------------------------------
-# CLI
-
-HELP = """examples:
-  mtp-bench train --preset debug --out ckpt/debug                 # seconds: a smoke run
-  mtp-bench train --preset tiny --out ckpt/mtp4-tiny              # minutes on 2 CPU cores
-  mtp-bench train --preset tiny --set n_future=1 --out ckpt/ntp-tiny   # the next-token baseline
-  mtp-bench train --preset small --set lr=6e-4 --set head_type=linear --out ckpt/lin
-  mtp-bench train --preset tiny --set corpus=data/code.jsonl --set corpus_field=content --out ckpt/x
-  mtp-bench train --preset tiny --set corpus=xsum-train.jsonl --set corpus_field=prompt --set target_field=target --out ckpt/sum
-  mtp-bench train --preset tiny --out ckpt/mtp4-tiny --resume     # continue an interrupted run
-  torchrun --nproc_per_node 2 -m mtp_bench train --preset small --out ckpt/ddp   # data parallel
-  mtp-bench train --preset small --print-config                   # show the resolved config
-
-config: defaults < --preset < --set key=value (repeatable; any TrainConfig field, typed by it:
-  ints, floats, strings, `none`, comma lists like head_weights=1,0.5,0.5,0.5) < --out.
-  Resumable state is saved every ckpt_interval steps and on Ctrl-C to OUT.state/.
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = HELP + "\npresets: " + ", ".join(PRESETS) + "\nkeys: " + ", ".join(f.name for f in fields(TrainConfig))
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)} (default: none, the TrainConfig defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
-    parser.add_argument("--out", default=None, help="checkpoint directory to write (same as --set out=DIR)")
-    parser.add_argument("--init", default=None, metavar="BASE",
-                        help="add n_future-1 heads to this next-token model (.gguf, HF dir, hub id; same as --set init=BASE)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.state/")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def main(args: argparse.Namespace) -> int:
-    overrides = parse_overrides(args.overrides)
-    if args.out is not None:
-        overrides["out"] = args.out
-    if getattr(args, "init", None):
-        overrides["init"] = args.init
-    cfg = make_config(args.preset, overrides)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    try:
-        train(cfg, resume=args.resume, preset=args.preset, overrides=overrides, verbose=not args.quiet)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0

@@ -9,6 +9,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    """transformers binds its log handler to sys.stderr the first time it logs; bind it now, to the
+    session's stderr, not to a test's capsys stream that is closed when that test ends (a later
+    warning would then print "--- Logging error ---" into whichever test runs next)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

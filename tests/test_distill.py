@@ -74,7 +74,7 @@ def test_distill_writes_completions_manifest_and_keeps_evaluation_prompts_out(tm
 
 
 def test_the_trainer_records_the_prompt_hashes_and_refuses_a_stale_manifest(tmp_path):
-    from mtp_bench.errors import DataError
+    from mtp_bench.api.errors import DataError
     from mtp_bench.reference_model.train import distill_record
 
     corpus = tmp_path / "distill.jsonl"

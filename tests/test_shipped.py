@@ -7,7 +7,7 @@ import pytest
 
 import mtp_bench
 from mtp_bench.cli import main
-from mtp_bench.runner import DEFAULT_BASELINE, DEFAULT_CANDIDATE, default_checkpoints_dir
+from mtp_bench.commands.run import DEFAULT_BASELINE, DEFAULT_CANDIDATE, default_checkpoints_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {"ntp-code": 1, "mtp4-code": 4, "mtp8-bytes": 8}
@@ -31,6 +31,7 @@ def test_committed_baseline_result_was_made_with_the_shipped_weights():
         assert doc["models"][role]["weights_sha256"] == model.weights_sha256
 
 
+@pytest.mark.slow
 def test_zero_config_code_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "code.json"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import sympy
 
+from mtp_bench.api.context import RunContext
 from mtp_bench.cli import main
 from mtp_bench.evals import arithmetic as A
-from mtp_bench.registry import RunContext
 from mtp_bench.testing import FakeModel
 
 X = sympy.symbols("X")
@@ -103,6 +103,7 @@ def test_data_command_writes_problems_anyone_can_recompute(tmp_path):
     assert [r["prompt"] for r in rows] == [p["prompt"] for p in A.problems(3, 50, 0, "test")]
 
 
+@pytest.mark.slow
 def test_training_data_holds_no_test_prompt(tmp_path):
     out = tmp_path / "train.jsonl"
     assert main(["data", "arithmetic", "--split", "train", "--m", "1-2", "--n", "3000", "--out", str(out)]) == 0

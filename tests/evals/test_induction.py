@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import ConfigError, DataError
 from mtp_bench.cli import main
-from mtp_bench.errors import ConfigError, DataError
 from mtp_bench.evals import induction as I
 from mtp_bench.reference_model.checkpoint import save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 from mtp_bench.reference_model.tokenizer import byte_tokenizer, train_bpe
-from mtp_bench.registry import RunContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,6 +72,7 @@ def test_replacement_names_are_two_tokens_at_known_positions(which, bpe):
     assert [r for _, _, r in occ] == [name in seen[:i] for i, name in enumerate(seen)]
 
 
+@pytest.mark.slow
 def test_replacement_is_seeded_and_per_story():
     tok = byte_tokenizer()
     pool = I.name_pool(tok, seed=0)

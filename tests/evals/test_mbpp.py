@@ -8,11 +8,12 @@ import json
 
 import pytest
 
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import REGISTRY, sample_seed
 from mtp_bench.evals import mbpp
-from mtp_bench.generation import Generation
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import REGISTRY, RunContext, sample_seed
+from mtp_bench.generation.engine import Generation
+from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel
 
 # Task 11, the first of the test split, in the 3-shot template: written out by hand from
@@ -79,6 +80,7 @@ def everything(data_dir):
     return mbpp.load_all(data_dir, "full")
 
 
+@pytest.mark.slow
 def test_full_test_split_is_task_ids_11_to_510(data_dir):
     problems = mbpp.load_problems(data_dir)
     assert list(problems) == [str(i) for i in range(11, 511)]
@@ -157,8 +159,9 @@ def test_program_is_completion_then_setup_then_asserts(everything):
     assert with_challenge["challenge_test_list"][0] not in mbpp.build_program(with_challenge, "")
 
 
+@pytest.mark.slow
 def test_every_reference_solution_passes_its_own_tests_in_the_sandbox(data_dir):
-    from mtp_bench.execution import SandboxConfig, run_programs
+    from mtp_bench.execution.pool import SandboxConfig, run_programs
 
     # both variants' test splits in one parallel batch (full with its challenge tests)
     jobs = [(variant, tid, mbpp.build_split(p, p["code"], include_challenge=(variant == "full")))
@@ -261,7 +264,7 @@ def chat_model() -> FakeModel:
 
 
 def test_chat_prompt_holds_the_task_and_its_tests(everything):
-    from mtp_bench import chat
+    from mtp_bench.generation import chat
 
     p = everything["11"]
     got = mbpp.build_chat_prompt(chat_model(), p)

@@ -1,5 +1,5 @@
 """MBPP+ evaluator: prompts in both modes, base and base+plus pass@k with a scripted fake model and
-the real sandbox. (Verdicts against EvalPlus's own evaluator: tests/test_evalplus.py.)"""
+the real sandbox. (Verdicts against EvalPlus's own evaluator: tests/scoring/test_evalplus.py.)"""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from mtp_bench import chat
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import mbpp_plus as mp
-from mtp_bench.generation import Generation
-from mtp_bench.registry import REGISTRY, RunContext
+from mtp_bench.generation import chat
+from mtp_bench.generation.engine import Generation
 from mtp_bench.testing import FakeModel
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -47,6 +48,7 @@ def test_prompt_is_split_into_task_and_test(problems):
     assert tests == "assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))"
 
 
+@pytest.mark.slow
 def test_completion_mode_base_and_plus(data_dir, tmp_path, problems):
     p2, p3, p4 = (problems[t] for t in ("Mbpp/2", "Mbpp/3", "Mbpp/4"))
     # Mbpp/3 (is_not_prime): divisors tried below 50 only, enough for MBPP's own inputs (1, 2, 10, 35,
@@ -62,6 +64,7 @@ def test_completion_mode_base_and_plus(data_dir, tmp_path, problems):
     assert out.metrics["plus_pass@1"].value == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 def test_chat_mode_prompt_and_sanitized_solution(data_dir, tmp_path, problems):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast

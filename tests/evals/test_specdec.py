@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
 from mtp_bench.evals.specdec import SpecDec, code_prompts, ratio_metric, text_prompts
-from mtp_bench.registry import RunContext
-from mtp_bench.speculative import DecodeResult, LosslessError, acceptance_stats
+from mtp_bench.generation.speculative import DecodeResult, LosslessError, acceptance_stats
 from mtp_bench.testing import FakeCache, FakeModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -196,6 +196,7 @@ def tiny_ckpt(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("specdec") / "ckpt", Transformer(cfg), tok, {})
 
 
+@pytest.mark.slow
 def test_real_checkpoint_against_hf_peers(tiny_ckpt, tmp_path):
     """End to end on a saved reference checkpoint: lossless, and the HF peers (the same weights
     exported as LlamaForCausalLM) produce the very same greedy tokens, prompt lookup included."""
@@ -242,6 +243,7 @@ def test_degenerate_outputs_are_flagged():
     assert not is_degenerate([7] * 5)  # too short to tell
 
 
+@pytest.mark.slow
 def test_sequential_checkpoint_drafts_by_chaining_and_reuses_the_last_module(tmp_path):
     import mtp_bench
     from mtp_bench.reference_model.checkpoint import save_checkpoint

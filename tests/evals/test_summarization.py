@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
-from mtp_bench.errors import ConfigError, DataError
+from mtp_bench.api.context import RunContext
+from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.registry import REGISTRY
 from mtp_bench.evals import summarization as S
-from mtp_bench.metrics import mean_metric
-from mtp_bench.registry import REGISTRY, RunContext
+from mtp_bench.scoring.metrics import mean_metric
 from mtp_bench.testing import FakeModel, FakeTokenizer
 
 TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
@@ -41,6 +42,7 @@ def test_doctests_run():
     assert failures == 0 and tried >= 4
 
 
+@pytest.mark.slow
 def test_xsum_per_document_scores_equal_rouge_score_called_directly(xsum):
     ref_scorer = RougeScorer(TYPES, use_stemmer=True)
     for doc in xsum[:150]:
@@ -56,6 +58,7 @@ def test_xsum_per_document_scores_equal_rouge_score_called_directly(xsum):
         assert ours["rougeLsum"]["fmeasure"] == lsum.fmeasure
 
 
+@pytest.mark.slow
 def test_scitldr_max_rule_equals_score_multi(scitldr):
     ref_scorer = RougeScorer(TYPES, use_stemmer=True)
     for doc in scitldr[:40]:
@@ -66,6 +69,7 @@ def test_scitldr_max_rule_equals_score_multi(scitldr):
         assert {t: ours[t]["fmeasure"] for t in TYPES} == {t: direct[t].fmeasure for t in TYPES}, doc["doc_id"]
 
 
+@pytest.mark.slow
 def test_scitldr_best_rouge1_rule_scores_one_reference(scitldr):
     ref_scorer = RougeScorer(TYPES, use_stemmer=True)
     differs = 0
@@ -80,6 +84,7 @@ def test_scitldr_best_rouge1_rule_scores_one_reference(scitldr):
     assert differs > 0  # the two rules are not the same rule on real data
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("rouge_score_rs") is None, reason="rouge-score-rs is not installed")
 def test_rust_backend_is_bit_identical_on_the_shared_data(xsum, scitldr):
     for docs, n in ((xsum[:200], 1), (scitldr[:60], 2)):
@@ -226,6 +231,7 @@ def test_tokenize_pairs_masks_everything_but_the_target():
     assert masks[1].tolist() == [1] * 8 and rows[1][-1] == tok.eos_id
 
 
+@pytest.mark.slow
 def test_target_only_loss_equals_the_masked_cross_entropy_and_both_backwards_agree():
     import torch
 
@@ -252,6 +258,7 @@ def test_target_only_loss_equals_the_masked_cross_entropy_and_both_backwards_agr
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["sequential"], grads["naive"]))
 
 
+@pytest.mark.slow
 def test_fine_tune_a_debug_model_on_a_prompt_target_file(tmp_path):
     from mtp_bench.reference_model import train as T
 
@@ -287,8 +294,8 @@ def test_prompt_target_corpus_errors(tmp_path):
 
 
 def test_zero_config_nl_settings_are_valid_subsets():
-    from mtp_bench.registry import config_from_dict
-    from mtp_bench.runner import DEFAULT_RUN_CONFIG
+    from mtp_bench.api.config import config_from_dict
+    from mtp_bench.commands.run import DEFAULT_RUN_CONFIG
 
     for name in ("gsm8k", "summarization"):
         cfg = config_from_dict(REGISTRY[name].Config, DEFAULT_RUN_CONFIG[name], owner=name)
@@ -298,9 +305,9 @@ def test_zero_config_nl_settings_are_valid_subsets():
 def test_auto_template_uses_the_tokenizers_chat_template():
     from transformers import PreTrainedTokenizerFast
 
-    from mtp_bench.adapters import HFTokenizer
+    from mtp_bench.commands.run import default_checkpoints_dir
     from mtp_bench.evals.summarization import chat_tokenizer, render_chat
-    from mtp_bench.runner import default_checkpoints_dir
+    from mtp_bench.models.adapters import HFTokenizer
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(default_checkpoints_dir() / "ntp-code" / "tokenizer.json"))
 

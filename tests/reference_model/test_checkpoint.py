@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtp_bench.api.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.cli import main as cli_main
-from mtp_bench.errors import CheckpointError, ConfigError, UnknownNameError
 from mtp_bench.reference_model.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
 from mtp_bench.reference_model.model import ModelConfig, Transformer
 from mtp_bench.reference_model.tokenizer import byte_tokenizer
@@ -81,6 +81,7 @@ def test_native_round_trip_gives_identical_logits(saved):
     assert [p.name for p in path.parent.iterdir()] == ["ckpt"]  # no temp dirs left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_checkpoint_loads_as_rounded_weights(tmp_path, dtype):
     torch.manual_seed(0)
@@ -226,6 +227,7 @@ def meta_reference_logits(sd: dict, params: dict, tokens: torch.Tensor) -> torch
     return torch.stack([rms(block(p, h), sd["norm.weight"]) @ sd["output.weight"].T for p in heads], dim=2)
 
 
+@pytest.mark.slow
 def test_meta_7b_layout_loads_every_head(tmp_path):
     """The 7B_*_4 releases' layout: params.json n_layers=32 and n_future_tokens=4, with 29 blocks
     in `layers` and 3 in `extra_heads` (tiny widths). Logits of all four heads against an
@@ -312,6 +314,7 @@ def test_hf_export_reproduces_head_one_logits(tmp_path, n_kv_heads):
     assert tok(text, add_special_tokens=False).input_ids == byte_tokenizer().encode(text)
 
 
+@pytest.mark.slow
 def test_hf_export_of_meta_checkpoint_converts_sentencepiece(tmp_path):
     import sentencepiece as spm
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -331,6 +334,7 @@ def test_hf_export_of_meta_checkpoint_converts_sentencepiece(tmp_path):
     assert tok("The cat").input_ids[0] == sp.bos_id()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_type", ["causal", "linear"])
 def test_hf_export_of_other_head_types_keeps_head_one(tmp_path, head_type):
     from transformers import LlamaForCausalLM

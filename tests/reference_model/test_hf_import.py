@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench.adapters import HFModel, MTPModel
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
+from mtp_bench.models.adapters import HFModel, MTPModel
 from mtp_bench.reference_model.hf_import import config_from_hf, state_dict_from_hf
 from mtp_bench.reference_model.tokenizer import byte_tokenizer
 

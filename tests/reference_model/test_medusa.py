@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import mtp_bench
-from mtp_bench.adapters import MTPModel
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
+from mtp_bench.generation.speculative import plain_decode, speculative_decode
+from mtp_bench.models.adapters import MTPModel
 from mtp_bench.reference_model.tokenizer import byte_tokenizer
-from mtp_bench.speculative import plain_decode, speculative_decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

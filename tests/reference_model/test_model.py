@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtp_bench.errors import ConfigError
+from mtp_bench.api.errors import ConfigError
 from mtp_bench.reference_model.model import (
     HEAD_TYPES,
     ModelConfig,
@@ -122,6 +122,7 @@ def test_head_zero_only_unless_asked():
     assert not torch.allclose(all_[:, :, 0], all_[:, :, 1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_type", [t for t in HEAD_TYPES if t != "sequential"])  # sequential: test_draft_*
 def test_incremental_decoding_equals_full_forward(head_type):
     m = model64(head_type=head_type)
@@ -370,6 +371,7 @@ def test_sequential_zero_first_embedding_drops_the_position0_tokens():
         assert not torch.allclose(off(x, return_all_heads=True)[0, 0, 1:], off(y, return_all_heads=True)[0, 0, 1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero_first,chain_normed", [(False, False), (True, True)])
 def test_draft_equals_teacher_forced_model_when_drafts_are_right(zero_first, chain_normed):
     """Chained drafting in a cache (left padding, accepted prefixes, roll-backs) gives module k's

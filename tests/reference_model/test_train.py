@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtp_bench.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.commands import train as train_cmd
 from mtp_bench.reference_model import data as D
 from mtp_bench.reference_model import train as T
 from mtp_bench.reference_model.checkpoint import load_checkpoint
@@ -83,7 +84,7 @@ def test_checkpoint_records_provenance_and_true_val_metrics(debug_run):
     # the recorded command line rebuilds exactly this config
     argv = T.shlex.split(info["command"])
     assert argv[:2] == ["mtp-bench", "train"]
-    overrides = T.parse_overrides([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    overrides = train_cmd.parse_overrides([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
     overrides["out"] = argv[argv.index("--out") + 1]
     assert T.make_config(None, overrides) == cfg
     # final validation metrics, recomputed independently from the saved weights
@@ -98,6 +99,7 @@ def test_checkpoint_records_provenance_and_true_val_metrics(debug_run):
         assert info["final"]["val"]["acc"][i] == pytest.approx(acc, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(debug_run, tmp_path):
     _, ref_out, ref_info = debug_run
     cfg = debug_config(tmp_path, ckpt_interval=3)
@@ -124,6 +126,7 @@ def test_resume_after_crash_matches_uninterrupted_run(debug_run, tmp_path):
     assert not T.state_path(cfg.out).exists()  # finished: nothing left to resume
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_state_at_a_step_boundary_and_resume_matches(tmp_path):
     import signal
 
@@ -174,12 +177,12 @@ def test_weight_decay_applies_to_matrices_only():
 
 
 def test_overrides_are_typed_and_bad_names_are_user_errors():
-    o = T.parse_overrides(["lr=6e-4", "n_future=1", "n_kv_heads=none", "head_weights=1,0.5", "corpus=x.jsonl"])
+    o = train_cmd.parse_overrides(["lr=6e-4", "n_future=1", "n_kv_heads=none", "head_weights=1,0.5", "corpus=x.jsonl"])
     assert o == {"lr": 6e-4, "n_future": 1, "n_kv_heads": None, "head_weights": (1.0, 0.5), "corpus": "x.jsonl"}
     with pytest.raises(ConfigError, match="valid keys: dim, n_layers"):
-        T.parse_overrides(["learning_rate=1"])
+        train_cmd.parse_overrides(["learning_rate=1"])
     with pytest.raises(ConfigError, match="not a valid int"):
-        T.parse_overrides(["n_future=two"])
+        train_cmd.parse_overrides(["n_future=two"])
     with pytest.raises(UnknownNameError, match="presets: debug, tiny, small"):
         T.make_config("huge")
     with pytest.raises(ConfigError, match="backward"):
@@ -231,6 +234,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_ranks_stay_identical_and_match_grad_accumulation(tmp_path):
     cfg = debug_config(tmp_path, "ddp", max_steps=4, eval_interval=0)
     port = _free_port()
@@ -280,7 +284,7 @@ if __name__ == "__main__" and "--regen" in sys.argv:
 def test_bench_train_worker_reports_memory_time_and_loss():
     import statistics
 
-    from mtp_bench.benchmarks.train import measure_step, ratios
+    from mtp_bench.commands.bench.train import measure_step, ratios
     from mtp_bench.reference_model.model import ModelConfig, Transformer
 
     spec = dict(dim=32, n_layers=4, n_heads=2, vocab_size=128, seq_len=16, batch_size=2, warmup=1, steps=2,

@@ -1,0 +1,39 @@
+"""`mtp_bench.load(path)`: any supported checkpoint as a `protocols.Model`, and `mtp-bench export`.
+
+Every format but heads-only checkpoints loads in `adapters.load_checkpoint`; a heads-only
+checkpoint (config.json with "format": "mtp-bench-heads") loads with its base in `heads.load_heads`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mtp_bench.models import heads
+from mtp_bench.models.adapters import is_gguf, load_checkpoint
+from mtp_bench.models.device import resolve_device, resolve_dtype
+from mtp_bench.reference_model import checkpoint
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+         base: str | None = None):
+    """Load any supported checkpoint as a protocols.Model (formats: `mtp_bench.models.adapters`).
+    base: where the base model of a heads-only checkpoint is, when not at its recorded path
+    (ignored otherwise)."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if not is_gguf(path) and checkpoint.detect_format(Path(path)) == "heads":
+        return heads.load_heads(Path(path), dev, dt, base=base)
+    return load_checkpoint(path, dev, dt)
+
+
+def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: str = "hf-llama",
+                      base: str | None = None) -> Path:
+    """The next-token model (trunk + head 1) of a native or Meta checkpoint as a LlamaForCausalLM
+    directory; of a heads-only checkpoint, its base's own next-token model (`heads.export_heads`)."""
+    checkpoint.check_export_format(format)  # before anything is loaded
+    if checkpoint.detect_format(Path(path)) == "heads":
+        return heads.export_heads(Path(path), out, format, base=base)
+    return checkpoint.export_checkpoint(path, out, format)

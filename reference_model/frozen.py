@@ -164,15 +164,36 @@ def vocab_index(model: Transformer) -> torch.Tensor | None:
     return m
 
 
+def on_policy_mask(b: dict[str, torch.Tensor], i: int, n: int) -> torch.Tensor:
+    """(B, n) bool: positions t < n whose next i tokens t+1..t+i are head 1's own greedy choices
+    (the data token at t+j equals head 1's argmax at t+j-1). Only there does a drafting head see
+    what it sees in greedy decoding, where every token before a draft is head 1's (the bonus) or
+    an accepted draft: the inputs of a sequential module and the prefix its target conditions on.
+
+    >>> b = {"x": torch.tensor([[5, 1, 2, 9, 4]]), "topi": torch.tensor([[[1], [2], [3], [4], [0]]])}
+    >>> on_policy_mask(b, 1, 4).tolist(), on_policy_mask(b, 2, 3).tolist()
+    ([[True, True, False, True]], [[True, False, False]])
+    """
+    x, top1 = b["x"], b["topi"][..., 0]
+    ok = torch.zeros_like(x, dtype=torch.bool)
+    ok[:, 1:] = x[:, 1:] == top1[:, :-1]  # token t is head 1's greedy choice after t-1
+    keep = torch.ones(x.shape[0], n, dtype=torch.bool, device=x.device)
+    for j in range(1, i + 1):
+        keep &= ok[:, j : j + n]
+    return keep
+
+
 def head_loss(logits: torch.Tensor, b: dict[str, torch.Tensor], i: int, targets: str,
-              vmap: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+              vmap: torch.Tensor | None, on_policy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Head i's loss at positions t < T-i from its logits (B, T-i, K) over its vocabulary.
 
     targets "tokens": CE on the data's token t+1+i (positions whose token is outside the draft
     vocabulary are left out); "base": CE on head 1's top-k distribution at t+i, restricted to the
-    vocabulary and renormalised. Returns (loss, number of positions that counted)."""
+    vocabulary and renormalised. on_policy: only positions whose tokens t+1..t+i are head 1's greedy
+    choices count (`on_policy_mask`). Returns (loss, number of positions that counted)."""
     B, n, K = logits.shape
     logq = logits.float().log_softmax(-1)  # (B, n, K)
+    policy = on_policy_mask(b, i, n) if on_policy else None
     if targets == "tokens":
         tgt = b["x"][:, 1 + i : 1 + i + n]  # (B, n); the last position has no token t+1+i
         if tgt.shape[1] < n:
@@ -180,6 +201,8 @@ def head_loss(logits: torch.Tensor, b: dict[str, torch.Tensor], i: int, targets:
         if vmap is not None:
             tgt = vmap[tgt]
         keep = tgt >= 0
+        if policy is not None:
+            keep &= policy[:, : tgt.shape[1]]
         nll = -logq.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
         cnt = keep.sum()
         return (nll * keep).sum() / cnt.clamp(min=1), cnt
@@ -189,6 +212,8 @@ def head_loss(logits: torch.Tensor, b: dict[str, torch.Tensor], i: int, targets:
         p = p * (ids >= 0)
     mass = p.sum(-1, keepdim=True)  # (B, n, 1)
     keep = mass[..., 0] > 0
+    if policy is not None:
+        keep &= policy
     pn = p / mass.clamp(min=1e-12)
     ce = -(pn * logq.gather(-1, ids.clamp(min=0))).sum(-1)  # (B, n)
     cnt = keep.sum()
@@ -196,7 +221,7 @@ def head_loss(logits: torch.Tensor, b: dict[str, torch.Tensor], i: int, targets:
 
 
 def frozen_step(model: Transformer, b: dict[str, torch.Tensor], head_weights: list[float], targets: str,
-                autocast, vmap: torch.Tensor | None) -> torch.Tensor:
+                autocast, vmap: torch.Tensor | None, on_policy: bool = False) -> torch.Tensor:
     """Forward and backward of every extra head on one cached batch; gradients accumulate in the
     extra heads only. Returns the detached per-head losses (n_future,), head 1's being the base's
     own NLL of the data (logged, never trained)."""
@@ -214,7 +239,7 @@ def frozen_step(model: Transformer, b: dict[str, torch.Tensor], head_weights: li
                 with torch.no_grad():
                     emb = sequential.ahead_embeddings(model, x, k, ctx)  # (B, T, dim), the frozen embedding
                 out = module.block(module.fuse(sequential.chain_input(model, k, prev), emb), ctx)  # (B, T, dim)
-                loss, _ = head_loss(model.draft_logits(out[:, : T - k], k), b, k, targets, vmap)
+                loss, _ = head_loss(model.draft_logits(out[:, : T - k], k), b, k, targets, vmap, on_policy)
                 total = total + head_weights[k] * loss
                 losses.append(loss.detach())
                 prev = out
@@ -224,7 +249,7 @@ def frozen_step(model: Transformer, b: dict[str, torch.Tensor], head_weights: li
         for i in range(1, model.n_future):
             with autocast:
                 z = model.head(i, b["h"], ctx)  # (B, T, dim)
-                loss, _ = head_loss(model.draft_logits(z[:, : T - i], i), b, i, targets, vmap)
+                loss, _ = head_loss(model.draft_logits(z[:, : T - i], i), b, i, targets, vmap, on_policy)
             (head_weights[i] * loss).backward()
             losses.append(loss.detach())
             del z, loss

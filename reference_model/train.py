@@ -119,6 +119,9 @@ class TrainConfig:
     heads_dtype: str = "float32"  # freeze_trunk only: storage dtype of heads.safetensors ("float32" | "bfloat16")
     head_targets: str = "tokens"  # freeze_trunk only: "tokens" (the data) | "base" (head 1's distribution: self-distillation)
     teacher_topk: int = 16  # head_targets=base / draft_vocab: head 1's top-k next-token distribution kept per position
+    # freeze_trunk only: train each extra head only at positions whose tokens t+1..t+i are head 1's own greedy choices,
+    # the only positions where it drafts in greedy decoding (frozen.on_policy_mask)
+    on_policy: bool = False
     draft_vocab: int = 0  # freeze_trunk + hidden_cache: the extra heads predict over the K tokens the base predicts most
     # often on the training data (FR-Spec), a K-column unembedding in training and drafting; 0 = the whole vocabulary
 
@@ -153,6 +156,8 @@ class TrainConfig:
         self.model_config(vocab_size=259)  # validate the model shape now, not after data prep
         if self.head_targets != "tokens" and not self.freeze_trunk:
             raise ConfigError("head_targets=base needs freeze_trunk=true (the teacher is the frozen head 1)")
+        if self.on_policy and not self.freeze_trunk:
+            raise ConfigError("on_policy=true needs freeze_trunk=true (head 1's greedy choices come from the frozen base)")
         if (self.freeze_trunk or self.hidden_cache) and not self.init:
             raise ConfigError("freeze_trunk and hidden_cache need init=BASE (--init): heads on a pretrained trunk")
         if self.target_field and self.freeze_trunk:
@@ -682,7 +687,7 @@ def _setup(cfg: TrainConfig, resume: bool, out: Path, spath: Path, init_model: C
 def _setup_frozen(cfg: TrainConfig, r: _Setup, resume: bool, verbose: bool) -> None:
     """Heads on a frozen trunk (frozen.py): the base's outputs once, then heads only."""
     dd, model, device, autocast = r.dd, r.model, r.device, r.autocast
-    r.topk = cfg.teacher_topk if (cfg.head_targets == "base" or cfg.draft_vocab) else 0
+    r.topk = cfg.teacher_topk if (cfg.head_targets == "base" or cfg.draft_vocab or cfg.on_policy) else 0
     if cfg.hidden_cache:
         if dd.enabled and not dd.main:
             dd.barrier()  # rank 0 creates and fills the cache files first
@@ -733,7 +738,7 @@ def _step_fn(cfg: TrainConfig, r: _Setup, micro_w: list[float]) -> Callable[[], 
         x, _ = loader.next_batch_with_mask()
         b = r.trunk_cache.batch(idx, device) if r.trunk_cache is not None else \
             FZ.trunk_outputs(model, x.to(device), r.topk, autocast)
-        return FZ.frozen_step(model, b, micro_w, cfg.head_targets, autocast, vmap)
+        return FZ.frozen_step(model, b, micro_w, cfg.head_targets, autocast, vmap, cfg.on_policy)
 
     return frozen_step
 

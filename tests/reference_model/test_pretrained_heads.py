@@ -310,3 +310,36 @@ def test_frozen_step_gradients_equal_plain_autograd(tmp_path, head_type, targets
     for k, p in m.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(g_fast[k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_on_policy_loss_counts_only_positions_whose_tokens_are_head1s_greedy_choices(tmp_path):
+    from mtp_bench.reference_model import frozen as FZ
+
+    torch.manual_seed(0)
+    b = mtp_bench.load(tiny_base(tmp_path / "b"))
+    x = torch.randint(0, 259, (2, 12))
+    batch = FZ.trunk_outputs(b.module, x, 4, torch.autocast("cpu", enabled=False))
+    greedy = batch["topi"][..., 0]
+    x2 = x.clone()
+    x2[0, 1:7] = greedy[0, :6]  # row 0: tokens 1..6 are head 1's greedy choices
+    batch["x"] = x2
+    logits = torch.randn(2, 12 - 2, 259)
+    for targets in ("tokens", "base"):
+        got, cnt = FZ.head_loss(logits, batch, 2, targets, None, on_policy=True)
+        mask = FZ.on_policy_mask(batch, 2, 10)
+        assert bool(mask[0, :5].all())  # tokens 1..6 of row 0 are greedy: positions 0..4 see two of them
+        if targets == "base":
+            assert int(cnt) == int(mask.sum())
+        per = []
+        for t in range(10):
+            for r in range(2):
+                if mask[r, t] and (targets == "base" or t + 3 < 12):
+                    lq = logits[r, t].log_softmax(-1)
+                    if targets == "tokens":
+                        per.append(-lq[x2[r, t + 3]])
+                    else:
+                        p = batch["topp"][r, t + 2]
+                        per.append(-(p / p.sum() * lq[batch["topi"][r, t + 2]]).sum())
+        torch.testing.assert_close(got, torch.stack(per).mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="on_policy"):
+        T.TrainConfig(on_policy=True)

@@ -227,18 +227,28 @@ def window_indices(loader, batch_size: int) -> list[int]:
 # heads-only checkpoints
 
 
+HEADS_DTYPES = ("float32", "bfloat16", "int8")
+
+
 def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, training_info: dict,
-               dtype: torch.dtype | None = None) -> Path:
-    """config.json + heads.safetensors (extra heads only) + training.json, written atomically."""
+               dtype: torch.dtype | str | None = None) -> Path:
+    """config.json + heads.safetensors (extra heads only) + training.json, written atomically.
+    dtype: a torch dtype to cast to, "int8" for weight-only int8 with per-row scales (quant.py), or
+    None to keep the model's."""
     from safetensors.torch import save_file
 
+    from mtp_bench.reference_model.quant import quantize_state_dict
 
-    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
-          if k.startswith("extra_heads.")}
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k.startswith("extra_heads.")}
+    if dtype == "int8":
+        sd = quantize_state_dict(sd)
+    elif dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    stored = "int8" if dtype == "int8" else str(next(iter(sd.values())).dtype).removeprefix("torch.")
     if model.config.draft_vocab_size:  # token ids: never cast
         sd["draft_vocab"] = model.draft_vocab.detach().contiguous().cpu()
     cfg = {"format": HEADS_FORMAT, "format_version": HEADS_FORMAT_VERSION, "base": base,
-           "model": model.config.to_dict(), "heads_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
+           "model": model.config.to_dict(), "heads_dtype": stored}
     info_json = json.dumps(training_info, indent=2)
 
     def fill(d: Path) -> None:
@@ -247,6 +257,41 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
         (d / "training.json").write_text(info_json + "\n", encoding="utf-8")
 
     return write_dir_atomically(out_dir, fill)
+
+
+def convert_heads(src: Path, out: str | os.PathLike, dtype: str) -> Path:
+    """The same heads checkpoint with its weights stored as `dtype` (float32, bfloat16 or int8):
+    config.json keeps its base record and model, training.json gains a line saying so. File to file:
+    the base is not loaded."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from mtp_bench.reference_model.quant import dequantize_state_dict, quantize_state_dict
+
+    if dtype not in HEADS_DTYPES:
+        raise ConfigError(f"heads dtype {dtype!r} is not one of {', '.join(HEADS_DTYPES)}")
+    src = Path(src)
+    cfg = read_heads_config(src)
+    try:
+        sd = load_file(str(src / "heads.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {src / 'heads.safetensors'} (truncated or not safetensors?): {e}") from None
+    vocab = sd.pop("draft_vocab", None)
+    sd = {k: v.float() for k, v in dequantize_state_dict(sd).items()}
+    sd = quantize_state_dict(sd) if dtype == "int8" else {k: v.to(getattr(torch, dtype)).contiguous() for k, v in sd.items()}
+    if vocab is not None:
+        sd["draft_vocab"] = vocab
+    info_path = src / "training.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    info.setdefault("conversions", []).append({"from": str(src), "from_dtype": cfg.get("heads_dtype"), "to_dtype": dtype})
+    cfg = {**cfg, "heads_dtype": dtype}
+
+    def fill(d: Path) -> None:
+        (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        save_file(sd, str(d / "heads.safetensors"), metadata={"format": "pt"})
+        (d / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    return write_dir_atomically(out, fill)
 
 
 def read_heads_config(d: Path) -> dict:

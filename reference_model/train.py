@@ -116,7 +116,7 @@ class TrainConfig:
     lstsq_windows: int = 64  # head_init=lstsq (linear heads): training windows the closed-form fit reads
     hidden_cache: bool = False  # freeze_trunk only: one pass of the base over all training windows first, kept on disk
     # (frozen.TrunkCache); every step then runs the extra heads alone
-    heads_dtype: str = "float32"  # freeze_trunk only: storage dtype of heads.safetensors ("float32" | "bfloat16")
+    heads_dtype: str = "float32"  # freeze_trunk only: storage of heads.safetensors ("float32" | "bfloat16" | "int8": weight-only, per-row scales)
     head_targets: str = "tokens"  # freeze_trunk only: "tokens" (the data) | "base" (head 1's distribution: self-distillation)
     teacher_topk: int = 16  # head_targets=base / draft_vocab: head 1's top-k next-token distribution kept per position
     # freeze_trunk only: train each extra head only at positions whose tokens t+1..t+i are head 1's own greedy choices,
@@ -129,7 +129,7 @@ class TrainConfig:
         choices = {"tokenizer": ("bpe", "byte"), "backward": ("sequential", "naive"),
                    "dtype": ("auto", "float32", "bfloat16"),
                    "head_type": ("parallel", "linear", "causal", "anticausal", "sequential"),
-                   "head_init": ("copy", "fresh", "lstsq"), "heads_dtype": ("float32", "bfloat16"),
+                   "head_init": ("copy", "fresh", "lstsq"), "heads_dtype": ("float32", "bfloat16", "int8"),
                    "head_targets": ("tokens", "base")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -901,7 +901,7 @@ def _finish(cfg: TrainConfig, r: _Setup, out: Path, spath: Path, step: int, hist
         info["frozen"] = r.frozen_info
         info["dtype_resolved"] = str(r.amp_dtype).removeprefix("torch.") if r.amp_dtype is not None else "float32"
     if dd.main and cfg.freeze_trunk:  # heads only; the base stays where it is
-        PH.save_heads(out, model, r.base, info, torch.bfloat16 if cfg.heads_dtype == "bfloat16" else None)
+        PH.save_heads(out, model, r.base, info, {"bfloat16": torch.bfloat16, "int8": "int8"}.get(cfg.heads_dtype))
     elif dd.main:
         save_checkpoint(out, model, r.tok, info)
         if spath.is_file():

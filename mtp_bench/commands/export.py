@@ -8,15 +8,19 @@ import argparse
 
 from mtp_bench.models.loader import export_checkpoint
 from mtp_bench.reference_model.checkpoint import EXPORT_FORMATS
+from mtp_bench.reference_model.pretrained_heads import HEADS_DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Export the next-token model (trunk + head 1) of a checkpoint to another format.\n\n"
         "examples:\n  mtp-bench export ckpt/debug --format hf-llama --out hf/debug\n"
-        "  python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('hf/debug')\"")
+        "  python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('hf/debug')\"\n"
+        "  mtp-bench export ckpt/heads --format heads-int8 --out ckpt/heads-int8   # the same heads in a quarter of the bytes")
     parser.add_argument("ckpt", metavar="CKPT", help="native mtp-bench or Meta checkpoint directory")
-    parser.add_argument("--format", default="hf-llama", help=f"output format: {', '.join(EXPORT_FORMATS)} (default hf-llama)")
+    parser.add_argument("--format", default="hf-llama",
+                        help=f"output format: {', '.join(EXPORT_FORMATS)} (default hf-llama); for a heads checkpoint also "
+                             f"{', '.join('heads-' + d for d in HEADS_DTYPES)} (the same heads stored in that dtype)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
 
 

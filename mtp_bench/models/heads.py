@@ -32,6 +32,7 @@ from mtp_bench.reference_model.pretrained_heads import (
     freeze_trunk,
     read_heads_config,
 )
+from mtp_bench.reference_model.quant import dequantize_state_dict, is_quantized
 
 
 def load_base(source: str, device=None, dtype=None):
@@ -76,6 +77,8 @@ def load_heads(d: Path, device=None, dtype=None, base: str | None = None):
                     int(vocab.min()) < 0 or int(vocab.max()) >= mcfg.vocab_size:
                 raise RuntimeError(f"draft_vocab must be {mcfg.draft_vocab_size} token ids below {mcfg.vocab_size}")
             model.draft_vocab = vocab.to(bm.device)
+        if is_quantized(sd):  # heads_dtype=int8: dequantized once, the model holds the dequantized weights
+            sd = dequantize_state_dict(sd)
         model.extra_heads.load_state_dict({k.removeprefix("extra_heads."): v for k, v in sd.items()}, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{f}: heads do not match config.json: {str(e).splitlines()[-1].strip()}") from None

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
+from mtp_bench.api.errors import ConfigError, UnknownNameError
 from mtp_bench.models import heads
 from mtp_bench.models.adapters import is_gguf, load_checkpoint
 from mtp_bench.models.device import resolve_device, resolve_dtype
 from mtp_bench.reference_model import checkpoint
+from mtp_bench.reference_model.pretrained_heads import HEADS_DTYPES, convert_heads
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
@@ -33,6 +35,13 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: s
                       base: str | None = None) -> Path:
     """The next-token model (trunk + head 1) of a native or Meta checkpoint as a LlamaForCausalLM
     directory; of a heads-only checkpoint, its base's own next-token model (`heads.export_heads`)."""
+    if format.startswith("heads-"):  # a heads checkpoint stored in another dtype (heads-int8: a quarter of fp32)
+        if format.removeprefix("heads-") not in HEADS_DTYPES:
+            raise UnknownNameError(f"unknown export format {format!r}; heads formats: "
+                                   + ", ".join(f"heads-{d}" for d in HEADS_DTYPES))
+        if checkpoint.detect_format(Path(path)) != "heads":
+            raise ConfigError(f"--format {format} re-stores a heads checkpoint; {path} is not one")
+        return convert_heads(Path(path), out, format.removeprefix("heads-"))
     checkpoint.check_export_format(format)  # before anything is loaded
     if checkpoint.detect_format(Path(path)) == "heads":
         return heads.export_heads(Path(path), out, format, base=base)

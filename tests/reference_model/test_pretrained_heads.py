@@ -343,3 +343,37 @@ def test_on_policy_loss_counts_only_positions_whose_tokens_are_head1s_greedy_cho
         torch.testing.assert_close(got, torch.stack(per).mean(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="on_policy"):
         T.TrainConfig(on_policy=True)
+
+
+def test_int8_heads_are_a_quarter_of_the_bytes_draft_alike_and_convert_through_export(tmp_path, trained):
+    """heads_dtype=int8 (weight-only, per-row scales): the file is about a quarter of float32's, every
+    weight within absmax(row)/254 of the float32 one, head 1 untouched, decoding still lossless;
+    `export --format heads-int8` re-stores a float32 checkpoint the same way; bad formats exit 2."""
+    from safetensors.torch import load_file
+
+    from mtp_bench.cli import main
+
+    _, _, out, _ = trained
+    q = tmp_path / "q"
+    assert main(["export", str(out), "--format", "heads-int8", "--out", str(q)]) == 0
+    f32, i8 = out / "heads.safetensors", q / "heads.safetensors"
+    assert i8.stat().st_size < 0.4 * f32.stat().st_size
+    assert json.loads((q / "config.json").read_text())["heads_dtype"] == "int8"
+    assert json.loads((q / "training.json").read_text())["conversions"][-1]["to_dtype"] == "int8"
+    a, b = mtp_bench.load(out), mtp_bench.load(q)
+    sa, sb = a.module.extra_heads.state_dict(), b.module.extra_heads.state_dict()
+    for k, v in sa.items():
+        bound = v.abs().reshape(v.shape[0], -1).amax(1) / 254 + 1e-7 if v.dim() >= 2 else torch.zeros(1)
+        err = (v - sb[k]).abs().reshape(v.shape[0], -1).amax(1) if v.dim() >= 2 else (v - sb[k]).abs().max()[None]
+        assert bool((err <= bound).all()), k
+    assert any(t.dtype == torch.int8 for t in load_file(str(i8)).values())
+    x = torch.randint(0, 259, (1, 20))
+    assert torch.equal(a(x)[:, :, 0], b(x)[:, :, 0])
+    ids = [b.tokenizer.encode("import json\n")]
+    assert speculative_decode(b, ids, k=3, max_new_tokens=16)[0].output_ids == plain_decode(b, ids, max_new_tokens=16)[0].output_ids
+    # and back to float32: the dequantized weights
+    back = tmp_path / "back"
+    assert main(["export", str(q), "--format", "heads-float32", "--out", str(back)]) == 0
+    assert all(torch.equal(v, mtp_bench.load(back).module.extra_heads.state_dict()[k]) for k, v in sb.items())
+    assert main(["export", str(out), "--format", "heads-int4", "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", str(tmp_path / "nothing"), "--format", "heads-int8", "--out", str(tmp_path / "y")]) == 2

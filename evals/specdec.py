@@ -491,6 +491,9 @@ class SpecDec(Evaluator):
             with_steps = [r for r in spec if r.draft_accepts]
             m["mean_acceptance_length"] = ratio_metric([len(r.draft_accepts) + sum(r.draft_accepts) for r in with_steps],
                                                        [len(r.draft_accepts) for r in with_steps], True)
+            # vLLM's acceptance rate: accepted drafts / drafted tokens (k-1 a step)
+            m["draft_acceptance_rate"] = ratio_metric([sum(r.draft_accepts) for r in with_steps],
+                                                      [(k - 1) * len(r.draft_accepts) for r in with_steps], True)
         for i in range(2, k + 1):  # head i drafts position i-1 of the block
             reached = [sum(1 for a in r.draft_accepts if a >= i - 2) for r in spec]
             passed = [sum(1 for a in r.draft_accepts if a >= i - 1) for r in spec]

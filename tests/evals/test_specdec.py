@@ -169,6 +169,7 @@ def test_acceptance_histogram_positions_and_vllm_length_agree_with_the_records(t
     assert len(hist) == out.info["k"] and sum(hist) == len(steps)
     assert hist == [steps.count(a) for a in range(out.info["k"])]
     assert out.metrics["mean_acceptance_length"].value == pytest.approx(1 + sum(steps) / len(steps))
+    assert out.metrics["draft_acceptance_rate"].value == pytest.approx(sum(steps) / ((out.info["k"] - 1) * len(steps)))
     prof = out.info["acceptance_by_position"]
     assert prof["bin"] == 8 and sum(prof["steps"]) == len(steps) and prof["starts"] == sorted(prof["starts"])
     assert sum(m * n for m, n in zip(prof["mean_accepted"], prof["steps"])) == pytest.approx(sum(steps))

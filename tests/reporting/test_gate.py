@@ -183,7 +183,7 @@ def test_the_documented_example_policy_gates_the_shipped_results(shipped_results
     assert main(["gate", mtp4, "--baseline", ntp, "--policy", str(EXAMPLE), "--json"]) == 1
     checks = {c["metric"]: c for c in json.loads(capsys.readouterr().out)}
     assert set(checks) == {"humaneval.pass@1", "heads.head1_loss", "heads.head1_top1", "heads.head1_bits_per_byte",
-                           "specdec.tau", "specdec.degenerate_fraction"}
+                           "heads.tau_proxy", "specdec.tau", "specdec.degenerate_fraction"}
     assert checks["heads.head1_loss"]["regressed"] and checks["heads.head1_loss"]["allowed"] == pytest.approx(
         0.02 * checks["heads.head1_loss"]["baseline"]["value"])
     assert not checks["specdec.tau"]["regressed"]  # better
@@ -248,3 +248,37 @@ def test_gate_on_shipped_results_pairs_their_samples(shipped_results, tmp_path, 
     assert checks["heads.head1_loss"]["test"]["method"] == "bootstrap"
     assert checks["humaneval.pass@1"]["test"]["method"] == "mcnemar" and not checks["humaneval.pass@1"]["regressed"]
     assert ET.parse(xml_path).getroot().get("failures") == str(sum(c["regressed"] for c in checks.values()))
+
+
+def _heads_result(path, tau_proxy: list[float]):
+    """A result file of a `heads` evaluator with per-window tau_proxy values (paired by window)."""
+    class Heads(Evaluator):
+        name, version, suites, description = "heads", "1.0", ("code",), "toy heads"
+
+        @dataclass
+        class Config:
+            pass
+
+    records = [{"sample_id": f"window-{i}", "tau_proxy": v} for i, v in enumerate(tau_proxy)]
+    out = EvalOutput(records, {"tau_proxy": mean_metric(tau_proxy, True)})
+    samples = path.name[:-5] + ".samples.jsonl"
+    doc = build_result(suite="code", evaluators=[Heads()], models={"candidate": {"path": "m", "weights_sha256": "ab"}},
+                       outputs={"heads": {"candidate": out}}, provenance={}, samples_file=samples)
+    atomic_write_jsonl(path.with_name(samples), sample_rows([Heads()], {"heads": {"candidate": out}}))
+    atomic_write_json(path, doc)
+    return str(path)
+
+
+def test_the_acceptance_policy_fails_a_drop_in_the_acceptance_proxy_beyond_five_percent(tmp_path, capsys):
+    base = [1.8 + 0.01 * (i % 7) for i in range(64)]
+    b = _heads_result(tmp_path / "base.json", base)
+    small = _heads_result(tmp_path / "small.json", [v * 0.97 for v in base])  # 3% lower: within the margin
+    big = _heads_result(tmp_path / "big.json", [v * 0.9 for v in base])  # 10% lower, on every window
+    policy = EXAMPLE.with_name("gate.acceptance.toml")
+    assert load_policy(policy).rule("heads.tau_proxy").tolerance == pytest.approx(0.05)
+    gate = ["--policy", str(policy)]  # a CI job that runs the proxy alone: the specdec globs match nothing
+    assert main(["gate", small, "--baseline", b, *gate]) == 0
+    capsys.readouterr()
+    assert main(["gate", big, "--baseline", b, *gate, "--json"]) == 1
+    check = {c["metric"]: c for c in json.loads(capsys.readouterr().out)}["heads.tau_proxy"]
+    assert check["regressed"] and check["test"]["method"] == "bootstrap" and check["test"]["n"] == 64  # paired windows

@@ -158,7 +158,21 @@ INDEXED_RATIO_RULES: dict[str, Callable[[dict, int], tuple[float, float]]] = {
     # head i's draft accepted, given the drafts before it were / among all steps
     "alpha_cond": lambda r, i: (_count(r["draft_accepts"], i - 1), _count(r["draft_accepts"], i - 2)),
     "alpha_uncond": lambda r, i: (_count(r["draft_accepts"], i - 1), len(r["draft_accepts"])),
+    # the heads evaluator's teacher-forced chain: head i's per-window agreement, already a mean
+    "alpha_proxy": lambda r, i: (r["alpha_proxy"][i - 2], 1.0),
 }
+
+
+def _block_ratio_rules(block: dict) -> dict[str, Callable[[dict], tuple[float, float]]]:
+    """Ratio rules that need the block's info (the draft length k of vLLM's acceptance rate)."""
+    rules: dict[str, Callable[[dict], tuple[float, float]]] = {
+        # vLLM's mean acceptance length: 1 + accepted / draft steps (counted before trimming)
+        "mean_acceptance_length": lambda r: (len(r["draft_accepts"]) + sum(r["draft_accepts"]), len(r["draft_accepts"])),
+    }
+    k = (block.get("info") or {}).get("k")
+    if isinstance(k, int) and k > 1:
+        rules["draft_acceptance_rate"] = lambda r: (sum(r["draft_accepts"]), (k - 1) * len(r["draft_accepts"]))
+    return rules
 
 
 def _candidates(name: str, block: dict, records: list[dict]) -> Iterable[tuple[str, dict[str, tuple[float, float]] | None]]:
@@ -180,6 +194,10 @@ def _candidates(name: str, block: dict, records: list[dict]) -> Iterable[tuple[s
         yield f"{f}[{i}]", _group(records, _mean_of(lambda r: r[f][i]))
     if name in RATIO_RULES:
         yield f"ratio rule {name}", _group(records, RATIO_RULES[name])
+    block_rules = _block_ratio_rules(block)
+    if name in block_rules and all("draft_accepts" in r for r in records):
+        with_steps = [r for r in records if r["draft_accepts"]]  # steps exist only where a draft was made
+        yield f"ratio rule {name}", _group(with_steps, block_rules[name])
     m = re.fullmatch(r"(\w+?)_(\d+)", name)
     if m and m.group(1) in INDEXED_RATIO_RULES:
         rule, i = INDEXED_RATIO_RULES[m.group(1)], int(m.group(2))

@@ -92,6 +92,9 @@ def test_per_sample_values_reproduce_every_metric_they_are_used_for(shipped_resu
     assert sorted(missing) == ["specdec.lossless_fraction", "specdec.verify_cost"]
     assert found["heads.head3_top1"].rule == "top1[2]" and not found["heads.head3_top1"].binary
     assert found["humaneval.pass@1"].binary and found["specdec.alpha_cond_3"].rule == "ratio rule alpha_cond_3"
+    assert found["specdec.mean_acceptance_length"].rule == "ratio rule mean_acceptance_length"
+    assert found["specdec.draft_acceptance_rate"].rule == "ratio rule draft_acceptance_rate"
+    assert found["heads.alpha_proxy_3"].rule == "ratio rule alpha_proxy_3"
 
 
 @pytest.mark.slow
@@ -105,7 +108,7 @@ def test_samples_not_shared_fall_back_to_unpaired_and_say_so(shipped_results, tm
     assert main(["compare", str(shipped_results["ntp-code"]), str(short)]) == 0
     out = capsys.readouterr().out
     assert "U p=" in next(x for x in out.splitlines() if "head1_loss" in x)
-    assert "unpaired (short vs ntp-code): heads head1_loss, head1_top1, head1_bits_per_byte: samples not shared " \
+    assert "unpaired (short vs ntp-code): heads head1_loss, head1_top1, head1_bits_per_byte, tau_proxy: samples not shared " \
            "(4 vs 6 sample ids, 4 in common)" in " ".join(out.split())
 
 

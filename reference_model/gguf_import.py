@@ -15,7 +15,9 @@ The directory is written to a temp sibling and renamed into place (checkpoint.wr
 so a crash or a bad file never leaves a half-written cache entry. Later loads go through
 hf_import like any HF directory (rotary unpermutation, tied embeddings, refusals).
 
-Refused with a clear line (CheckpointError): a file that is not GGUF (bad magic), a truncated
+Needs the `gguf` and `accelerate` packages (dependencies of mtp-bench); where one is missing, one
+line names the `pip install` that fixes it (MissingPackageError). Refused with a clear line
+(CheckpointError): a file that is not GGUF (bad magic), a truncated
 or corrupt file, an architecture other than the Llama family hf_import implements.
 """
 
@@ -27,12 +29,13 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mtp_bench.api.errors import CheckpointError
+from mtp_bench.api.errors import CheckpointError, require_packages
 from mtp_bench.api.files import weights_sha256
 from mtp_bench.api.paths import cache_root
 from mtp_bench.reference_model.checkpoint import write_dir_atomically
 
 GGUF_MAGIC = b"GGUF"
+PACKAGES = ("gguf", "accelerate")  # transformers reads GGUF with gguf and asks for accelerate (both dependencies)
 ARCHITECTURES = ("llama", "mistral", "qwen2")  # general.architecture values hf_import can take
 
 
@@ -84,6 +87,7 @@ def cached_hf_dir(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | N
     p = Path(gguf_path).expanduser()
     if not p.is_file():
         raise CheckpointError(f"GGUF file not found: {p}")
+    require_packages(PACKAGES, "loading a .gguf file")  # one line naming the pip install, not a traceback
     meta, types = read_metadata(p)
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:

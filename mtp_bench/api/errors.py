@@ -26,3 +26,33 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class MissingPackageError(UserError):
+    """A Python package a feature needs is not installed; the message names the `pip install` that fixes it."""
+
+
+def require_packages(packages: tuple[str, ...], purpose: str, pip: str | None = None) -> None:
+    """Raise MissingPackageError naming the `pip install` when any of `packages` (import names)
+    cannot be imported; `pip` is the install line when it is not `pip install <the missing ones>`.
+
+    >>> require_packages(("json",), "reading JSON")
+    >>> try:
+    ...     require_packages(("no_such_pkg_xyz",), "a test")
+    ... except MissingPackageError as e:
+    ...     print(e)
+    a test needs the Python package no_such_pkg_xyz, which is not installed: pip install no_such_pkg_xyz
+    """
+    import importlib.util
+
+    def missing(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):  # a parent package that fails, or a module set to None in sys.modules
+            return True
+
+    absent = [p for p in packages if missing(p)]
+    if absent:
+        what = "package " + absent[0] if len(absent) == 1 else "packages " + " and ".join(absent)
+        raise MissingPackageError(f"{purpose} needs the Python {what}, which {'is' if len(absent) == 1 else 'are'} "
+                                  f"not installed: {pip or 'pip install ' + ' '.join(absent)}")

@@ -36,7 +36,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--html must name an .html file, got {args.html!r}")
     repros = [load_repro(d) for d in args.repro]  # bad input fails before any work
     columns = columns_from_files(args.results, args.include_baselines or len(args.results) == 1)
-    table = build(columns, pick_reference(columns, args.reference))
+    # one file: its baseline is the reference, as in the terminal's `show` (delta = candidate - baseline)
+    single = len(args.results) == 1 and len(columns) == 2 and columns[1].role == "baseline"
+    table = build(columns, pick_reference(columns, args.reference) if args.reference or not single else 1)
     table["k_by_evaluator"] = k_by_evaluator(columns)
     figs = figures(table)
     docs = list(dict.fromkeys((c.path, id(c.doc)) for c in columns))

@@ -282,7 +282,9 @@ def render_html(table: dict, figs: list[Figure], docs: list[tuple[str, dict]], r
                      f"<td class='num'>{_e(m.get('n_future'))}</td><td class='num'>"
                      f"{_e(f'{params / 1e6:.2f}M' if isinstance(params, int) else '?')}</td>"
                      f"<td><code>{_e(str(m.get('weights_sha256'))[:12])}</code></td></tr>")
-    parts.append("</table><h2>Results</h2><table><tr><th>evaluator</th><th>metric</th>")
+    parts.append(f"</table><h2>Results</h2><p class='small'>Δ = column − {_e(cols[ref]['label'])} (the reference "
+                 "column); green: better, red: worse, in the metric's own direction</p>"
+                 "<table><tr><th>evaluator</th><th>metric</th>")
     for j, c in enumerate(cols):
         parts.append(f"<th>{_e(c['label'])}{' (ref)' if j == ref else ''}</th>")
         if j != ref:

@@ -175,3 +175,26 @@ def test_a_headless_browser_renders_the_page_with_every_image(shipped_results, t
     probe.write_text(broken)
     dom = _browse(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     assert f'data-images="{n_images - 1}/{n_images}"' in dom.stdout
+
+
+def test_one_file_report_deltas_run_the_same_way_as_show(tmp_path):
+    """One result file with a candidate and a baseline: the page's Δ column is candidate - baseline,
+    as in the terminal (`show`), for every metric; the page names the reference column."""
+    import html
+    import json
+    from pathlib import Path
+
+    from mtp_bench.reporting.show import comparison
+
+    src = Path(__file__).resolve().parents[2] / "results" / "code-default.json"
+    page = _report(tmp_path, [src]).read_text()
+    assert "Δ = column − code-default/baseline (the reference column)" in page
+    rows = {(r["evaluator"], r["metric"]): r["delta"] for r in comparison(json.loads(src.read_text()))["rows"]
+            if r["delta"] is not None}
+    assert rows
+    cells = re.findall(r"<tr><td>(\w+) v[^<]*</td><td>([^ <]+) [↑↓][^<]*(?:<span[^>]*>[^<]*</span>)?</td>"
+                       r"<td class='num'>[^<]*</td><td class='num[^']*'[^>]*>([^<]*)</td>", page)
+    seen = {(ev, html.unescape(m)): txt.split()[0] for ev, m, txt in cells}
+    assert set(rows) <= set(seen)
+    for key, delta in rows.items():
+        assert float(seen[key]) == pytest.approx(delta, rel=1e-2, abs=1e-3), key

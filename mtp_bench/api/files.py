@@ -10,8 +10,30 @@ import os
 import tempfile
 from pathlib import Path
 
-from mtp_bench.api.errors import CheckpointError
+from mtp_bench.api.errors import CheckpointError, UserError
 from mtp_bench.api.paths import cache_root
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check before any work that `path` can be written: not a directory, its folder exists (or is
+    created) and takes a new file. One line (UserError) otherwise; returns the path."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserError(f"{flag} {str(out)!r} is a directory; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output directory {str(parent)!r} of {flag}: {e.strerror or e}") from None
+    if not parent.is_dir():
+        raise UserError(f"the output directory {str(parent)!r} of {flag} is not a directory")
+    try:  # the only reliable test (ACLs, read-only mounts, root): actually create a file
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".mtp-bench-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"the output directory {str(parent)!r} of {flag} is not writable: {e.strerror or e}") from None
+    return out
 
 
 def file_sha256(path: str | os.PathLike) -> str:

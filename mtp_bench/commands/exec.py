@@ -22,6 +22,7 @@ from rich.table import Table
 
 from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.api.files import check_writable
 from mtp_bench.api.jsonl import read_lines
 from mtp_bench.execution.judge import Program
 from mtp_bench.execution.pool import (
@@ -168,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
     if args.workers is not None and not 1 <= args.workers <= MAX_SLOTS:
         raise ConfigError(f"--workers must be between 1 and {MAX_SLOTS}, got {args.workers}")
     prepared = build_programs(args.samples, args.dataset, args.data_dir)  # every input error before any work
-    out = args.out if args.out is not None else Path(str(args.samples) + "_results.jsonl")
+    out = check_writable(args.out if args.out is not None else Path(str(args.samples) + "_results.jsonl"))
     console.print(describe_isolation(isolation_report()), soft_wrap=True)
     t0 = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
@@ -263,7 +264,7 @@ def plus_main(args: argparse.Namespace) -> int:
     ks = parse_ks(args.k)
     if args.workers is not None and not 1 <= args.workers <= MAX_SLOTS:
         raise ConfigError(f"--workers must be between 1 and {MAX_SLOTS}, got {args.workers}")
-    out = args.out if args.out is not None else Path(str(args.samples) + "_results.jsonl")
+    out = check_writable(args.out if args.out is not None else Path(str(args.samples) + "_results.jsonl"))
     console.print(describe_isolation(isolation_report()), soft_wrap=True)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("executing (ground truth first, once per data file)", total=None)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import UserError
+from mtp_bench.api.files import check_writable
 from mtp_bench.reporting.compare import build, columns_from_files, pick_reference
 from mtp_bench.reporting.html import figures, k_by_evaluator, load_repro, render_html
 
@@ -34,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("give --html OUT.html and/or --png DIR")
     if args.html and not args.html.endswith((".html", ".htm")):
         raise UserError(f"--html must name an .html file, got {args.html!r}")
+    if args.html:
+        check_writable(args.html, "--html")
     repros = [load_repro(d) for d in args.repro]  # bad input fails before any work
     columns = columns_from_files(args.results, args.include_baselines or len(args.results) == 1)
     # one file: its baseline is the reference, as in the terminal's `show` (delta = candidate - baseline)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import DataError, UserError
+from mtp_bench.api.files import check_writable
 from mtp_bench.api.metric import Metric
 from mtp_bench.api.registry import EvalOutput, Evaluator
 
@@ -44,19 +43,7 @@ def check_output_path(out: str | Path) -> tuple[Path, Path]:
         raise UserError(f"--out must name a .json file (e.g. results/NAME.json), got {str(out)!r}")
     if out.is_dir():
         raise UserError(f"--out {str(out)!r} is a directory; give a file name like {out}/NAME.json")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output directory {str(parent)!r}: {e.strerror or e}") from None
-    if not parent.is_dir():
-        raise UserError(f"the output directory {str(parent)!r} is not a directory")
-    try:  # the only reliable test (ACLs, read-only mounts, root): actually create a file
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".mtp-bench-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"the output directory {str(parent)!r} is not writable: {e.strerror or e}") from None
+    check_writable(out, "--out")
     return out, samples_path(out)
 
 

@@ -54,7 +54,9 @@ def test_unwritable_output_dir_is_a_user_error(tmp_path, monkeypatch):
         def denied(*a, **k):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(results.tempfile, "mkstemp", denied)
+        from mtp_bench.api import files
+
+        monkeypatch.setattr(files.tempfile, "mkstemp", denied)
     with pytest.raises(UserError, match="not writable: Permission denied"):
         results.check_output_path(ro / "r.json")
     monkeypatch.undo()

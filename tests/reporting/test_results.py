@@ -70,7 +70,9 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path, monkeypat
     def boom(src, dst):
         raise KeyboardInterrupt  # Ctrl-C at the worst moment
 
-    monkeypatch.setattr(results.os, "replace", boom)
+    from mtp_bench.api import atomic
+
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         results.atomic_write_json(p, {"v": 2})
     assert json.loads(p.read_text()) == {"v": 1}

@@ -64,6 +64,7 @@ from pathlib import Path
 
 from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.jsonl import json_error
 from mtp_bench.api.paths import data_dirs
 from mtp_bench.generation.engine import GenerationConfig, uses_bos
 from mtp_bench.scoring.metrics import mean_metric
@@ -235,7 +236,7 @@ def load_split(dataset: str, data_dir: Path | str | list | None = None) -> tuple
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({json_error(e)})") from None
     else:
         where = "looked in " + ", ".join(map(str, looked)) if looked else "no local directory was given"
         hint = f"Provide {spec.local} under --data-dir DIR or MTP_BENCH_DATA=DIR, or go online"

@@ -26,7 +26,7 @@ import types
 import typing
 from typing import Any
 
-from mtp_bench.api.errors import ConfigError, UserError
+from mtp_bench.api.errors import ConfigError, UserError, did_you_mean
 
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
@@ -125,12 +125,12 @@ def parse_overrides(items: list[str], evaluators: list[type]) -> dict[str, dict[
         if not eq or not dot or not name or not fname:
             raise ConfigError(f"--config expects EVALUATOR.FIELD=VALUE, got {item!r}")
         if name not in by_name:
-            raise ConfigError(f"--config {item!r}: {name!r} is not in this run; evaluators in this run: "
-                              f"{', '.join(by_name)}")
+            raise ConfigError(f"--config {item!r}: {name!r} is not in this run{did_you_mean(name, by_name)}; "
+                              f"evaluators in this run: {', '.join(by_name)}")
         fields = [f.name for f in dataclasses.fields(by_name[name].Config)]
         if fname not in fields:
-            raise ConfigError(f"--config {item!r}: {name} has no field {fname!r}; valid fields: "
-                              f"{', '.join(fields) or 'none'}")
+            raise ConfigError(f"--config {item!r}: {name} has no field {fname!r}{did_you_mean(fname, fields)}; "
+                              f"valid fields: {', '.join(fields) or 'none'}")
         out.setdefault(name, {})[fname] = _typed(by_name[name].Config, fname, raw, f"--config {item!r}")
     return out
 
@@ -146,7 +146,8 @@ def parse_section(items: list[str], prefix: str, cls: type, what: str) -> dict[s
         if not eq or not name:
             raise ConfigError(f"--config expects {prefix}FIELD=VALUE, got {item!r}")
         if name not in fields:
-            raise ConfigError(f"--config {item!r}: {what} has no field {name!r}; valid fields: {', '.join(fields)}")
+            raise ConfigError(f"--config {item!r}: {what} has no field {name!r}{did_you_mean(name, fields)}; "
+                              f"valid fields: {', '.join(fields)}")
         values[name] = _typed(cls, name, raw, f"--config {item!r}")
     return values
 
@@ -161,7 +162,8 @@ def parse_set(items: list[str], cls: type) -> dict[str, Any]:
         if not sep:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         if key not in types_:
-            raise ConfigError(f"unknown train config key {key!r}; valid keys: {', '.join(types_)}")
+            raise ConfigError(f"unknown train config key {key!r}{did_you_mean(key, types_)}; "
+                              f"valid keys: {', '.join(types_)}")
         try:
             out[key] = parse_value(raw, types_[key])
         except ValueError:

@@ -28,6 +28,20 @@ class UnknownNameError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a mistyped `name`, else ''.
+
+    >>> did_you_mean("humanevl", ["humaneval", "mbpp", "gsm8k"])
+    " (did you mean 'humaneval'?)"
+    >>> did_you_mean("zzz", ["humaneval", "mbpp"])
+    ''
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class MissingPackageError(UserError):
     """A Python package a feature needs is not installed; the message names the `pip install` that fixes it."""
 

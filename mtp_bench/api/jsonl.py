@@ -15,6 +15,20 @@ from typing import Any
 from mtp_bench.api.errors import DataError
 
 
+def json_error(e: json.JSONDecodeError, lines: bool = False) -> str:
+    """A JSON parse error as words that read whole: json's own `msg` ends mid-sentence for some errors
+    ("Invalid control character at"), so the position is always given (column; line too when `lines`).
+
+    >>> try:
+    ...     json.loads('{"a": "x' + chr(9) + 'y"}')
+    ... except json.JSONDecodeError as e:
+    ...     print(json_error(e))
+    Invalid control character at column 9
+    """
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg
+    return f"{msg} at line {e.lineno} column {e.colno}" if lines else f"{msg} at column {e.colno}"
+
+
 def read_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for every non-blank line of a JSONL file.
 
@@ -35,4 +49,4 @@ def read_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, Any]
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{path}:{lineno}: not valid JSON ({json_error(e)})") from None

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mtp_bench.api.config import config_from_dict
-from mtp_bench.api.errors import UnknownNameError, UserError
+from mtp_bench.api.errors import UnknownNameError, UserError, did_you_mean
 from mtp_bench.api.metric import Metric
 
 if TYPE_CHECKING:
@@ -194,7 +194,8 @@ def get(name: str) -> type[Evaluator]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UnknownNameError(f"unknown evaluator {name!r}; known evaluators: {_names(REGISTRY)}") from None
+        raise UnknownNameError(f"unknown evaluator {name!r}{did_you_mean(name, REGISTRY)}; "
+                               f"known evaluators: {_names(REGISTRY)}") from None
 
 
 def suites() -> dict[str, list[str]]:
@@ -227,7 +228,7 @@ def resolve(suite: str | None = None, evals: list[str] | None = None) -> list[ty
         raise UserError("give --suite or --evals")
     if suite not in table:
         known = ", ".join(table) if table else "none (no evaluator is installed)"
-        raise UnknownNameError(f"unknown suite {suite!r}; known suites: {known}")
+        raise UnknownNameError(f"unknown suite {suite!r}{did_you_mean(suite, table)}; known suites: {known}")
     return [REGISTRY[n] for n in table[suite]]
 
 

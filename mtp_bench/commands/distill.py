@@ -40,6 +40,7 @@ from pathlib import Path
 
 from mtp_bench.api.atomic import atomic_open
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.jsonl import json_error
 
 MBPP_TEST_IDS = range(11, 511)  # MBPP's standard test split: never a training prompt
 KINDS = ("code", "chat")
@@ -102,7 +103,7 @@ def mbpp_rows(data_dir: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{path}:{i}: not valid JSON ({json_error(e)})") from None
     return [r for r in rows if r.get("task_id") not in MBPP_TEST_IDS]
 
 

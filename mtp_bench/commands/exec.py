@@ -21,7 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from mtp_bench.api.atomic import atomic_open
-from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError
+from mtp_bench.api.errors import ConfigError, DataError, UnknownNameError, did_you_mean
 from mtp_bench.api.files import check_writable
 from mtp_bench.api.jsonl import read_lines
 from mtp_bench.execution.judge import Program
@@ -126,7 +126,8 @@ def dataset_module(dataset: str):
 def build_programs(samples: Path, dataset: str, data_dir: Path | None = None) -> tuple[list[dict], list[Program]]:
     """Read a samples file and build each record's program from its dataset problem (all checked first)."""
     if dataset not in DATASETS:
-        raise UnknownNameError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+        raise UnknownNameError(f"unknown dataset {dataset!r}{did_you_mean(dataset, DATASETS)}; "
+                               f"known: {', '.join(sorted(DATASETS))}")
     records = read_samples(samples)
     if data_dir is not None:
         hide_path(data_dir)

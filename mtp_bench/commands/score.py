@@ -28,7 +28,7 @@ from rich.console import Console
 
 from mtp_bench.api import registry
 from mtp_bench.api.config import parse_overrides
-from mtp_bench.api.errors import DataError, UserError
+from mtp_bench.api.errors import DataError, UnknownNameError, UserError, did_you_mean
 from mtp_bench.api.files import file_sha256
 from mtp_bench.api.jsonl import read_lines
 from mtp_bench.api.registry import EvalOutput
@@ -105,6 +105,11 @@ def score_file(evaluator, generations: Path, data_dir: Path | None = None) -> tu
 def main(args: argparse.Namespace) -> int:
     t0, start_iso = time.perf_counter(), utc_now()
     # 1) what to score with, where to write (checked before any work)
+    registry.load_plugins()
+    if args.evaluator not in registry.REGISTRY:  # suggest and list only the evaluators `score` can use
+        known = scoring_evaluators()
+        raise UnknownNameError(f"unknown evaluator {args.evaluator!r}{did_you_mean(args.evaluator, known)}; "
+                               f"evaluators that score generations: {', '.join(known)}")
     cls = registry.get(args.evaluator)
     if not all(hasattr(cls, m) for m in SCORING_METHODS):
         raise UserError(f"{args.evaluator} does not score generations made elsewhere; evaluators that do: "

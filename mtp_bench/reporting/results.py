@@ -19,6 +19,7 @@ from typing import Any
 from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import DataError, UserError
 from mtp_bench.api.files import check_writable
+from mtp_bench.api.jsonl import json_error
 from mtp_bench.api.metric import Metric
 from mtp_bench.api.registry import EvalOutput, Evaluator
 
@@ -161,7 +162,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise DataError(f"{str(path)!r} is not valid JSON ({json_error(e, lines=True)})") from None
     try:
         validate(doc)
     except (ValueError, TypeError, KeyError) as e:

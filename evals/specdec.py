@@ -198,7 +198,9 @@ def ratio_metric(nums: list[float], dens: list[float], higher_is_better: bool) -
 def _hf_peer(model, work_dir: Path):
     """The same weights as a Hugging Face LlamaForCausalLM (head 1 only), or (None, reason)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bars would break the run's own display
     if model.format == "hf":
         src = Path(model.path)
     elif model.info.get("converted_dir"):  # a GGUF file (or heads on one): its cached HF conversion

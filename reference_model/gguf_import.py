@@ -7,7 +7,10 @@ tens of seconds to minutes, so it is done once per file and cached as an HF dire
 
     $MTP_BENCH_CACHE_DIR/gguf/<sha256 of the .gguf file>/
         config.json         the HF config transformers derived from the GGUF metadata
-        model.safetensors   the dequantized tensors (float32)
+        model.safetensors   the dequantized tensors (float32: 4 bytes a parameter, so SmolLM2-135M's
+                            98 MB Q4_1 file becomes 517 MB; Q4_1 dequantizes to d*q + m with float16
+                            d and m, which bfloat16 holds exactly for 3% of the embedding's values
+                            and float16 for 21%, so any smaller storage would change the logits)
         tokenizer.json ...  the tokenizer stored in the GGUF, saved by transformers
         gguf.json           where it came from: file name, size, sha256, tensor types
 

@@ -70,7 +70,10 @@ class MTPModel:
         self.n_future: int = cfg.n_future
         self.max_seq_len: int = cfg.max_seq_len
         self.config: dict[str, Any] = cfg.to_dict()
-        self.num_params: int = module.num_params()
+        # tied embeddings (info["tied_embeddings"]): the reference model holds the unembedding as a copy
+        # of the embedding; the model has one such matrix, so it is counted once (as transformers does)
+        tied = self.info.get("tied_embeddings") and module.output.weight is not module.tok_embeddings.weight
+        self.num_params: int = module.num_params() - (module.output.weight.numel() if tied else 0)
         self.device: torch.device = module.device
         self.dtype: torch.dtype = module.dtype
 
@@ -251,7 +254,8 @@ def load_hf(path: str, device: torch.device, dtype: torch.dtype, hub: bool = Fal
     if mimo.is_mimo(hf_cfg):
         module, files = mimo.load_mimo_module(d, hf_cfg)
         return MTPModel(module.to(device=device, dtype=dtype).eval(), HFTokenizer(tok), path, "mimo", files,
-                        {"hf_model_type": hf_cfg.get("model_type"), "mtp_zero_first_embedding": False})
+                        {"hf_model_type": hf_cfg.get("model_type"), "mtp_zero_first_embedding": False,
+                         "tied_embeddings": bool(hf_cfg.get("tie_word_embeddings", False))})
     reason = hf_import.unsupported_reason(hf_cfg)
     if reason is None:
         return _load_hf_into_reference(path, d, hf_cfg, HFTokenizer(tok), device, dtype)
@@ -278,7 +282,8 @@ def _load_hf_into_reference(path: str, d: Path, hf_cfg: dict, tokenizer: HFToken
     except RuntimeError as e:  # shape mismatches between config.json and the tensors
         raise CheckpointError(f"{d}: weights do not match config.json: {str(e).splitlines()[-1].strip()}") from None
     module = module.to(device=device, dtype=dtype).eval()
-    return MTPModel(module, tokenizer, path, "hf", files, {"hf_model_type": hf_cfg.get("model_type")})
+    return MTPModel(module, tokenizer, path, "hf", files, {"hf_model_type": hf_cfg.get("model_type"),
+                                                           "tied_embeddings": bool(hf_cfg.get("tie_word_embeddings", False))})
 
 
 def load_gguf(path: str, device: torch.device, dtype: torch.dtype) -> MTPModel:

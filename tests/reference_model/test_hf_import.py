@@ -61,6 +61,16 @@ def test_imported_logits_equal_transformers(tmp_path, arch, tied):
     torch.testing.assert_close(torch.cat([a, b], 1)[0, :, 0], theirs[0], rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameters_are_counted_as_transformers_counts_them(tmp_path, tied):
+    """Tied embeddings: the reference model holds the unembedding as a copy, counted once (SmolLM2-135M
+    is 134.5M parameters, not 162.8M)."""
+    hf, d = tiny_hf(tmp_path, "llama", tie_word_embeddings=tied)
+    m = mtp_bench.load(str(d))
+    assert m.format == "hf" and m.info["tied_embeddings"] is tied
+    assert m.num_params == sum(p.numel() for p in hf.parameters())
+
+
 def test_export_then_import_round_trips_head_one(tmp_path):
     from mtp_bench.reference_model.checkpoint import export_checkpoint, save_checkpoint
     from mtp_bench.reference_model.model import ModelConfig, Transformer

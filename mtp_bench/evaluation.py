@@ -52,7 +52,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mtp_bench.api import paths, registry
+from mtp_bench.api import hub, paths, registry
 from mtp_bench.api.config import config_from_dict, parse_overrides
 from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import DataError, UserError
@@ -61,6 +61,7 @@ from mtp_bench.api.registry import EvalOutput, Evaluator
 from mtp_bench.execution.pool import hide_path
 from mtp_bench.generation import distributed, vllm
 from mtp_bench.generation.cache import open_run_cache
+from mtp_bench.models.device import choose_threads
 from mtp_bench.models.loader import load
 from mtp_bench.reporting import results
 from mtp_bench.reporting.provenance import collect, utc_now
@@ -187,7 +188,8 @@ def evaluate(model: Any, evals: list[str] | str | None = None, *, suite: str | N
              limit: int | None = None, seed: int = 0, data_dir: str | os.PathLike | None = None,
              work_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, cache: bool = True,
              device: str | None = None, dtype: str | None = None, backend: str = "native",
-             console: Any = None, progress: bool = False, argv: list[str] | None = None) -> Result | None:
+             console: Any = None, progress: bool = False, argv: list[str] | None = None,
+             threads: int | str | None = None, out_is_default: bool = False) -> Result | None:
     """Run evaluators on a model (and a baseline); steps 1-4 of the module docstring.
 
     model, baseline: a checkpoint path (any format `mtp_bench.load` reads; `base` for a heads-only
@@ -199,20 +201,29 @@ def evaluate(model: Any, evals: list[str] | str | None = None, *, suite: str | N
         and the generation cache (default: under the cache root, keyed by `out`); cache=False
         ignores the cache. out: write the result file (and its samples) here.
     console: where progress lines and bars go (rich Console; None: nowhere); progress: bars.
-    argv: the command line to record in the provenance.
+    argv: the command line to record in the provenance. threads: torch's intra-op threads: N, or "auto" (the cores the
+        machine's load leaves free, `models.device.choose_threads`: `mtp-bench run`'s default), or
+        None (as the process has them); recorded in the provenance.
+    out_is_default: `out` is a name the caller made up (run's timestamped default), so the work dir
+        and its generation cache are keyed by what is run, and a rerun resumes although its name differs.
     """
     group = distributed.from_env(device)  # None for a single process
     try:
         return _evaluate(model, evals, suite, config, defaults, baseline, base, limit, seed, data_dir, work_dir,
-                         out, cache, device, dtype, backend, console or _Quiet(), progress, argv, group)
+                         out, cache, device, dtype, backend, console or _Quiet(), progress, argv, group, threads,
+                         out_is_default)
     finally:
         if group is not None:
             group.close()
 
 
 def _evaluate(model, evals, suite, config, defaults, baseline, base, limit, seed, data_dir, work_dir, out, cache,
-              device, dtype, backend_name, console, progress, argv, group) -> Result | None:
+              device, dtype, backend_name, console, progress, argv, group, threads, out_is_default) -> Result | None:
     t0, start_iso = time.perf_counter(), utc_now()
+    if threads is None:
+        n_threads, threads_why = torch.get_num_threads(), "the process's setting"
+    else:
+        n_threads, threads_why = choose_threads(None if threads == "auto" else int(threads))
     # 1) what to run, where to write
     names = [s.strip() for s in evals.split(",") if s.strip()] if isinstance(evals, str) else evals
     if not names and suite is None:
@@ -231,9 +242,13 @@ def _evaluate(model, evals, suite, config, defaults, baseline, base, limit, seed
         raise UserError(f"--limit must be >= 1, got {limit}")
     out_path, samples = results.check_output_path(out) if out else (None, None)
     data = resolve_data_dir(data_dir)
+    torch.set_num_threads(n_threads)  # after every input check; before any model is loaded
+    hub_ids = [m for m in (model, baseline) if isinstance(m, str) and not Path(m).expanduser().exists()]
+    if data is None or hub_ids:  # something may come from the hub: find out once whether it answers
+        hub.go_offline_if_unreachable(lambda line: console.print(line, markup=False, highlight=False))
     identity = {"evals": [e.name for e in evaluators], "configs": [e.config_dict() for e in evaluators],
                 "models": [_identity(model), _identity(baseline)], "seed": seed, "limit": limit}
-    work = resolve_work_dir(work_dir, out_path, identity)
+    work = resolve_work_dir(work_dir, None if out_is_default else out_path, identity)
     gen_cache = open_run_cache(work, group.rank if group is not None else 0) if cache else None
     if gen_cache is not None and gen_cache.skipped:
         console.print(f"generation cache: skipped {gen_cache.skipped} unreadable line(s) (a torn write from a "
@@ -280,9 +295,11 @@ def _evaluate(model, evals, suite, config, defaults, baseline, base, limit, seed
                     if suite is None:  # asked for by name: missing data is an error
                         raise
                     # a suite run goes on without it, and the report says why
-                    skipped[ev.name] = str(e)
+                    hint = "" if data is not None or "--data-dir" in str(e) else \
+                        "; to run it, pass --data-dir DIR (or set $MTP_BENCH_DATA) with the benchmark data"
+                    skipped[ev.name] = str(e) + hint
                     outputs.pop(ev.name, None)
-                    console.print(f"skipped {ev.name}: {e}", markup=False, highlight=False)
+                    console.print(f"skipped {ev.name}: {skipped[ev.name]}", markup=False, highlight=False)
                     continue
                 durations[f"{ev.name}/{role}"] = round(time.perf_counter() - t_ev, 3)
                 results.check_output(ev, output)
@@ -297,6 +314,8 @@ def _evaluate(model, evals, suite, config, defaults, baseline, base, limit, seed
     if backend is not None:
         extra["generation_backend"] = backend.provenance()
     extra["evaluator_durations_s"] = durations
+    extra["data_dir"] = str(data) if data is not None else None
+    extra["threads"] = {"torch": n_threads, "chosen_by": threads_why}
     extra["generation_cache"] = {"work_dir": str(work), "enabled": gen_cache is not None, **stats}
     ran = [ev for ev in evaluators if ev.name not in skipped]
     doc = result_document(ran, model_blocks, outputs, suite=suite, seed=seed, device=models["candidate"].device,

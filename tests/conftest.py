@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `mtp-bench run` without --out writes under ./mtp-bench-results: not into the checkout from tests
+os.environ.setdefault("MTP_BENCH_RESULTS_DIR", tempfile.mkdtemp(prefix="mtp-bench-results-"))
 
 
 def pytest_configure(config):

@@ -10,7 +10,7 @@ from mtp_bench.api.atomic import atomic_write_bytes
 from mtp_bench.api.errors import UserError
 from mtp_bench.api.files import check_writable
 from mtp_bench.reporting.compare import build, columns_from_files, pick_reference
-from mtp_bench.reporting.html import figures, k_by_evaluator, load_repro, render_html
+from mtp_bench.reporting.html import acceptance_by_evaluator, figures, k_by_evaluator, load_repro, render_html
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     single = len(args.results) == 1 and len(columns) == 2 and columns[1].role == "baseline"
     table = build(columns, pick_reference(columns, args.reference) if args.reference or not single else 1)
     table["k_by_evaluator"] = k_by_evaluator(columns)
+    table["acceptance"] = acceptance_by_evaluator(columns)
     figs = figures(table)
     docs = list(dict.fromkeys((c.path, id(c.doc)) for c in columns))
     by_id = {id(c.doc): c.doc for c in columns}

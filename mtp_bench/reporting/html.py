@@ -12,6 +12,9 @@ other file to be viewed):
     indexed families (head{k}_loss,        the metric against the head index k, one line per column
     head{k}_top1, alpha_cond_{k}, ...)     (per-head held-out loss and top-1; per-head acceptance)
     tau / speedup with info.k              tau and speedup against the heads used (k), one point per column
+    info.acceptance_histogram and          specdec's acceptance profile: the share of steps that accepted
+    info.acceptance_by_position            0..k-1 drafts, and the mean accepted drafts against the output
+                                           position (32-token bins), one series per column
     every other metric                     bars per column with 95% intervals, one panel per metric
 
 With one file, its baseline gets a column too (as `--include-baselines` does for several files).
@@ -210,6 +213,52 @@ def figures(table: dict) -> list[Figure]:
             out.append(Figure(f"{ev}_metrics{start // PANELS_PER_FIGURE + 1 if part else ''}", f"{ev}: metrics{part}",
                               "One panel per metric, one bar per column; error bars are 95% intervals "
                               "(none where the metric has no standard error).", _png(fig)))
+    # 5) acceptance profiles: per-step accepted drafts and their decay over the output
+    for ev, profiles in (table.get("acceptance") or {}).items():
+        fig, (hist_ax, pos_ax) = _new_figure(2, width=5.0)
+        colors = _colors(ncols)
+        drawn = [(j, prof) for j, prof in enumerate(profiles) if prof]
+        width = 0.8 / max(len(drawn), 1)
+        for i, (j, prof) in enumerate(drawn):
+            hist = prof["acceptance_histogram"]
+            total = sum(hist) or 1
+            hist_ax.bar([a + (i - (len(drawn) - 1) / 2) * width for a in range(len(hist))], [h / total for h in hist],
+                        width=width, color=colors[j], label=labels[j])
+            pos = prof.get("acceptance_by_position") or {}
+            if pos.get("starts"):
+                pos_ax.plot(pos["starts"], pos["mean_accepted"], marker="o", color=colors[j], label=labels[j])
+        from matplotlib.ticker import MaxNLocator
+
+        hist_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        hist_ax.set_xlabel("drafts accepted in a step")
+        hist_ax.set_ylabel("share of steps")
+        hist_ax.set_title(f"{ev}: acceptance histogram")
+        bin_w = next((p["acceptance_by_position"].get("bin") for _, p in drawn if p.get("acceptance_by_position")), 32)
+        pos_ax.set_xlabel(f"output position of the step's first token ({bin_w}-token bins)")
+        pos_ax.set_ylabel("mean drafts accepted ↑")
+        pos_ax.set_title(f"{ev}: acceptance over the output")
+        for ax in (hist_ax, pos_ax):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        out.append(Figure(f"{ev}_acceptance", f"{ev}: acceptance profile", "Left: how many drafts each decoding step "
+                          "accepted (vLLM's per-step accepted-token counts; the bonus token is not counted), as a share "
+                          "of all steps of all prompts. Right: the mean accepted drafts of the steps that began in each "
+                          "bin of output positions (acceptance that decays on long outputs shows as a falling line).",
+                          _png(fig)))
+    return out
+
+
+def acceptance_by_evaluator(columns: list) -> dict[str, list[dict | None]]:
+    """Per evaluator whose blocks record an acceptance profile (info.acceptance_histogram, and
+    info.acceptance_by_position where present), that profile per column."""
+    out: dict[str, list[dict | None]] = {}
+    for j, c in enumerate(columns):
+        for ev, per_role in c.doc["results"].items():
+            info = (per_role.get(c.role) or {}).get("info") or {}
+            hist = info.get("acceptance_histogram")
+            if isinstance(hist, list) and hist and all(isinstance(h, int) for h in hist):
+                out.setdefault(ev, [None] * len(columns))[j] = {
+                    "acceptance_histogram": hist, "acceptance_by_position": info.get("acceptance_by_position")}
     return out
 
 

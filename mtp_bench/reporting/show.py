@@ -201,6 +201,37 @@ def test_cell(row: dict) -> str:
     return f"{fmt_p(t['p'])} {METHODS[t['method']][0]}{'*' if row['significant'] else ''}"
 
 
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def acceptance_lines(doc: dict) -> list[str]:
+    """Speculative decoding's acceptance profile per evaluator and role, as text: the share of steps
+    that accepted 0..k-1 drafts (a bar each) and the mean accepted drafts per output-position bin.
+
+    >>> doc = {"results": {"specdec": {"candidate": {"info": {"acceptance_histogram": [6, 3, 1],
+    ...        "acceptance_by_position": {"bin": 32, "starts": [0, 32], "mean_accepted": [0.6, 0.4]}}}}}}
+    >>> for line in acceptance_lines(doc): print(line)
+    specdec candidate: drafts accepted per step: 0: 60% ▅, 1: 30% ▂, 2: 10% ▁ (10 steps)
+    specdec candidate: mean drafts accepted by output position (32-token bins): 0: 0.60, 32: 0.40
+    """
+    lines = []
+    for ev, per_role in doc.get("results", {}).items():
+        for role, block in per_role.items():
+            info = (block or {}).get("info") or {}
+            hist = info.get("acceptance_histogram")
+            if not (isinstance(hist, list) and hist and sum(hist) > 0):
+                continue
+            total = sum(hist)
+            cells = [f"{a}: {h / total:.0%} {BLOCKS[min(8, max(1 if h else 0, round(8 * h / total)))]}".rstrip()
+                     for a, h in enumerate(hist)]
+            lines.append(f"{ev} {role}: drafts accepted per step: {', '.join(cells)} ({total} steps)")
+            pos = info.get("acceptance_by_position") or {}
+            if pos.get("starts"):
+                by = ", ".join(f"{s}: {m:.2f}" for s, m in zip(pos["starts"], pos["mean_accepted"]))
+                lines.append(f"{ev} {role}: mean drafts accepted by output position ({pos.get('bin')}-token bins): {by}")
+    return lines
+
+
 def render(doc: dict, console: Any, baseline_doc: dict | None = None, samples: Samples | None = None,
            baseline_samples: Samples | None = None, no_samples_why: str | None = None) -> None:
     """Print the report of a result document to a rich console (`comparison` says what the
@@ -251,6 +282,8 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None, samples: S
     for why, names in unpaired.items():
         which = "every compared metric" if len(names) == n_tests > 1 else ", ".join(names)
         console.print(f"unpaired: {which}: {why}", markup=False, highlight=False, style="yellow")
+    for line in acceptance_lines(doc):
+        console.print(line, markup=False, highlight=False)
     for line in sandbox_lines(doc):
         console.print(line, markup=False, highlight=False, style="dim")
     for name, why in (doc.get("skipped") or {}).items():

@@ -38,7 +38,7 @@ def test_page_is_self_contained_with_the_plots_the_results_call_for(shipped_resu
     images = IMG.findall(page)
     titles = [t for t, _ in images]
     assert titles == ["heads: per head", "specdec: per head", "specdec: against the heads used",
-                      "heads: metrics", "specdec: metrics", "humaneval: metrics"]
+                      "heads: metrics", "specdec: metrics", "humaneval: metrics", "specdec: acceptance profile"]
     for _, data in images:
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.format == "PNG" and img.width > 200 and img.height > 150
@@ -52,7 +52,8 @@ def test_png_dir_holds_the_embedded_figures(shipped_results, tmp_path):
     page = _report(tmp_path, [shipped_results["mtp4-code"]], "--png", str(tmp_path / "figs")).read_text()
     pngs = sorted((tmp_path / "figs").glob("*.png"))
     assert [p.name for p in pngs] == ["01-heads_per_head.png", "02-specdec_per_head.png", "03-specdec_vs_k.png",
-                                      "04-heads_metrics.png", "05-specdec_metrics.png", "06-humaneval_metrics.png"]
+                                      "04-heads_metrics.png", "05-specdec_metrics.png", "06-humaneval_metrics.png",
+                                      "07-specdec_acceptance.png"]
     assert [base64.b64decode(d) for _, d in IMG.findall(page)] == [p.read_bytes() for p in pngs]
 
 
@@ -90,6 +91,32 @@ def test_plot_kinds_follow_the_metric_names_of_any_evaluator(tmp_path):
     figs = html_report.figures(table)
     assert [f.title for f in figs] == ["pass@k against k", "probe: per head", "drafts: against the heads used",
                                        "gsm8k: metrics", "drafts: metrics"]
+
+
+def test_acceptance_profiles_are_plotted_and_printed(tmp_path, capsys):
+    """specdec's info.acceptance_histogram / acceptance_by_position: one figure (histogram, decay over
+    the output) in the page, and text lines in `show`."""
+    from PIL import Image
+
+    def prof(hist, means):
+        return {"k": 3, "acceptance_histogram": hist,
+                "acceptance_by_position": {"bin": 32, "starts": [32 * i for i in range(len(means))],
+                                           "steps": [5] * len(means), "mean_accepted": means}}
+    a = _toy(tmp_path / "a.json", "specdec", {"tau": point_metric(1.6, 10, True)}, info=prof([50, 30, 20], [0.9, 0.6]))
+    b = _toy(tmp_path / "b.json", "specdec", {"tau": point_metric(1.2, 10, True)}, info=prof([80, 15, 5], [0.3, 0.2]))
+    page = _report(tmp_path, [a, b], "--png", str(tmp_path / "figs")).read_text()
+    titles = [t for t, _ in IMG.findall(page)]
+    assert "specdec: acceptance profile" in titles
+    png = tmp_path / "figs" / f"{titles.index('specdec: acceptance profile') + 1:02d}-specdec_acceptance.png"
+    img = Image.open(png)
+    assert img.format == "PNG" and img.width > 400
+    cols = columns_from_files([str(a), str(b)])
+    assert html_report.acceptance_by_evaluator(cols)["specdec"][1]["acceptance_histogram"] == [80, 15, 5]
+    capsys.readouterr()
+    assert main(["show", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "specdec candidate: drafts accepted per step: 0: 50% ▄, 1: 30% ▂, 2: 20% ▂ (100 steps)" in out
+    assert "mean drafts accepted by output position (32-token bins): 0: 0.90, 32: 0.60" in out
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):

@@ -55,6 +55,9 @@ DEFAULT_RUN_CONFIG: dict[str, dict[str, Any]] = {
     "arithmetic": {"n_per_m": 50},
     "induction": {"n_stories": 100},
 }
+# the zero-config speed suite on a real model (SmolLM2 heads): outputs long enough to show acceptance over the
+# output in several 32-token bins (acceptance decays on long outputs: SGLang issue 30763)
+REAL_MODEL_SPEED_CONFIG: dict[str, dict[str, Any]] = {"specdec": {"max_new_tokens": 128}}
 DTYPES = ("float32", "bfloat16", "float16")
 RESULTS_ENV = "MTP_BENCH_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "mtp-bench-results"
@@ -182,6 +185,8 @@ def main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     speed = speed_model_paths(args.baseline) if args.model is None and args.suite == "speed" else None
+    if speed is not None and defaults is not None:
+        defaults = {n: {**d, **REAL_MODEL_SPEED_CONFIG.get(n, {})} for n, d in defaults.items()}
     cand_path, base_path = speed or resolve_model_paths(args.model, args.baseline)
     if args.model is None and args.suite == "speed" and speed is None:
         console.print(SPEED_NOTE, markup=False, highlight=False)

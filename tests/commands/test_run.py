@@ -377,6 +377,16 @@ def test_evaluator_named_explicitly_with_missing_data_is_an_error(env, tmp_path,
     assert not (tmp_path / "r.json").exists()
 
 
+def test_zero_config_speed_run_on_a_real_model_decodes_longer(env, tmp_path, monkeypatch):
+    monkeypatch.setattr(QA, "suites", ("synthetic", "speed"))
+    monkeypatch.setattr(runner, "speed_model_paths", lambda baseline: ("good", "half"))
+    monkeypatch.setattr(runner, "DEFAULT_RUN_CONFIG", {"qa": {"max_new_tokens": 3, "batch_size": 4}})
+    monkeypatch.setattr(runner, "REAL_MODEL_SPEED_CONFIG", {"qa": {"max_new_tokens": 5}})
+    assert run(tmp_path, "--suite", "speed") == 0
+    cfg = json.loads((tmp_path / "r.json").read_text())["results"]["qa"]["candidate"]["config"]
+    assert cfg["max_new_tokens"] == 5 and cfg["batch_size"] == 4
+
+
 def test_zero_config_run_applies_shipped_settings_under_user_config(env, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "resolve_model_paths", lambda model, baseline: ("good", "half"))
     monkeypatch.setattr(runner, "DEFAULT_RUN_CONFIG", {"qa": {"max_new_tokens": 3, "batch_size": 4}})

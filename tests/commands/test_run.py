@@ -379,6 +379,7 @@ def test_evaluator_named_explicitly_with_missing_data_is_an_error(env, tmp_path,
 
 def test_zero_config_speed_run_on_a_real_model_decodes_longer(env, tmp_path, monkeypatch):
     monkeypatch.setattr(QA, "suites", ("synthetic", "speed"))
+    monkeypatch.setattr(Interrupt, "suites", ("interrupts",))
     monkeypatch.setattr(runner, "speed_model_paths", lambda baseline: ("good", "half"))
     monkeypatch.setattr(runner, "DEFAULT_RUN_CONFIG", {"qa": {"max_new_tokens": 3, "batch_size": 4}})
     monkeypatch.setattr(runner, "REAL_MODEL_SPEED_CONFIG", {"qa": {"max_new_tokens": 5}})

@@ -259,8 +259,10 @@ def save_heads(out_dir: str | os.PathLike, model: Transformer, base: dict, train
     return write_dir_atomically(out_dir, fill)
 
 
-def convert_heads(src: Path, out: str | os.PathLike, dtype: str) -> Path:
-    """The same heads checkpoint with its weights stored as `dtype` (float32, bfloat16 or int8):
+def convert_heads(src: Path, out: str | os.PathLike, dtype: str, n_future: int | None = None) -> Path:
+    """The same heads checkpoint with its weights stored as `dtype` (float32, bfloat16 or int8), and
+    with `n_future`, only its first n_future-1 extra heads (the later ones dropped: fewer drafts,
+    fewer bytes; parallel heads and sequential modules alike, since module i reads only modules < i).
     config.json keeps its base record and model, training.json gains a line saying so. File to file:
     the base is not loaded."""
     from safetensors import SafetensorError
@@ -278,12 +280,20 @@ def convert_heads(src: Path, out: str | os.PathLike, dtype: str) -> Path:
         raise CheckpointError(f"cannot read {src / 'heads.safetensors'} (truncated or not safetensors?): {e}") from None
     vocab = sd.pop("draft_vocab", None)
     sd = {k: v.float() for k, v in dequantize_state_dict(sd).items()}
+    old_n = int(cfg["model"]["n_future"])
+    if n_future is not None:
+        if not 2 <= n_future <= old_n:
+            raise ConfigError(f"--n-future must be between 2 and the checkpoint's n_future={old_n}, got {n_future}")
+        sd = {k: v for k, v in sd.items() if int(k.split(".")[1]) < n_future - 1}  # extra_heads.{i}.*
+        model = {**cfg["model"], "n_future": n_future, "n_layers": cfg["model"]["n_layers"] - (old_n - n_future)}
+        cfg = {**cfg, "model": model}
     sd = quantize_state_dict(sd) if dtype == "int8" else {k: v.to(getattr(torch, dtype)).contiguous() for k, v in sd.items()}
     if vocab is not None:
         sd["draft_vocab"] = vocab
     info_path = src / "training.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    info.setdefault("conversions", []).append({"from": str(src), "from_dtype": cfg.get("heads_dtype"), "to_dtype": dtype})
+    info.setdefault("conversions", []).append({"from": str(src), "from_dtype": cfg.get("heads_dtype"), "to_dtype": dtype,
+                                               "from_n_future": old_n, "to_n_future": int(cfg["model"]["n_future"])})
     cfg = {**cfg, "heads_dtype": dtype}
 
     def fill(d: Path) -> None:

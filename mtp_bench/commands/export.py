@@ -22,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"output format: {', '.join(EXPORT_FORMATS)} (default hf-llama); for a heads checkpoint also "
                              f"{', '.join('heads-' + d for d in HEADS_DTYPES)} (the same heads stored in that dtype)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    parser.add_argument("--n-future", type=int, default=None, metavar="N",
+                        help="heads formats: keep only the first N-1 extra heads (fewer drafts, fewer bytes)")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = export_checkpoint(args.ckpt, args.out, format=args.format)
+    out = export_checkpoint(args.ckpt, args.out, format=args.format, n_future=args.n_future)
     print(f"wrote {args.format} export of {args.ckpt} to {out}")
     return 0

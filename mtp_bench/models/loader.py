@@ -32,7 +32,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, dtyp
 
 
 def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: str = "hf-llama",
-                      base: str | None = None) -> Path:
+                      base: str | None = None, n_future: int | None = None) -> Path:
     """The next-token model (trunk + head 1) of a native or Meta checkpoint as a LlamaForCausalLM
     directory; of a heads-only checkpoint, its base's own next-token model (`heads.export_heads`)."""
     if format.startswith("heads-"):  # a heads checkpoint stored in another dtype (heads-int8: a quarter of fp32)
@@ -41,7 +41,9 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, format: s
                                    + ", ".join(f"heads-{d}" for d in HEADS_DTYPES))
         if checkpoint.detect_format(Path(path)) != "heads":
             raise ConfigError(f"--format {format} re-stores a heads checkpoint; {path} is not one")
-        return convert_heads(Path(path), out, format.removeprefix("heads-"))
+        return convert_heads(Path(path), out, format.removeprefix("heads-"), n_future)
+    if n_future is not None:
+        raise ConfigError("--n-future keeps the first heads of a heads checkpoint: use it with --format heads-DTYPE")
     checkpoint.check_export_format(format)  # before anything is loaded
     if checkpoint.detect_format(Path(path)) == "heads":
         return heads.export_heads(Path(path), out, format, base=base)

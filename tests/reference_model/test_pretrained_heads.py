@@ -377,3 +377,30 @@ def test_int8_heads_are_a_quarter_of_the_bytes_draft_alike_and_convert_through_e
     assert all(torch.equal(v, mtp_bench.load(back).module.extra_heads.state_dict()[k]) for k, v in sb.items())
     assert main(["export", str(out), "--format", "heads-int4", "--out", str(tmp_path / "x")]) == 2
     assert main(["export", str(tmp_path / "nothing"), "--format", "heads-int8", "--out", str(tmp_path / "y")]) == 2
+
+
+@pytest.mark.parametrize("head_type", ["parallel", "sequential"])
+def test_export_keeps_the_first_heads_with_n_future(tmp_path, head_type):
+    """`export --format heads-DTYPE --n-future N`: the first N-1 extra heads, bit-identical (float32),
+    draft the same logits as in the full checkpoint; decoding stays lossless; bad N exits 2."""
+    from mtp_bench.cli import main
+
+    base = tiny_base(tmp_path / "base")
+    out = train_cmd.train(heads_config(tmp_path, base, "full", n_future=4, head_type=head_type, max_steps=2),
+                          verbose=False)
+    cut = tmp_path / "cut"
+    assert main(["export", str(out), "--format", "heads-float32", "--n-future", "3", "--out", str(cut)]) == 0
+    full, short = mtp_bench.load(out), mtp_bench.load(cut)
+    assert (full.n_future, short.n_future) == (4, 3)
+    assert json.loads((cut / "training.json").read_text())["conversions"][-1]["to_n_future"] == 3
+    x = torch.randint(0, 259, (2, 20))
+    a, b = full(x, return_all_heads=True), short(x, return_all_heads=True)
+    assert b.shape[2] == 3  # sequential modules' last positions are NaN by design (no token t+k yet)
+    torch.testing.assert_close(a[:, :, :3], b, rtol=0, atol=0, equal_nan=True)
+    ids = [short.tokenizer.encode("import json\n")]
+    assert speculative_decode(short, ids, k=3, max_new_tokens=16)[0].output_ids == \
+        plain_decode(short, ids, max_new_tokens=16)[0].output_ids
+    for bad in ("1", "5"):
+        assert main(["export", str(out), "--format", "heads-float32", "--n-future", bad, "--out", str(tmp_path / bad)]) == 2
+        assert not (tmp_path / bad).exists()
+    assert main(["export", str(out), "--format", "hf-llama", "--n-future", "3", "--out", str(tmp_path / "hf")]) == 2

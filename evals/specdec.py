@@ -15,8 +15,10 @@ Definitions (Spec-Bench / EAGLE / vLLM):
     tokens_per_s        mean of per-prompt rates; tokens_per_s_total = all tokens / all time.
     speedup             plain greedy time / speculative time, both prefill-inclusive (same tokens,
                         since decoding is lossless); speedup_decode excludes the prefill.
-    verify_cost         mean time of a speculative decoding forward / that of a greedy one: with
-                        tau it explains a speedup (speedup ~ tau / verify_cost).
+    verify_cost         mean time of a speculative decoding step / that of a greedy forward: with
+                        tau it explains a speedup (speedup ~ tau / verify_cost); drafting included
+    draft_cost          the part of verify_cost spent drafting outside the verify forward (sequential
+                        modules' chain; parallel heads run inside the forward, so theirs is ~0)
     hf_*                Hugging Face transformers on the same weights exported as LlamaForCausalLM:
                         plain greedy `generate` and prompt-lookup decoding (`prompt_lookup_num_tokens`).
 Ratios of totals carry the ratio estimator's (delta-method) standard error over prompts.
@@ -413,7 +415,7 @@ class SpecDec(Evaluator):
                 spec = spec if spec is not None else plain
                 unit = {"tokens": sum(len(r.output_ids) for r in spec),
                         "plain_tokens": sum(len(r.output_ids) for r in plain),
-                        "spec_s": spec[0].total_s, "spec_decode_s": spec[0].decode_s,
+                        "spec_s": spec[0].total_s, "spec_decode_s": spec[0].decode_s, "spec_draft_s": spec[0].draft_s,
                         "plain_s": plain[0].total_s, "plain_decode_s": plain[0].decode_s,
                         "spec_fwd": max(len(r.accepted_lengths) for r in spec) - 1,
                         "plain_fwd": max(len(r.accepted_lengths) for r in plain) - 1}
@@ -521,6 +523,8 @@ class SpecDec(Evaluator):
             if fw:
                 m["verify_cost"] = ratio_metric([u["spec_decode_s"] / u["spec_fwd"] for u in fw],
                                                 [u["plain_decode_s"] / u["plain_fwd"] for u in fw], False)
+                m["draft_cost"] = ratio_metric([u["spec_draft_s"] / u["spec_fwd"] for u in fw],
+                                               [u["plain_decode_s"] / u["plain_fwd"] for u in fw], False)
         if peers:
             m["hf_greedy_tokens_per_s"] = mean_metric([u["hf_tokens"] / u["hf_s"] for u in units], True)
             m["hf_prompt_lookup_tokens_per_s"] = mean_metric([u["pl_tokens"] / u["pl_s"] for u in units], True)

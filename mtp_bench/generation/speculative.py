@@ -68,6 +68,8 @@ class DecodeResult:
     prefill_s: float  # time to the first token (prompt forward included)
     total_s: float  # prefill + decode
     k: int = 1
+    draft_s: float = 0.0  # of decode_s: drafting outside the verify forward (sequential modules' chain;
+    # parallel heads run inside the verify forward, so only their argmax/sampling counts here)
 
     @property
     def decode_s(self) -> float:
@@ -283,6 +285,7 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
         drafts, q = make_drafts(None if chained else last[:, 1:k], tok)  # (B, k-1), proposals or None
         _sync(dev)
         t_prefill = time.perf_counter() - t0
+        draft_s = 0.0
 
         while rows.active():
             # 2) verify: one forward over [x, d_1 .. d_{k-1}]
@@ -315,13 +318,17 @@ def speculative_decode(model, prompts: list[list[int]], k: int | None = None, ma
             tok = new_tok
             if not rows.active():
                 break
+            _sync(dev)
+            t_draft = time.perf_counter()
             drafts, q = make_drafts(None if chained else logits[:, n, 1:k], tok)  # (B, k-1)
+            _sync(dev)
+            draft_s += time.perf_counter() - t_draft
         _sync(dev)
         total = time.perf_counter() - t0
 
     return [DecodeResult(prompt_ids=list(prompts[r]), output_ids=rows.out[r], accepted_lengths=rows.acc[r],
                          draft_accepts=rows.drafts_ok[r], finish_reason=rows.finish[r], prefill_s=t_prefill,
-                         total_s=total, k=k) for r in range(B)]
+                         total_s=total, k=k, draft_s=draft_s) for r in range(B)]
 
 
 def plain_decode(model, prompts: list[list[int]], max_new_tokens: int = 128, temperature: float = 0.0,

@@ -22,7 +22,7 @@ command line (--metrics, --tolerance, --relative, --alpha, --ignore-significance
     [gate]
     metrics = ["humaneval.pass@1", "heads.*"]  # gated metrics (an exact name must exist, a glob may
                                                # match nothing); default: every metric both files have
-    skip_timing = true                         # tokens/s, speedups, verify_cost: machine-dependent
+    skip_timing = true                         # tokens/s, speedups, verify/draft cost: machine-dependent
     correction = "holm"                        # over the gated metrics; or "none"
     [defaults]                                 # every gated metric unless a [metric."..."] says otherwise
     tolerance = 0.0                            # allowed worsening, absolute...
@@ -61,7 +61,7 @@ from mtp_bench.scoring.metrics import delta
 from mtp_bench.scoring.stats import Difference, holm
 
 # metrics that measure the machine as much as the model (tokens/s, speedups, seconds, cost ratios)
-TIMING_METRIC = re.compile(r"(tokens_per_s|speedup|latency|throughput|verify_cost|_seconds$|_s$)")
+TIMING_METRIC = re.compile(r"(tokens_per_s|speedup|latency|throughput|verify_cost|draft_cost|_seconds$|_s$)")
 
 
 

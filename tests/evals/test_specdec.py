@@ -212,6 +212,7 @@ def test_real_checkpoint_against_hf_peers(tiny_ckpt, tmp_path):
     for name in ("hf_greedy_tokens_per_s", "hf_prompt_lookup_tokens_per_s", "speedup_vs_hf_prompt_lookup",
                  "speedup", "verify_cost"):
         assert out.metrics[name].value > 0
+    assert 0 <= out.metrics["draft_cost"].value < out.metrics["verify_cost"].value
     assert (tmp_path / "specdec-hf-llama" / model.weights_sha256[:16] / "config.json").is_file()
     # the pooled metrics agree with the library's own aggregation of the saved records
     stats = acceptance_stats([DecodeResult(r["prompt_ids"], r["output_ids"], r["accepted_lengths"], r["draft_accepts"],

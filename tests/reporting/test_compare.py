@@ -88,8 +88,9 @@ def test_per_sample_values_reproduce_every_metric_they_are_used_for(shipped_resu
             u = pairing.sample_units(name, block, samples[(ev, "candidate")])
             (found.__setitem__(f"{ev}.{name}", u) if u else missing.append(f"{ev}.{name}"))
     # lossless_fraction's per-prompt verdict is not in the records (and the constant `degenerate`
-    # field, all 1 like it, must not be taken for it); verify_cost is a ratio of per-batch ratios
-    assert sorted(missing) == ["specdec.lossless_fraction", "specdec.verify_cost"]
+    # field, all 1 like it, must not be taken for it); verify_cost and draft_cost are ratios of
+    # per-batch times
+    assert sorted(missing) == ["specdec.draft_cost", "specdec.lossless_fraction", "specdec.verify_cost"]
     assert found["heads.head3_top1"].rule == "top1[2]" and not found["heads.head3_top1"].binary
     assert found["humaneval.pass@1"].binary and found["specdec.alpha_cond_3"].rule == "ratio rule alpha_cond_3"
     assert found["specdec.mean_acceptance_length"].rule == "ratio rule mean_acceptance_length"

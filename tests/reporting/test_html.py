@@ -38,7 +38,8 @@ def test_page_is_self_contained_with_the_plots_the_results_call_for(shipped_resu
     images = IMG.findall(page)
     titles = [t for t, _ in images]
     assert titles == ["heads: per head", "specdec: per head", "specdec: against the heads used",
-                      "heads: metrics", "specdec: metrics", "humaneval: metrics", "specdec: acceptance profile"]
+                      "heads: metrics", "specdec: metrics (1)", "specdec: metrics (2)", "humaneval: metrics",
+                      "specdec: acceptance profile"]
     for _, data in images:
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.format == "PNG" and img.width > 200 and img.height > 150
@@ -52,8 +53,8 @@ def test_png_dir_holds_the_embedded_figures(shipped_results, tmp_path):
     page = _report(tmp_path, [shipped_results["mtp4-code"]], "--png", str(tmp_path / "figs")).read_text()
     pngs = sorted((tmp_path / "figs").glob("*.png"))
     assert [p.name for p in pngs] == ["01-heads_per_head.png", "02-specdec_per_head.png", "03-specdec_vs_k.png",
-                                      "04-heads_metrics.png", "05-specdec_metrics.png", "06-humaneval_metrics.png",
-                                      "07-specdec_acceptance.png"]
+                                      "04-heads_metrics.png", "05-specdec_metrics1.png", "06-specdec_metrics2.png",
+                                      "07-humaneval_metrics.png", "08-specdec_acceptance.png"]
     assert [base64.b64decode(d) for _, d in IMG.findall(page)] == [p.read_bytes() for p in pngs]
 
 
@@ -183,7 +184,7 @@ def test_a_headless_browser_renders_the_page_with_every_image(shipped_results, t
     probe.write_text(page.read_text().replace("</body>", CHECK_IMAGES))
     dom = _browse(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert f'data-images="{n_images}/{n_images}"' in dom.stdout and n_images == 6
+    assert f'data-images="{n_images}/{n_images}"' in dom.stdout and n_images == 8
     # 2) a screenshot that is not blank: the page's text, tables and plots put colour on the canvas
     shot = tmp_path / "shot.png"
     res = _browse(exe, tmp_path, "--window-size=1300,2400", f"--screenshot={shot}", page.as_uri())

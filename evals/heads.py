@@ -16,7 +16,8 @@ Losses are in nats per token of the model's own tokenizer, so they compare only 
 sharing a tokenizer; `head1_bits_per_byte` (head-0 loss summed over a window, in bits, divided
 by the UTF-8 bytes that window decodes to) compares across tokenizers.
 
-Metrics: head{k}_loss (lower is better) and head{k}_top1 (higher is better) for k = 1..n_future,
+Metrics: head{k}_loss (lower is better) and head{k}_top1 (higher is better) for k = 1..n_future
+(a head with a draft vocabulary is scored over the targets in it: info.targets_in_draft_vocab),
 1-based as in the paper's tables, plus head1_bits_per_byte.
 
 Acceptance proxy (no decoding, one teacher-forced forward; the figure NVIDIA NeMo computes from
@@ -112,16 +113,22 @@ class Heads(Evaluator):
                 for i in range(n_heads):
                     lg = logits[:, : seq_len - 1 - i, i].float()  # (B, T-1-i, V)
                     tgt = x[:, 1 + i:]  # (B, T-1-i)
+                    # a head with a draft vocabulary (FR-Spec) has -inf logits outside it: its loss and
+                    # top-1 are over the targets it can name (the share is info.targets_in_draft_vocab)
+                    named = torch.isfinite(lg.gather(-1, tgt[..., None])[..., 0]).float()  # (B, T-1-i)
                     ce = torch.nn.functional.cross_entropy(lg.transpose(1, 2), tgt, reduction="none")
-                    acc = (lg.argmax(-1) == tgt).float()
-                    per_head.append((ce.sum(1), ce.mean(1), acc.mean(1)))
+                    ce = torch.where(named > 0, ce, torch.zeros_like(ce))
+                    acc = (lg.argmax(-1) == tgt).float() * named
+                    n_named = named.sum(1).clamp_min(1)
+                    per_head.append((ce.sum(1), ce.sum(1) / n_named, acc.sum(1) / n_named, named.mean(1)))
                 for b in range(x.shape[0]):
                     w = start + b
                     n_bytes = len(tok.decode(x[b, 1:].tolist()).encode("utf-8"))
                     rec = {"sample_id": f"window-{w}", "n_tokens": seq_len, "n_bytes_scored": n_bytes,
                            "loss": [float(p[1][b]) for p in per_head], "top1": [float(p[2][b]) for p in per_head],
                            "head1_bits_per_byte": float(per_head[0][0][b]) / math.log(2) / max(n_bytes, 1),
-                           "alpha_proxy": [float(a[b]) for a in proxy]}
+                           "alpha_proxy": [float(a[b]) for a in proxy],
+                           "targets_named": [float(p[3][b]) for p in per_head]}
                     records.append(rec)
                 bar.advance(x.shape[0])
 
@@ -141,6 +148,9 @@ class Heads(Evaluator):
         info = {"corpus": cfg.corpus, "corpus_sha256": corpus_sha, "n_val_docs": len(val_docs),
                 "val_tokens": len(stream), "seq_len": seq_len, "n_windows": len(records),
                 "held_out_of_training": _held_out_of_training(model, corpus_sha, cfg.val_fraction)}
+        named = [float(np.mean([r["targets_named"][i] for r in records])) for i in range(1, n_heads)]
+        if any(v < 1.0 for v in named):  # the extra heads draft over a restricted vocabulary
+            info["targets_in_draft_vocab"] = [round(v, 6) for v in named]
         return EvalOutput(records=records, metrics=metrics, info=info)
 
 

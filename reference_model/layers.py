@@ -121,7 +121,12 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        if kv is not None:  # write the new positions into this block's cache, attend to all so far
+        if kv is not None and ctx.pos is not None:  # static: positions in a tensor, every shape fixed (CUDA graphs)
+            k_buf, v_buf = kv  # (B, Hkv, max_len, hd)
+            k_buf.index_copy_(2, ctx.pos, k)
+            v_buf.index_copy_(2, ctx.pos, v)
+            k, v = k_buf, v_buf  # the whole buffer; ctx.mask hides what is not yet written
+        elif kv is not None:  # write the new positions into this block's cache, attend to all so far
             k_buf, v_buf = kv  # (B, Hkv, max_len, hd)
             k_buf[:, :, ctx.q0 : ctx.q0 + T] = k
             v_buf[:, :, ctx.q0 : ctx.q0 + T] = v
@@ -198,6 +203,18 @@ class _AttnContext:
     q0: int  # cache position of the first query
     first: torch.Tensor | None = None  # (B, T) bool, query at rotary position 0 (None: only q0 == 0's first column)
     causal: bool = True  # with mask None: plain causal (q0 == 0); False: one query that sees every key
+    pos: torch.Tensor | None = None  # (T,) cache positions as a tensor: the static path (`static_context`)
+
+
+def static_context(pos: torch.Tensor, max_len: int, cfg: ModelConfig, dtype: torch.dtype) -> _AttnContext:
+    """The attention context of one query at cache position `pos` (a (1,) tensor) of a cache without
+    padding, with every shape independent of the position: the key/value write is an index_copy_ at
+    `pos` and attention spans the whole max_len buffer behind a (1, 1, 1, max_len) mask. What a CUDA
+    graph needs (one capture serves every step); the numbers of the sliced path's one-query context."""
+    rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    cos, sin = rotary_cos_sin(pos[None], cfg.head_dim, cfg.rope_theta, rope_dtype)  # (1, 1, 1, hd/2)
+    mask = (torch.arange(max_len, device=pos.device) <= pos)[None, None, None, :]  # (1, 1, 1, max_len)
+    return _AttnContext(cos, sin, mask, -1, causal=False, pos=pos)
 
 
 def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, dtype: torch.dtype, device,

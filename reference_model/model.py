@@ -59,6 +59,7 @@ from mtp_bench.reference_model.layers import (  # noqa: F401  (the leaf modules;
     _sdpa,
     apply_rotary,
     rotary_cos_sin,
+    static_context,
 )
 
 HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential", "medusa")
@@ -524,6 +525,18 @@ class Transformer(nn.Module):
         if self.config.draft_vocab_size and n_out > 1:  # head 1 over the vocabulary, the drafters over theirs
             return torch.cat([self.unembed(z[:, :, :1]), self.unembed(z[:, :, 1:], 1)], dim=2)
         return self.unembed(z)  # (B, T, n_out, V)
+
+    def decode_step_static(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Head 0's logits (1, 1, V) for one token (1, 1) at cache position pos ((1,) tensor) of a batch-1
+        cache without padding, every shape fixed whatever the position (`layers.static_context`), so
+        one CUDA graph replays every decoding step (`mtp_bench.generation.graphs`). Only the trunk and
+        head 0 run (the extra heads are not caught up: plain decoding). The caller moves
+        `cache.length` on; the logits are those of `forward` on the same token."""
+        x = self.tok_embeddings(token)  # (1, 1, dim)
+        ctx = static_context(pos, cache.max_len, self.config, x.dtype)
+        for i, layer in enumerate(self.layers):  # the trunk, then head 0 (the last entry)
+            x = layer(x, ctx, cache.kv(i))
+        return self.unembed(x)  # (1, 1, V)
 
     def draft(self, cache: KVCache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False,
               sample=None) -> torch.Tensor:

@@ -16,9 +16,9 @@ How a batch runs:
     2) sort prompts by length (longest first) so a batch holds similar lengths, then cut
        into batches of `batch_size`; results go back in input order
     3) left-pad the batch, mask the padding (attention_mask 0), prefill in one call
-    4) decode one token per step for every row; a finished row stays in the batch and is fed
-       the pad token (its outputs are ignored) until every row is done, because the cache
-       protocol has no row removal and re-packing the cache would cost more than it saves
+    4) decode one token per step for every row; a finished row leaves the batch where the cache
+       can drop rows (`keep_rows`), else it is fed the pad token (its outputs ignored) until every
+       row is done; batch 1 on CUDA replays one CUDA graph a step (`mtp_bench.generation.graphs`)
     5) a row finishes on EOS, on a stop sequence (checked on the decoded tail of the row, a
        window wide enough for the longest stop, so the check is O(1) per step and catches
        stops that span token boundaries) or on max_new_tokens
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation import graphs
 
 # tokens decoded beyond the longest stop sequence when checking the tail; covers tokens that
 # decode to nothing on their own (a partial UTF-8 character) and leading-space artefacts
@@ -295,6 +296,7 @@ def _generate_batch(model, prompt_ids: list[list[int]], config: GenerationConfig
     finish: list[str | None] = [None] * B
     rows = list(range(B))
     compact = hasattr(cache, "keep_rows")
+    static = graphs.StaticDecoder(model.module, cache) if graphs.applies(model, B) else None  # one CUDA graph a step
     for step in range(config.max_new_tokens):
         gens = None if generators is None else [generators[r] for r in rows]
         toks = sample_next(next_logits, config.temperature, config.top_p, gens).tolist()  # (len(rows),)
@@ -315,6 +317,9 @@ def _generate_batch(model, prompt_ids: list[list[int]], config: GenerationConfig
         if compact and len(live) < len(rows):
             cache.keep_rows(torch.tensor(live, dtype=torch.long))
             rows, toks = [rows[j] for j in live], [toks[j] for j in live]
+        if static is not None:  # batch 1: the row is live (else the loop ended)
+            next_logits = static(toks[0])  # (1, V)
+            continue
         feed = torch.tensor([pad_id if finish[r] is not None else t for r, t in zip(rows, toks)],
                             dtype=torch.long, device=device).unsqueeze(1)  # (rows, 1)
         next_logits = model(feed, cache=cache)[:, -1, 0, :]  # (rows, V)

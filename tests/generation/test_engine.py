@@ -600,3 +600,50 @@ def test_bench_engine_refuses_cuda_without_cuda(capsys):
     assert main(["bench", "engine", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA is not available" in err[0]
+
+
+# --------------------------------------------------------------------------- issue 20: the static (CUDA graph) step
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_static_decode_step_gives_the_cached_forwards_logits(n_kv_heads):
+    """Every shape fixed (index_copy_ at a tensor position, attention over the whole buffer behind a
+    mask): the logits of the normal cached forward, step after step, on a CPU (eagerly)."""
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=5, n_heads=4, n_kv_heads=n_kv_heads,
+                                    multiple_of=16, max_seq_len=64, n_future=4)).eval()
+    ids = torch.randint(0, 64, (1, 14), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref_cache, st_cache = model.new_cache(1, 20), model.new_cache(1, 20)
+        model(ids[:, :6], cache=ref_cache)
+        model(ids[:, :6], cache=st_cache)
+        for t in range(6, 14):
+            ref = model(ids[:, t : t + 1], cache=ref_cache)[:, :, 0]  # (1, 1, V)
+            got = model.decode_step_static(ids[:, t : t + 1], torch.tensor([st_cache.length]), st_cache)
+            st_cache.length += 1
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_batch_1_static_decoding_generates_what_the_engine_generates(exported, monkeypatch, temperature):
+    """The engine and plain_decode at batch 1 through StaticDecoder (the CUDA graph's step, run eagerly
+    on a CPU) give the tokens of the normal path, greedy and sampled."""
+    import mtp_bench
+    from mtp_bench.generation import graphs
+    from mtp_bench.generation.speculative import plain_decode
+
+    model = mtp_bench.load(exported[0], device="cpu")
+    prompts = ["def add(a, b):\n", "x = [1, 2"]
+    cfg = GenerationConfig(max_new_tokens=12, temperature=temperature, top_p=0.9, batch_size=1)
+    plain = generate(model, prompts, cfg)
+    ids = [model.tokenizer.encode(p) for p in prompts]
+    plain_dec = [r.output_ids for r in plain_decode(model, [ids[0]], max_new_tokens=12)]
+    calls = []
+    real = graphs.StaticDecoder.__call__
+    monkeypatch.setattr(graphs, "applies", lambda m, b: b == 1)
+    monkeypatch.setattr(graphs.StaticDecoder, "__call__", lambda self, t: calls.append(t) or real(self, t))
+    static = generate(model, prompts, cfg)
+    assert [g.token_ids for g in static] == [g.token_ids for g in plain] and calls
+    assert [r.output_ids for r in plain_decode(model, [ids[0]], max_new_tokens=12)] == plain_dec

@@ -6,8 +6,9 @@ Steps, each timed, each skipped (and said so) when the time left cannot hold it:
        (`RunContext.generate`, as `run --evals humaneval` generates) and through the engine
        directly, in bfloat16 (`run`'s default on CUDA) and float32, and HF `generate` on the same
        float32 weights; ratios evaluator / engine (target <= 1.3) and ours / HF, outputs compared
-    2) batch-1 decoding: plain greedy tokens/s and self-speculative decoding (`specdec`, k = all
-       heads): tau and speedup, on the shipped mtp4-code
+    2) batch-1 decoding: plain greedy tokens/s with its CUDA graph (`generation.graphs`) and
+       without, and self-speculative decoding (`specdec`, k = all heads; its verify step runs
+       eagerly): tau and speedup against each, on the shipped mtp4-code
     3) training at about 1B parameters (`bench train`'s worker, one subprocess a configuration):
        n=4 sequential and n=4 naive against n=1, step memory and time
     4) repro sizing: the gpu budget's induction arm (`findings.PLANS`) trained for a few steps:
@@ -37,7 +38,7 @@ TRAIN_1B = dict(dim=2048, n_layers=16, n_heads=16, vocab_size=32000, seq_len=204
 REPRO_STEPS = dict(warmup=3, steps=20)
 EVALUATOR_OVER_ENGINE_TARGET = 1.3
 # rough seconds each step needs on an H200 (what is left must hold it, else it is skipped)
-NEEDS_S = {"generation": 60, "decode": 60, "train": 150, "repro": 40}
+NEEDS_S = {"generation": 60, "decode": 90, "train": 150, "repro": 40}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,20 +130,30 @@ def _hf_side(model_path: Path, device, texts, max_new_tokens, batch_size, ours_s
 
 
 def step_decode(model_path: Path, device, n_prompts: int, max_new_tokens: int) -> dict:
-    """Step 2: batch-1 plain greedy and self-speculative decoding (`specdec`, every head)."""
+    """Step 2: batch-1 plain greedy and self-speculative decoding (`specdec`, every head), with the
+    plain decoding's CUDA graph (`generation.graphs`) and without it."""
     from mtp_bench.api.context import RunContext
     from mtp_bench.evals.specdec import SpecDec
+    from mtp_bench.generation import graphs
     from mtp_bench.models.loader import load as load_model
 
     model = load_model(model_path, device=device, dtype="float32")  # specdec's lossless check needs float32
-    with tempfile.TemporaryDirectory(prefix="mtp-bench-gpu-") as tmp:
-        res = SpecDec(SpecDec.Config(k=0, n_prompts=n_prompts, max_new_tokens=max_new_tokens, peers=False,
-                                     batch_size=1)).run(model, RunContext(seed=0, work_dir=Path(tmp)))
     keep = ("plain_tokens_per_s", "tokens_per_s", "tau", "speedup", "lossless_fraction", "degenerate_fraction")
-    return {"n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "k": model.n_future,
-            **{k: res.metrics[k].value for k in keep if k in res.metrics},
-            "ms_per_plain_token": 1e3 / res.metrics["plain_tokens_per_s"].value,
-            "cuda_graphs": False}  # batch-1 CUDA graphs are not built yet (docs/benchmarks.md)
+    out: dict = {"n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "k": model.n_future,
+                 "cuda_graphs_apply": graphs.applies(model, 1)}
+    saved = graphs.ENABLED
+    try:
+        for name, enabled in (("graphs", True), ("no_graphs", False)):
+            graphs.ENABLED = enabled
+            with tempfile.TemporaryDirectory(prefix="mtp-bench-gpu-") as tmp:
+                res = SpecDec(SpecDec.Config(k=0, n_prompts=n_prompts, max_new_tokens=max_new_tokens, peers=False,
+                                             batch_size=1)).run(model, RunContext(seed=0, work_dir=Path(tmp)))
+            m = {k: res.metrics[k].value for k in keep if k in res.metrics}
+            out[name] = m | {"ms_per_plain_token": 1e3 / m["plain_tokens_per_s"]}
+    finally:
+        graphs.ENABLED = saved
+    out["plain_graphs_over_no_graphs"] = out["graphs"]["plain_tokens_per_s"] / out["no_graphs"]["plain_tokens_per_s"]
+    return out
 
 
 def step_train(device, size: dict, timeout_s: float) -> dict:
@@ -201,10 +212,16 @@ def rows(doc: dict) -> list[tuple[str, str]]:
                     f"{g['hf']['greedy_prefix_agrees']}/{g['prompts']}"))
     if "decode" in s and "skipped" not in s["decode"]:
         d = s["decode"]
-        out.append(("batch-1 plain greedy", f"{d['plain_tokens_per_s']:.0f} tokens/s ({d['ms_per_plain_token']:.2f} ms a "
-                                            "token), CUDA graphs: not built"))
-        out.append((f"self-speculative, k={d['k']}", f"tau {d.get('tau', float('nan')):.2f}, speedup "
-                                                    f"{d.get('speedup', float('nan')):.2f}x"))
+        for name in ("graphs", "no_graphs"):
+            g = d[name]
+            label = "with its CUDA graph" if name == "graphs" and d["cuda_graphs_apply"] else "without CUDA graphs"
+            if name == "graphs" and not d["cuda_graphs_apply"]:
+                label = "(graphs do not apply here)"
+            out.append((f"batch-1 plain greedy {label}", f"{g['plain_tokens_per_s']:.0f} tokens/s "
+                                                         f"({g['ms_per_plain_token']:.2f} ms a token)"))
+            out.append((f"self-speculative k={d['k']} vs that plain decoding",
+                        f"tau {g.get('tau', float('nan')):.2f}, speedup {g.get('speedup', float('nan')):.2f}x"))
+        out.append(("batch-1 plain greedy: graphs / no graphs", f"{d['plain_graphs_over_no_graphs']:.2f}x"))
     if "train" in s and "skipped" not in s["train"]:
         t = s["train"]
         r = t["ratios"]

@@ -59,6 +59,7 @@ from pathlib import Path
 
 from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.hub import import_datasets
 from mtp_bench.api.jsonl import read_lines
 from mtp_bench.api.paths import data_dirs
 from mtp_bench.generation.engine import GenerationConfig
@@ -264,8 +265,7 @@ def load_split(data_dir: Path | str | list | None = None, split: str = "test") -
     if _env_offline():
         raise DataError(f"GSM8K ({split}) not found: {where}; the hub was not tried "
                         f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE). {hint}")
-    import datasets
-
+    datasets = import_datasets(f"GSM8K ({split})", f"gsm8k/{FILES[split]}")
     try:
         ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
     except Exception as e:  # datasets raises many types when offline or the id is unreachable

@@ -57,6 +57,7 @@ import torch
 
 from mtp_bench.api import EvalOutput, Evaluator, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.hub import import_datasets
 from mtp_bench.generation.engine import uses_bos
 from mtp_bench.scoring.metrics import mean_metric, normal_ci95
 
@@ -115,9 +116,8 @@ def resolve_source(source: str, data_dir: Path | None) -> tuple[list[str], str]:
     if data_dir is not None and (data_dir / DEFAULT_FILE[0] / DEFAULT_FILE[1]).is_file():
         path = data_dir / DEFAULT_FILE[0] / DEFAULT_FILE[1]
         return load_stories(path), str(path)
+    datasets = import_datasets("induction's stories", "/".join(DEFAULT_FILE) + " (or induction.source=FILE)")
     try:
-        import datasets
-
         ds = datasets.load_dataset("roneneldan/TinyStories", split="validation")
     except Exception as e:  # offline, missing package, hub error
         raise DataError("induction: no stories: set induction.source=FILE, or --data-dir with "

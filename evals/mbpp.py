@@ -1,6 +1,7 @@
 """MBPP pass@k (Austin et al. 2021) in the mtp-bench sandbox, with the paper's 3-shot prompt.
 
-Data, through Hugging Face `datasets` (`load_dataset("json", ...)` on a local file, or the hub):
+Data, a local file read with the standard library (JSON lines or one JSON array), else the hub
+through Hugging Face `datasets` (the optional extra `mtp-bench[hub]`):
     full       mbpp.jsonl (974 tasks): test split = task ids 11-510 (500 tasks)
     sanitized  sanitized-mbpp.json (427 hand-verified tasks): its test split is the sanitized file's
                own task ids that fall in 11-510 (257 tasks), as the MBPP README prescribes ("the
@@ -52,6 +53,7 @@ Changing the template, instruction, stops, extraction, split or program layout c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ from pathlib import Path
 
 from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.hub import import_datasets
 from mtp_bench.api.paths import cache_dir, data_dirs
 from mtp_bench.execution.judge import split_program
 from mtp_bench.execution.pool import hide_path
@@ -119,37 +122,27 @@ def load_all(data_dir: Path | str | list | None = None, variant: str = "full") -
     """
     if variant not in FILES:
         raise ConfigError(f"unknown mbpp variant {variant!r}; valid: {', '.join(FILES)}")
-    import datasets
-
     file_name = FILES[variant]
     looked = [p for d in data_dirs(data_dir) for p in _candidates(d, file_name)]
     path = next((p for p in looked if p.is_file()), None)
     if path is not None:
-
         hide_path(path)  # its tests and reference solutions: never visible to the sandboxed programs
-    if path is None and _env_offline():
+        rows = read_rows(path, f"MBPP ({variant})")  # 1) a local file: the standard library only
+    elif _env_offline():
         raise DataError(_missing_message(variant, looked, "the hub was not tried (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)"))
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # "Generating train split" bars would break the run's rich display
-    try:
-        # 1) a local file, read through datasets' json builder (cache outside the data dir)
-        if path is not None:
-            try:
-                ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=_cache_dir())
-            except Exception as e:  # datasets raises many types for a malformed file
-                raise DataError(f"could not read MBPP ({variant}) from {path}: {_one_line(e)}") from e
-            rows = list(ds)
-        # 2) the hub, when online
-        else:
-            try:
-                dd = datasets.load_dataset(HUB_ID, variant, cache_dir=_cache_dir())
-            except Exception as e:
-                hub = f"the hub ({HUB_ID}) failed: {_one_line(e)}"
-                raise DataError(_missing_message(variant, looked, hub)) from e
-            rows = [r for split in dd.values() for r in split]
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+    else:  # 2) the hub, when online
+        datasets = import_datasets(f"MBPP ({variant})", f"mbpp/{file_name}")
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # "Generating train split" bars would break the run's rich display
+        try:
+            dd = datasets.load_dataset(HUB_ID, variant, cache_dir=_cache_dir())
+        except Exception as e:  # datasets raises many types when offline or the id is unreachable
+            hub = f"the hub ({HUB_ID}) failed: {_one_line(e)}"
+            raise DataError(_missing_message(variant, looked, hub)) from e
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        rows = [r for split in dd.values() for r in split]
     try:
         problems = [_normalise(r, variant) for r in rows]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -159,6 +152,33 @@ def load_all(data_dir: Path | str | list | None = None, variant: str = "full") -
     if len(by_id) != len(problems):
         raise DataError(f"MBPP ({variant}) from {path or HUB_ID} repeats task ids")
     return by_id
+
+
+def read_rows(path: Path, what: str) -> list[dict]:
+    """The records of a local MBPP file: JSON lines (mbpp.jsonl) or one JSON array
+    (sanitized-mbpp.json), told apart by the first character; the same rows `datasets`' json
+    builder gives, without it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"could not read {what} from {path}: {_one_line(e)}") from None
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"could not read {what} from {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"could not read {what} from {path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"could not read {what} from {path}: expected JSON objects, one a line or in one array")
+    return rows
 
 
 def _one_line(e: Exception) -> str:

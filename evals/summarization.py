@@ -64,6 +64,7 @@ from pathlib import Path
 
 from mtp_bench.api import EvalOutput, Evaluator, GenRequest, Metric, RunContext, register
 from mtp_bench.api.errors import ConfigError, DataError
+from mtp_bench.api.hub import import_datasets
 from mtp_bench.api.jsonl import json_error
 from mtp_bench.api.paths import data_dirs
 from mtp_bench.generation.engine import GenerationConfig, uses_bos
@@ -243,8 +244,7 @@ def load_split(dataset: str, data_dir: Path | str | list | None = None) -> tuple
         if _env_offline():
             raise DataError(f"{dataset} not found: {where}; the hub was not tried "
                             f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE). {hint}")
-        import datasets
-
+        datasets = import_datasets(dataset, spec.local)
         hub_id, hub_config = spec.hub
         try:
             rows, source = list(datasets.load_dataset(hub_id, hub_config, split="test")), f"hub:{hub_id}"

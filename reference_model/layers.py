@@ -67,16 +67,42 @@ def _sdpa_has_gqa() -> bool:
 _SDPA_GQA = _sdpa_has_gqa()
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention of q (B, H, T, hd) over k, v (B, Hkv, S, hd); mask (B, 1, T, S) bool or None = causal.
+# Backends for attention over a KV cache on CUDA: every call there has a new key length (and a
+# prefill a new prompt length), and cuDNN's attention, which torch prefers for half precision on
+# Hopper, builds a graph per shape: milliseconds a call, 9x the whole generation of a small model
+# in bfloat16 (issue 20's H200 profile; float32 never takes cuDNN). Flash (no mask) and
+# memory-efficient attention (masks) take any length at no setup cost.
+_CACHED_CUDA_BACKENDS = None
+
+
+def _cached_cuda_backends() -> list:
+    global _CACHED_CUDA_BACKENDS
+    if _CACHED_CUDA_BACKENDS is None:
+        from torch.nn.attention import SDPBackend
+
+        _CACHED_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return _CACHED_CUDA_BACKENDS
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool = True,
+          cached: bool = False) -> torch.Tensor:
+    """Attention of q (B, H, T, hd) over k, v (B, Hkv, S, hd); mask (B|1, 1, T, S) bool, or None: plain
+    causal when `causal` (T == S), else every key (a one-token query over a cache without padding).
     GQA (Hkv < H: each kv head serves H/Hkv query heads) goes to SDPA as is (torch >= 2.5), not
-    as copies of k and v: the same numbers, an order of magnitude less time in decoding on a CPU."""
+    as copies of k and v: the same numbers, an order of magnitude less time in decoding on a CPU.
+    `cached` (k, v read from a KV cache) keeps CUDA off cuDNN's per-shape graphs (above)."""
+    if cached and q.is_cuda:
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(_cached_cuda_backends()):
+            return _sdpa(q, k, v, mask, causal)
+    is_causal = mask is None and causal
     if k.shape[1] != q.shape[1]:
         if _SDPA_GQA:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
 
 
 class Attention(nn.Module):
@@ -95,12 +121,17 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        if kv is not None:  # write the new positions into this block's cache, attend to all so far
+        if kv is not None and ctx.pos is not None:  # static: positions in a tensor, every shape fixed (CUDA graphs)
+            k_buf, v_buf = kv  # (B, Hkv, max_len, hd)
+            k_buf.index_copy_(2, ctx.pos, k)
+            v_buf.index_copy_(2, ctx.pos, v)
+            k, v = k_buf, v_buf  # the whole buffer; ctx.mask hides what is not yet written
+        elif kv is not None:  # write the new positions into this block's cache, attend to all so far
             k_buf, v_buf = kv  # (B, Hkv, max_len, hd)
             k_buf[:, :, ctx.q0 : ctx.q0 + T] = k
             v_buf[:, :, ctx.q0 : ctx.q0 + T] = v
             k, v = k_buf[:, :, : ctx.q0 + T], v_buf[:, :, : ctx.q0 + T]
-        y = _sdpa(q, k, v, ctx.mask)  # (B, H, T, hd)
+        y = _sdpa(q, k, v, ctx.mask, ctx.causal, cached=kv is not None)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -166,22 +197,50 @@ class MedusaHead(nn.Module):
 class _AttnContext:
     """Rotary angles and attention mask for queries at cache positions [q0, q0+T)."""
 
-    cos: torch.Tensor  # (B, T, 1, hd/2)
-    sin: torch.Tensor  # (B, T, 1, hd/2)
-    mask: torch.Tensor | None  # (B, 1, T, q0+T) bool, True = may attend; None = plain causal
+    cos: torch.Tensor  # (B|1, T, 1, hd/2)
+    sin: torch.Tensor  # (B|1, T, 1, hd/2)
+    mask: torch.Tensor | None  # (B|1, 1, T, q0+T) bool, True = may attend; None: see `causal`
     q0: int  # cache position of the first query
     first: torch.Tensor | None = None  # (B, T) bool, query at rotary position 0 (None: only q0 == 0's first column)
+    causal: bool = True  # with mask None: plain causal (q0 == 0); False: one query that sees every key
+    pos: torch.Tensor | None = None  # (T,) cache positions as a tensor: the static path (`static_context`)
 
 
-def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, dtype: torch.dtype, device) -> _AttnContext:
+def static_context(pos: torch.Tensor, max_len: int, cfg: ModelConfig, dtype: torch.dtype) -> _AttnContext:
+    """The attention context of one query at cache position `pos` (a (1,) tensor) of a cache without
+    padding, with every shape independent of the position: the key/value write is an index_copy_ at
+    `pos` and attention spans the whole max_len buffer behind a (1, 1, 1, max_len) mask. What a CUDA
+    graph needs (one capture serves every step); the numbers of the sliced path's one-query context."""
+    rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    cos, sin = rotary_cos_sin(pos[None], cfg.head_dim, cfg.rope_theta, rope_dtype)  # (1, 1, 1, hd/2)
+    mask = (torch.arange(max_len, device=pos.device) <= pos)[None, None, None, :]  # (1, 1, 1, max_len)
+    return _AttnContext(cos, sin, mask, -1, causal=False, pos=pos)
+
+
+def _attn_context(real: torch.Tensor | None, q0: int, T: int, cfg: ModelConfig, dtype: torch.dtype, device,
+                  padded: bool = True) -> _AttnContext:
     """real: (B, S) bool, which of the positions [0, S) are real tokens (S >= q0+T), or None when
-    there is no padding and no cache (then positions are 0..T-1 and attention is plain causal)."""
+    there is no padding and no cache (then positions are 0..T-1 and attention is plain causal).
+
+    padded=False promises that real[:, :S] is all True (a cache that never stored padding: every
+    batch-1 decode, every unpadded batch): positions are then q0..S-1 for every row and the mask
+    is one causal (T, S) shared by the rows, or none for a single query, which lets CUDA run
+    flash attention and spares the per-step cumulative sum and (B, T, S) mask. Same numbers."""
     rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     if real is None:
         pos = torch.arange(T, device=device)[None]  # (1, T)
         cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, rope_dtype)
         return _AttnContext(cos, sin, None, 0)
     S = q0 + T
+    if not padded:
+        pos = torch.arange(q0, S, device=device)[None]  # (1, T)
+        cos, sin = rotary_cos_sin(pos, cfg.head_dim, cfg.rope_theta, rope_dtype)
+        if T == 1:
+            return _AttnContext(cos, sin, None, q0, causal=False)
+        if q0 == 0:
+            return _AttnContext(cos, sin, None, 0)
+        mask = torch.arange(S, device=device)[None, :] <= torch.arange(q0, S, device=device)[:, None]  # (T, S)
+        return _AttnContext(cos, sin, mask[None, None], q0)
     real = real[:, :S]
     positions = real.long().cumsum(1) - real.long()  # (B, S) number of real tokens before each position
     cos, sin = rotary_cos_sin(positions[:, q0:S], cfg.head_dim, cfg.rope_theta, rope_dtype)

@@ -59,6 +59,7 @@ from mtp_bench.reference_model.layers import (  # noqa: F401  (the leaf modules;
     _sdpa,
     apply_rotary,
     rotary_cos_sin,
+    static_context,
 )
 
 HEAD_TYPES = ("parallel", "linear", "causal", "anticausal", "sequential", "medusa")
@@ -198,6 +199,7 @@ class KVCache:
         self.real = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.batch_size, self.max_len = batch_size, max_len
         self.length = 0  # positions stored for the trunk and head 0
+        self.padded = False  # whether any stored position is padding (else attention needs no mask: _attn_context)
         self.extra_length = 0  # positions stored for the extra heads (<= length)
         self.extra_in: torch.Tensor | None = None  # (B, max_len, dim) extra-head inputs, allocated on first use
         self.ids: torch.Tensor | None = None  # (B, max_len) token ids fed (sequential modules only)
@@ -209,17 +211,25 @@ class KVCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (indices, in the new order): a generation drops the rows that
-        have finished, so later steps compute nothing for them. Positions are untouched."""
+        have finished, so later steps compute nothing for them. Positions are untouched.
+
+        The kept rows move to the front of the same buffers and only their stored positions
+        [0, length) are copied: copying whole (max_len) buffers cost as much as a decoding step
+        of a small model each time a row finished."""
         rows = rows.to(self.real.device)
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        n, L = int(rows.numel()), self.length
+        self.k[:, :n, :, :L] = self.k[:, rows, :, :L]  # the right side is gathered first: no overlap
+        self.v[:, :n, :, :L] = self.v[:, rows, :, :L]
+        self.k, self.v = self.k[:, :n], self.v[:, :n]
         self.real = self.real[rows]
         if self.extra_in is not None:
-            self.extra_in = self.extra_in[rows]
+            self.extra_in[:n, :L] = self.extra_in[rows, :L]
+            self.extra_in = self.extra_in[:n]
         if self.ids is not None:
             self.ids = self.ids[rows]
         if self.seq_out is not None:
             self.seq_out = self.seq_out[:, rows]
-        self.batch_size = int(rows.numel())
+        self.batch_size = n
 
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:
@@ -301,6 +311,8 @@ class Transformer(nn.Module):
         if start + T > cache.max_len:
             raise ConfigError(f"cache overflow: {start} + {T} positions > cache max_len={cache.max_len}")
         cache.real[:, start : start + T] = True if new_real is None else new_real
+        if new_real is not None and not cache.padded:  # one check per masked call (a padded prefill)
+            cache.padded = not bool(new_real.all())
         cache.length = start + T
         return start, cache.real
 
@@ -308,7 +320,8 @@ class Transformer(nn.Module):
         """Embeddings and layers[:-1]: the shared trunk output h, (B, T, dim)."""
         start, real = _prepared or self._prepare(input_ids, cache, attention_mask)
         x = self.tok_embeddings(input_ids)  # (B, T, dim)
-        ctx = _attn_context(real, start, input_ids.shape[1], self.config, x.dtype, x.device)
+        ctx = _attn_context(real, start, input_ids.shape[1], self.config, x.dtype, x.device,
+                            padded=cache is None or cache.padded)
         for i, layer in enumerate(self.layers[:-1]):
             x = layer(x, ctx, cache.kv(i) if cache is not None else None)
         return x, ctx
@@ -385,8 +398,8 @@ class Transformer(nn.Module):
             S = ctx.q0 + T
             k = k_buf[:, :, :, :S].reshape(J * B, Hkv, S, hd)
             v = v_buf[:, :, :, :S].reshape(J * B, Hkv, S, hd)
-        mask = None if ctx.mask is None else ctx.mask.repeat(J, 1, 1, 1)  # (J*B, 1, T, S)
-        y = _sdpa(q, k, v, mask)
+        mask = None if ctx.mask is None else ctx.mask.repeat(J if ctx.mask.shape[0] > 1 else 1, 1, 1, 1)  # (J*B|1, 1, T, S)
+        y = _sdpa(q, k, v, mask, ctx.causal, cached=cache is not None)
         y = y.transpose(1, 2).reshape(J, B * T, H * hd)
         h = x + torch.bmm(y, w["wo"]).view(J, B, T, D)  # (J, B, T, D)
         # 2) SwiGLU feed-forward, batched the same way
@@ -482,7 +495,8 @@ class Transformer(nn.Module):
         if catch_up and n_out > 1 and cache.extra_length < start:
             # the extra heads skipped some earlier positions: run them over those too
             n_pend = start - cache.extra_length
-            ext_ctx = _attn_context(real, cache.extra_length, n_pend + T, self.config, h.dtype, h.device)
+            ext_ctx = _attn_context(real, cache.extra_length, n_pend + T, self.config, h.dtype, h.device,
+                                    padded=cache.padded)
         fuse = (self.fuse_extra_heads and self.config.head_type == "parallel" and n_out > 2
                 and not torch.is_grad_enabled())
         for i in needed:
@@ -511,6 +525,18 @@ class Transformer(nn.Module):
         if self.config.draft_vocab_size and n_out > 1:  # head 1 over the vocabulary, the drafters over theirs
             return torch.cat([self.unembed(z[:, :, :1]), self.unembed(z[:, :, 1:], 1)], dim=2)
         return self.unembed(z)  # (B, T, n_out, V)
+
+    def decode_step_static(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Head 0's logits (1, 1, V) for one token (1, 1) at cache position pos ((1,) tensor) of a batch-1
+        cache without padding, every shape fixed whatever the position (`layers.static_context`), so
+        one CUDA graph replays every decoding step (`mtp_bench.generation.graphs`). Only the trunk and
+        head 0 run (the extra heads are not caught up: plain decoding). The caller moves
+        `cache.length` on; the logits are those of `forward` on the same token."""
+        x = self.tok_embeddings(token)  # (1, 1, dim)
+        ctx = static_context(pos, cache.max_len, self.config, x.dtype)
+        for i, layer in enumerate(self.layers):  # the trunk, then head 0 (the last entry)
+            x = layer(x, ctx, cache.kv(i))
+        return self.unembed(x)  # (1, 1, V)
 
     def draft(self, cache: KVCache, next_token: torch.Tensor, n_draft: int, reuse_last: bool = False,
               sample=None) -> torch.Tensor:

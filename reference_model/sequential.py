@@ -112,7 +112,7 @@ def draft(model: Transformer, cache: KVCache, next_token: torch.Tensor, n_draft:
             prev = cache.seq_out[k - 1]
             continue
         toks = torch.cat([known] + [d[:, None] for d in drafts], dim=1)[:, L + k : p + k + 1]  # (B, p+1-L)
-        ctx = _attn_context(cache.real, L, p + 1 - L, model.config, prev.dtype, prev.device)
+        ctx = _attn_context(cache.real, L, p + 1 - L, model.config, prev.dtype, prev.device, padded=cache.padded)
         module = model.extra_heads[k - 1]
         x = module.fuse(chain_input(model, k, prev[:, L : p + 1]), module_embeddings(model, toks, ctx))
         out = module.block(x, ctx, cache.kv(len(model.layers) + k - 1))  # (B, p+1-L, dim)
@@ -128,7 +128,7 @@ def draft(model: Transformer, cache: KVCache, next_token: torch.Tensor, n_draft:
         module, h_last = model.extra_heads[M - 1], cache.seq_out[M - 1, :, p : p + 1]
         for j in range(M + 1, n_draft + 1):
             q = p + j - M
-            ctx = _attn_context(real, q, 1, model.config, h_last.dtype, h_last.device)
+            ctx = _attn_context(real, q, 1, model.config, h_last.dtype, h_last.device, padded=cache.padded)
             x = module.fuse(chain_input(model, M + 1, h_last), module_embeddings(model, drafts[-1][:, None], ctx))
             h_last = module.block(x, ctx, cache.kv(len(model.layers) + M - 1))
             drafts.append(pick(model.unembed(h_last, M)[:, 0]))

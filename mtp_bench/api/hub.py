@@ -71,3 +71,22 @@ def go_offline_if_unreachable(say: Callable[[str], None], probe: Callable[[], bo
     say(f"the Hugging Face hub ({host}) is unreachable: running offline (no downloads; benchmark data "
         "comes from --data-dir or $MTP_BENCH_DATA)")
     return True
+
+
+HUB_EXTRA = "pip install 'mtp-bench[hub]'"  # the optional extra that brings `datasets`
+
+
+def import_datasets(what: str, local: str):
+    """The `datasets` package, for reading `what` from the hub: the only use the project makes of it
+    (local files are read with the standard library), so it is an optional extra. Missing, it is a
+    DataError of one line naming both ways out (`local`: the file to give instead), which a suite
+    run turns into a skipped evaluator and the CLI into exit 2."""
+    from mtp_bench.api.errors import DataError
+
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{what} has no local copy, and reading it from the Hugging Face hub needs the optional "
+                        f"package datasets, which is not installed: {HUB_EXTRA}, or give {local} "
+                        "with --data-dir DIR (or MTP_BENCH_DATA=DIR)") from None
+    return datasets

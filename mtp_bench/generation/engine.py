@@ -16,9 +16,9 @@ How a batch runs:
     2) sort prompts by length (longest first) so a batch holds similar lengths, then cut
        into batches of `batch_size`; results go back in input order
     3) left-pad the batch, mask the padding (attention_mask 0), prefill in one call
-    4) decode one token per step for every row; a finished row stays in the batch and is fed
-       the pad token (its outputs are ignored) until every row is done, because the cache
-       protocol has no row removal and re-packing the cache would cost more than it saves
+    4) decode one token per step for every row; a finished row leaves the batch where the cache
+       can drop rows (`keep_rows`), else it is fed the pad token (its outputs ignored) until every
+       row is done; batch 1 on CUDA replays one CUDA graph a step (`mtp_bench.generation.graphs`)
     5) a row finishes on EOS, on a stop sequence (checked on the decoded tail of the row, a
        window wide enough for the longest stop, so the check is O(1) per step and catches
        stops that span token boundaries) or on max_new_tokens
@@ -29,9 +29,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation import graphs
 
 # tokens decoded beyond the longest stop sequence when checking the tail; covers tokens that
 # decode to nothing on their own (a partial UTF-8 character) and leading-space artefacts
@@ -106,11 +108,16 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     Greedy (temperature 0) is argmax, the first index on ties, as in Hugging Face.
     Sampling is inverse-CDF over the nucleus, in float32:
         1) scale by 1/temperature, softmax
-        2) top_p < 1: sort descending (stable), keep tokens whose preceding mass is < top_p
-           (so always >= 1 token); top_p = 1 keeps every token in vocabulary order, no sort
+        2) top_p < 1: the tokens in descending order of probability, ties by index (a stable
+           sort), keeping those whose preceding mass is < top_p (so always >= 1 token); top_p = 1
+           keeps every token in vocabulary order, no sort
         3) draw u ~ U[0,1) from the row's generator, take the first token whose cumulative
            mass exceeds u * total (a zero-probability token is never picked: searchsorted
-           with right=True steps over flat stretches of the cumulative sum)
+           with right=True steps over flat stretches of the cumulative sum, and the index is
+           clamped to the last kept token)
+    On a CPU step 2 is `_stable_sort_desc`: the same order for as many columns as the nucleus
+    needs, in a fraction of torch's stable sort time (which for a 4k-32k vocabulary can cost more
+    than a small model's forward).
     """
     if temperature == 0.0:
         return logits.argmax(dim=-1)
@@ -119,14 +126,53 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
     order = None
     if top_p < 1.0:
-        probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (B, V)
+        probs, order = (_stable_sort_desc(probs, top_p) if probs.device.type == "cpu"
+                        else torch.sort(probs, dim=-1, descending=True, stable=True))  # (B, K), K <= V
         keep = (probs.cumsum(dim=-1) - probs) < top_p  # the first token always has 0 mass before it
         probs = probs * keep
-    cum = probs.cumsum(dim=-1)  # (B, V)
+        last = keep.sum(dim=-1, keepdim=True) - 1  # (B, 1) the last kept position
+    else:
+        last = torch.full((probs.shape[0], 1), probs.shape[-1] - 1, device=probs.device)
+    cum = probs.cumsum(dim=-1)  # (B, K)
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float32) for g in generators])  # (B,)
     target = (u.to(cum.device) * cum[:, -1]).unsqueeze(-1)  # (B, 1)
-    idx = torch.searchsorted(cum, target, right=True).clamp_(max=cum.shape[-1] - 1)  # (B, 1)
+    idx = torch.minimum(torch.searchsorted(cum, target, right=True), last)  # (B, 1)
     return (idx if order is None else order.gather(-1, idx)).squeeze(-1)
+
+
+def _stable_sort_desc(probs: torch.Tensor, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first K columns of `torch.sort(probs, dim=-1, descending=True, stable=True)` for float32
+    probs >= 0 on a CPU, values and indices, with K large enough that every row's nucleus (the
+    tokens whose preceding mass is < top_p) ends inside them, in a fraction of the sort's time.
+
+    1) a non-negative float32's bits, read as an integer, order as the float does, so each entry
+       becomes one unique int64 key (bits, then the inverted index: ties go to the lower index);
+       any sort of unique keys is exact, and values and indices are read back from the keys
+    2) the nucleus lies within the tokens of the highest binary exponents whose mass reaches
+       top_p (plus 1e-3, far above float32 rounding of the sums): K is the most such tokens of
+       any row; when K <= V/8 a topk of K keys is enough, else numpy sorts every key (a third
+       to a half of torch's stable sort). Cumulative sums over the K columns equal the full
+       sort's first K (torch's CPU cumsum accumulates each prefix in order, in double).
+    """
+    B, V = probs.shape
+    shift = max(1, (V - 1).bit_length())
+    bits = probs.contiguous().view(torch.int32)
+    keys = (bits.to(torch.int64) << shift) | torch.arange(V - 1, -1, -1, dtype=torch.int64)  # (B, V) unique per row
+    K = V
+    if top_p < 1.0:
+        exponent = (bits >> 23).long()  # (B, V) in [0, 255]: the binade of each probability
+        mass = probs.new_zeros(B, 256).scatter_add_(1, exponent, probs).flip(-1).cumsum(-1).flip(-1)  # mass at >= e
+        count = torch.zeros(B, 256, dtype=torch.int64).scatter_add_(1, exponent, torch.ones_like(exponent))
+        count = count.flip(-1).cumsum(-1).flip(-1)  # (B, 256) tokens at >= e
+        e = (mass >= top_p + 1e-3).sum(dim=-1, keepdim=True) - 1  # (B, 1) the highest such binade; -1: none
+        if bool((e >= 0).all()):
+            K = int(count.gather(-1, e).max())
+    if 8 * K <= V:
+        keys = torch.topk(keys, K, dim=-1, sorted=True).values  # (B, K)
+    else:
+        keys = torch.from_numpy(-np.sort(-keys.numpy(), axis=-1))  # (B, V) descending
+    vals = (keys >> shift).to(torch.int32).view(torch.float32)
+    return vals, (V - 1) - (keys & ((1 << shift) - 1))
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int:
@@ -250,6 +296,7 @@ def _generate_batch(model, prompt_ids: list[list[int]], config: GenerationConfig
     finish: list[str | None] = [None] * B
     rows = list(range(B))
     compact = hasattr(cache, "keep_rows")
+    static = graphs.StaticDecoder(model.module, cache) if graphs.applies(model, B) else None  # one CUDA graph a step
     for step in range(config.max_new_tokens):
         gens = None if generators is None else [generators[r] for r in rows]
         toks = sample_next(next_logits, config.temperature, config.top_p, gens).tolist()  # (len(rows),)
@@ -270,6 +317,9 @@ def _generate_batch(model, prompt_ids: list[list[int]], config: GenerationConfig
         if compact and len(live) < len(rows):
             cache.keep_rows(torch.tensor(live, dtype=torch.long))
             rows, toks = [rows[j] for j in live], [toks[j] for j in live]
+        if static is not None:  # batch 1: the row is live (else the loop ended)
+            next_logits = static(toks[0])  # (1, V)
+            continue
         feed = torch.tensor([pad_id if finish[r] is not None else t for r, t in zip(rows, toks)],
                             dtype=torch.long, device=device).unsqueeze(1)  # (rows, 1)
         next_logits = model(feed, cache=cache)[:, -1, 0, :]  # (rows, V)

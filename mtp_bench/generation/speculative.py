@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtp_bench.api.errors import ConfigError
+from mtp_bench.generation import graphs
 
 
 class LosslessError(RuntimeError):
@@ -348,6 +349,7 @@ def plain_decode(model, prompts: list[list[int]], max_new_tokens: int = 128, tem
         t0 = time.perf_counter()
         cache = model.new_cache(B, ids.shape[1] + max_new_tokens + 1)
         logits = model(ids, cache=cache, attention_mask=mask)[:, -1, 0]  # (B, V)
+        static = graphs.StaticDecoder(model.module, cache) if graphs.applies(model, B) else None  # CUDA graphs
         t_prefill = None
         while True:
             toks = [_pick(logits[r], temperature, generators[r] if generators else None, top_p) for r in range(B)]
@@ -358,6 +360,9 @@ def plain_decode(model, prompts: list[list[int]], max_new_tokens: int = 128, tem
                 t_prefill = time.perf_counter() - t0
             if not rows.active():
                 break
+            if static is not None:
+                logits = static(toks[0])  # (1, V)
+                continue
             inp = torch.tensor(toks, dtype=torch.long, device=dev)[:, None]  # (B, 1)
             logits = model(inp, cache=cache)[:, -1, 0]  # (B, V)
         _sync(dev)

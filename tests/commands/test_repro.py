@@ -283,3 +283,81 @@ def test_doctests_of_the_rules_run():
 
     failures, tried = doctest.testmod(rules)
     assert tried >= 10 and failures == 0
+
+
+# ----------------------------------------------------------------------------- budgets and --plan (issue 20)
+
+
+@pytest.mark.parametrize("finding", ["induction", "arithmetic"])
+@pytest.mark.parametrize("budget", ["quick", "gpu", "full"])
+def test_no_arm_trains_more_than_two_epochs_over_the_same_text(finding, budget):
+    from mtp_bench.commands.repro.plan import describe
+
+    plan = describe(finding, budget)
+    for arm in plan["arms"]:
+        assert arm["epochs"] <= repro.findings.MAX_EPOCHS, arm
+        assert arm["training_tokens"] == plan["train"]["max_steps"] * plan["train"]["batch_size"] * plan["train"]["seq_len"]
+
+
+@pytest.mark.parametrize("finding", ["induction", "arithmetic", "speedup"])
+def test_gpu_budget_trains_every_arm_and_seed_within_the_minutes_on_an_h200(finding):
+    """Sized on the measured H200 throughput: training takes at most 6 of the 8 minutes, leaving
+    the rest to evaluation."""
+    from mtp_bench.commands.repro.plan import describe
+
+    plan = describe(finding, "gpu")
+    assert plan["estimated_train_s_all_runs"]["h200"] <= 6 * 60
+    assert plan["gpu_budget_minutes"] == 8 and len(plan["seeds"]) >= 2
+
+
+def test_plan_prints_json_and_trains_nothing(tmp_path, capsys):
+    import json
+
+    assert main(["repro", "induction", "--budget", "gpu", "--plan", "--work-dir", str(tmp_path / "w")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["finding"] == "induction" and doc["budget"] == "gpu" and doc["runs"] == 4
+    assert [a["arm"] for a in doc["arms"]] == ["n=1", "n=2"]
+    assert all(a["names_redrawn_each_pass"] and a["name_passes"] == 11 for a in doc["arms"])
+    assert doc["arms"][0]["parameters"] == doc["arms"][1]["parameters"]  # compute matched: the same depth
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["repro", "induction", "--budget", "huge"], "unknown budget 'huge'; budgets: smoke, quick, gpu, full"),
+    (["repro", "memory", "--plan"], "repro memory trains nothing, so it has no plan"),
+    (["repro", "arithmetic", "--budget", "smoke", "--device", "cuda"], "CUDA is not available"),
+])
+def test_bad_repro_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
+    import torch
+
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main([*argv, "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "w").exists()
+
+
+def test_induction_names_are_redrawn_on_every_pass(tmp_path):
+    """Two passes: every training story twice, with different names, never the same text twice."""
+    import json
+    import os
+    from pathlib import Path
+
+    data_dir = Path(os.environ.get("MTP_BENCH_TEST_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+    if not (data_dir / "tinystories").is_dir():
+        pytest.skip(f"benchmark data not found at {data_dir}")
+
+    plan = {**repro.PLANS["induction"]["smoke"], "data": {"max_train_stories": 30, "name_passes": 2}}
+    corpus, info = repro.prepare_data("induction", plan, tmp_path, str(data_dir / "tinystories" /
+                                                                       "TinyStories-train_first2MiB.txt"))
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    assert info["name_passes"] == 2 and len(texts) == 2 * info["n_train_stories"] == 60
+    first, second = texts[:30], texts[30:]
+    assert sum(a != b for a, b in zip(first, second)) >= 20  # the names changed (a story may have none)
+    plan["data"] = {"max_train_stories": 30, "name_passes": 5}
+    corpus, info = repro.prepare_data("induction", plan, tmp_path, str(data_dir / "tinystories" /
+                                                                       "TinyStories-train_first2MiB.txt"))
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    assert max(texts.count(t) for t in texts) <= 2  # a story without names is kept twice, not five times
+    assert len(texts) > 4 * 30

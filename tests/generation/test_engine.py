@@ -455,3 +455,195 @@ def test_bench_generate_quick_writes_consistent_json(tmp_path):
         assert len(r["times_s"]) == doc["repeats"]
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / statistics.median(r["times_s"]))
     assert doc["ratio_ours_over_hf"] == pytest.approx(doc["results"]["ours"]["tokens_per_s"] / doc["results"]["hf"]["tokens_per_s"])
+
+
+# --------------------------------------------------------------------------- issue 20: engine speed paths
+
+
+def _full_sort_sample(logits, temperature, top_p, gens):
+    """The sampler as it was before the CPU prefix sort: a full stable sort of every row."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep = (probs.cumsum(dim=-1) - probs) < top_p
+    probs = probs * keep
+    cum = probs.cumsum(dim=-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float32) for g in gens])
+    idx = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(-1), right=True).clamp_(max=cum.shape[-1] - 1)
+    return order.gather(-1, idx).squeeze(-1)
+
+
+@pytest.mark.parametrize("V", [7, 300, 4096, 32000])
+def test_cpu_nucleus_sort_picks_what_the_full_stable_sort_picks(V):
+    """Peaked, flat and tie-heavy rows (rounded logits), several top_p: the same token every time."""
+    torch.manual_seed(V)
+    for trial in range(24):
+        logits = torch.randn(6, V) * (0.5, 3.0, 12.0)[trial % 3]
+        if trial % 2:
+            logits = (logits * 2).round() / 2
+        T, top_p = (0.2, 0.8, 1.3)[trial % 3], (0.3, 0.9, 0.95, 0.999)[trial % 4]
+        gens = lambda t=trial: [torch.Generator().manual_seed(100 * t + i) for i in range(6)]
+        assert torch.equal(sample_next(logits, T, top_p, gens()), _full_sort_sample(logits, T, top_p, gens()))
+
+
+def test_cpu_nucleus_sort_is_the_stable_sort_prefix():
+    from mtp_bench.generation.engine import _stable_sort_desc
+
+    probs = torch.softmax((torch.randn(5, 1000) * 4).round(), dim=-1)
+    probs[0, :10] = 0.0  # zero-probability tokens order by index too
+    full_v, full_i = torch.sort(probs, dim=-1, descending=True, stable=True)
+    for top_p in (0.5, 0.95, 1.0):
+        v, i = _stable_sort_desc(probs, top_p)
+        K = v.shape[1]
+        assert torch.equal(v, full_v[:, :K]) and torch.equal(i, full_i[:, :K])
+        assert bool((((full_v.cumsum(-1) - full_v) < top_p).sum(-1) <= K).all())  # every nucleus fits
+
+
+def test_generation_compiles_no_python(tiny, monkeypatch):
+    """Issue 20: the evaluator's generation path compiled source text ~25 times a problem on a GPU
+    profile; decoding with stop sequences must compile nothing (extraction may parse once per
+    finished completion, never per step)."""
+    import builtins
+
+    calls = []
+    real_compile = builtins.compile
+    monkeypatch.setattr(builtins, "compile", lambda *a, **k: calls.append(1) or real_compile(*a, **k))
+    generate(tiny, ["def f():\n", "x = 1\n"], GenerationConfig(max_new_tokens=24, stop=("\ndef", "\n#"),
+                                                                temperature=0.7, top_p=0.9, batch_size=2))
+    assert calls == []
+
+
+def _reference_model(n_future=2, seed=0):
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=5, n_heads=4, n_kv_heads=2, multiple_of=16,
+                                   max_seq_len=64, n_future=n_future)).eval()
+
+
+@pytest.mark.parametrize("n_future", [1, 4])
+def test_unpadded_cache_fast_path_gives_the_masked_paths_logits(n_future):
+    """A cache that never stored padding attends without a mask (one query) or with one shared
+    causal mask (a verify block): the logits of the general masked path, step by step."""
+    model = _reference_model(n_future)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        outs = {}
+        for padded in (False, True):
+            cache = model.new_cache(2, 32)
+            cache.padded = padded  # True forces the per-row positions and (B, T, S) mask
+            steps = [model(ids[:, :6], cache=cache)]
+            assert cache.padded is padded  # no attention_mask given: nothing marks padding
+            steps.append(model(ids[:, 6:7], cache=cache))  # one query: no mask at all
+            steps.append(model(ids[:, 7:11], cache=cache, return_all_heads=True))  # a verify block
+            cache.truncate(9)
+            steps.append(model(ids[:, 9:10], cache=cache, return_all_heads=True))
+            outs[padded] = steps
+        for a, b in zip(outs[False], outs[True]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_prefill_marks_the_cache_and_an_unpadded_one_does_not():
+    model = _reference_model(1)
+    ids = torch.randint(0, 64, (2, 5))
+    with torch.inference_mode():
+        cache = model.new_cache(2, 16)
+        model(ids, cache=cache, attention_mask=torch.ones(2, 5, dtype=torch.long))
+        assert cache.padded is False
+        cache = model.new_cache(2, 16)
+        model(ids, cache=cache, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))
+        assert cache.padded is True
+
+
+def test_keep_rows_in_place_keeps_each_rows_cache():
+    """Dropping finished rows moves the kept rows' stored positions to the front of the buffers:
+    the kept rows then decode exactly as they would have in the full batch."""
+    model = _reference_model(4)
+    ids = torch.randint(0, 64, (3, 8), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        full = model.new_cache(3, 16)
+        model(ids, cache=full)
+        ref = model(torch.tensor([[5], [6], [7]]), cache=full, return_all_heads=True)
+        cut = model.new_cache(3, 16)
+        model(ids, cache=cut)
+        cut.keep_rows(torch.tensor([2, 0]))
+        got = model(torch.tensor([[7], [5]]), cache=cut, return_all_heads=True)
+    torch.testing.assert_close(got, ref[[2, 0]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bench_engine_reports_the_share_outside_the_forward(tmp_path):
+    """The bookkeeping of `bench engine`, not its speed: every case, the share is (wall - forward)
+    / wall of its repeats, and greedy emits one token a forward call per live row."""
+    import json
+    import statistics
+
+    from mtp_bench.cli import main
+
+    out = tmp_path / "engine.json"
+    assert main(["bench", "engine", "--device", "cpu", "--prompts", "3", "--max-new-tokens", "4", "--batch-size", "3",
+                 "--temperatures", "0.8", "--repeats", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [c["case"] for c in doc["cases"]] == ["greedy", "greedy, stops", "T=0.8 top_p=0.95",
+                                                  "T=0.8 top_p=0.95, stops"]
+    for c in doc["cases"]:
+        shares = [(r["wall_s"] - r["forward_s"]) / r["wall_s"] for r in c["repeats"]]
+        assert c["outside_share"] == pytest.approx(statistics.median(shares))
+        assert c["target_met"] == (c["outside_share"] <= 0.10)
+        assert 1 <= c["forward_calls"] <= 4  # a prefill and up to 3 decoding steps
+
+
+def test_bench_engine_refuses_cuda_without_cuda(capsys):
+    from mtp_bench.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["bench", "engine", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]
+
+
+# --------------------------------------------------------------------------- issue 20: the static (CUDA graph) step
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_static_decode_step_gives_the_cached_forwards_logits(n_kv_heads):
+    """Every shape fixed (index_copy_ at a tensor position, attention over the whole buffer behind a
+    mask): the logits of the normal cached forward, step after step, on a CPU (eagerly)."""
+    from mtp_bench.reference_model.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=5, n_heads=4, n_kv_heads=n_kv_heads,
+                                    multiple_of=16, max_seq_len=64, n_future=4)).eval()
+    ids = torch.randint(0, 64, (1, 14), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref_cache, st_cache = model.new_cache(1, 20), model.new_cache(1, 20)
+        model(ids[:, :6], cache=ref_cache)
+        model(ids[:, :6], cache=st_cache)
+        for t in range(6, 14):
+            ref = model(ids[:, t : t + 1], cache=ref_cache)[:, :, 0]  # (1, 1, V)
+            got = model.decode_step_static(ids[:, t : t + 1], torch.tensor([st_cache.length]), st_cache)
+            st_cache.length += 1
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_batch_1_static_decoding_generates_what_the_engine_generates(exported, monkeypatch, temperature):
+    """The engine and plain_decode at batch 1 through StaticDecoder (the CUDA graph's step, run eagerly
+    on a CPU) give the tokens of the normal path, greedy and sampled."""
+    import mtp_bench
+    from mtp_bench.generation import graphs
+    from mtp_bench.generation.speculative import plain_decode
+
+    model = mtp_bench.load(exported[0], device="cpu")
+    prompts = ["def add(a, b):\n", "x = [1, 2"]
+    cfg = GenerationConfig(max_new_tokens=12, temperature=temperature, top_p=0.9, batch_size=1)
+    plain = generate(model, prompts, cfg)
+    ids = [model.tokenizer.encode(p) for p in prompts]
+    plain_dec = [r.output_ids for r in plain_decode(model, [ids[0]], max_new_tokens=12)]
+    calls = []
+    real = graphs.StaticDecoder.__call__
+    monkeypatch.setattr(graphs, "applies", lambda m, b: b == 1)
+    monkeypatch.setattr(graphs.StaticDecoder, "__call__", lambda self, t: calls.append(t) or real(self, t))
+    static = generate(model, prompts, cfg)
+    assert [g.token_ids for g in static] == [g.token_ids for g in plain] and calls
+    assert [r.output_ids for r in plain_decode(model, [ids[0]], max_new_tokens=12)] == plain_dec

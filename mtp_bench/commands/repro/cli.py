@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from mtp_bench.api.errors import UserError
 from mtp_bench.commands.repro.findings import BUDGETS, FINDINGS
@@ -23,8 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("findings: " + ", ".join(FINDINGS) + "\nverdict rule (induction, arithmetic):\n  " + RULE_TEXT
                 + "\nverdict rule (speedup):\n  " + SPEEDUP_RULE_TEXT + "\nverdict rule (memory):\n  " + MEMORY_RULE_TEXT)
     p.add_argument("finding", help=" | ".join(FINDINGS))
-    p.add_argument("--budget", default="quick", choices=BUDGETS,
-                   help="smoke (< 3 min, pipeline only) | quick (30 min on 2 CPU cores, default) | full (GPU)")
+    p.add_argument("--budget", default="quick", metavar="BUDGET",
+                   help="smoke (< 3 min, pipeline only) | quick (30 min on 2 CPU cores, default) | gpu (8 min on "
+                        "one H200, --device cuda) | full (longer GPU runs)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the plan as JSON (per arm: parameters, tokens, epochs, estimated times) and exit")
     p.add_argument("--out", default=None, metavar="DIR", help="result dir (default results/repro/FINDING-BUDGET)")
     p.add_argument("--work-dir", default=None, help="checkpoints and caches (default ~/.cache/mtp-bench/repro/FINDING-BUDGET)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (training uses bf16 on CUDA)")
@@ -40,6 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.finding not in FINDINGS:
+        raise UserError(f"unknown finding {args.finding!r}; findings: {', '.join(FINDINGS)}")
+    if args.budget not in BUDGETS:
+        raise UserError(f"unknown budget {args.budget!r}; budgets: {', '.join(BUDGETS)}")
+    if args.plan:
+        from mtp_bench.commands.repro.plan import describe
+
+        print(json.dumps(describe(args.finding, args.budget, args.source or _default_source(args.data_dir)), indent=2))
+        return 0
+    if str(args.device).startswith("cuda"):
+        from mtp_bench.models.device import resolve_device
+
+        resolve_device(args.device)  # --device cuda without CUDA: one line, exit 2, before any data or training
     if args.threads is not None:
         import torch
 
@@ -52,3 +70,12 @@ def main(args: argparse.Namespace) -> int:
     if doc["to_conclude"]:
         print(f"to make it conclusive: {doc['to_conclude']}")
     return 0
+
+
+def _default_source(data_dir: str | None) -> str | None:
+    """The story file a run would read, for --plan's counts (None when there is none)."""
+    from mtp_bench.api.paths import resolve_data_dir
+    from mtp_bench.evals.induction import DEFAULT_FILE
+
+    ddir = resolve_data_dir(data_dir)
+    return str(Path(ddir) / DEFAULT_FILE[0] / DEFAULT_FILE[1]) if ddir else None

@@ -9,7 +9,22 @@ from typing import Any
 SCHEMA = "mtp-bench-repro/1"
 
 
-BUDGETS = ("smoke", "quick", "full")
+BUDGETS = ("smoke", "quick", "gpu", "full")
+
+# Training throughput the budgets are sized on (tokens/s of `reference_model.train`), measured:
+#   cpu   2 idle cores: 17k tokens/s for induction's quick arms (dim 128, 4 layers, 512-byte
+#         windows), 27k for arithmetic's (dim 96, 6 layers), ~12k for speedup's (dim 128, 6 layers)
+#   h200  one H200, bf16: 536k-890k tokens/s for dim 256, 6 layers, 512-byte windows, batch 32
+#         (issue 20: `repro induction --budget full --device cuda`, main at 27103a5); the low end
+#         is what the gpu budgets are sized on
+THROUGHPUT = {"cpu": {"induction": 17_000, "arithmetic": 27_000, "speedup": 12_000},
+              "h200": {"induction": 536_000, "arithmetic": 536_000, "speedup": 536_000}}
+# the parameter counts those figures were measured at (tokens/s is scaled by measured / planned
+# parameters for another size; never up for a smaller model on a GPU, which is launch bound there)
+THROUGHPUT_PARAMS = {"cpu": {"induction": 870_272, "arithmetic": 714_528, "speedup": 1_272_192},
+                     "h200": {"induction": 4_952_832, "arithmetic": 4_952_832, "speedup": 4_952_832}}
+GPU_MINUTES = 8  # a gpu budget trains and evaluates every arm and seed within this, on one H200
+MAX_EPOCHS = 2  # no arm of induction or arithmetic sees the same text (with the same names) more often
 
 
 VERDICTS = ("reproduced", "not_reproduced", "inconclusive")
@@ -77,11 +92,16 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                   "train": dict(_SMALL, dim=32, n_layers=3, n_heads=2, seq_len=64, batch_size=4, max_steps=4,
                                 lr=3e-3, warmup_steps=1, eval_batches=1, ckpt_interval=2),
                   "eval": {"n_stories": 20}, "eval_random": {"n_seqs": 8, "half_len": 16}},
-        "quick": {"seeds": (0, 1), "data": {"max_train_stories": 0},
-                  "train": dict(_SMALL, dim=128, n_layers=4, n_heads=4, multiple_of=32, seq_len=512, batch_size=16,
+        "quick": {"seeds": (0, 1), "data": {"max_train_stories": 0, "name_passes": 2},
+                  "train": dict(_SMALL, dim=128, n_layers=4, n_heads=4, multiple_of=32, seq_len=256, batch_size=32,
                                 max_steps=500, lr=2e-3, warmup_steps=50, eval_batches=4, ckpt_interval=100),
                   "eval": {"n_stories": 500}, "eval_random": {"n_seqs": 64, "half_len": 64}},
-        "full": {"seeds": (0, 1, 2), "data": {"max_train_stories": 0},
+        # gpu: 4 runs x 2400 steps x 16,384 tokens = 157M tokens, 4.9 min at 536k tokens/s + evaluation
+        "gpu": {"seeds": (0, 1), "data": {"max_train_stories": 0, "name_passes": 11},
+                "train": dict(_SMALL, dim=256, n_layers=6, n_heads=8, multiple_of=64, seq_len=512, batch_size=32,
+                              max_steps=2400, lr=1e-3, warmup_steps=200, eval_batches=8, ckpt_interval=500),
+                "eval": {"n_stories": 2000}, "eval_random": {"n_seqs": 256, "half_len": 128}},
+        "full": {"seeds": (0, 1, 2), "data": {"max_train_stories": 0, "name_passes": 19},
                  "train": dict(_SMALL, dim=256, n_layers=6, n_heads=8, multiple_of=64, seq_len=512, batch_size=32,
                                max_steps=4000, lr=1e-3, warmup_steps=200, eval_batches=8, ckpt_interval=500),
                  "eval": {"n_stories": 2000}, "eval_random": {"n_seqs": 256, "half_len": 128}},
@@ -95,7 +115,14 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                   "train": dict(_SMALL, dim=96, n_layers=6, n_heads=4, multiple_of=32, seq_len=256, batch_size=16,
                                 max_steps=800, lr=2e-3, warmup_steps=50, eval_batches=4, ckpt_interval=100),
                   "eval": {"n_per_m": 200, "batch_size": 100}},
-        "full": {"seeds": (0, 1, 2), "data": {"n_train_per_m": 100_000},
+        # gpu: 6 runs x 1800 steps x 16,384 tokens = 177M tokens, 5.5 min at 536k tokens/s + evaluation;
+        # 45,000 problems per m (15.8M tokens, ~45 s to generate on a CPU) keep every arm under 2 epochs
+        "gpu": {"seeds": (0, 1), "data": {"n_train_per_m": 45_000},
+                "train": dict(_SMALL, dim=256, n_layers=6, n_heads=8, multiple_of=64, seq_len=256, batch_size=64,
+                              max_steps=1800, lr=1e-3, warmup_steps=200, eval_batches=8, ckpt_interval=500),
+                "eval": {"n_per_m": 1000, "batch_size": 256}},
+        # full: 328M tokens an arm; 480,000 problems per m (168M tokens, ~8 min to generate on a CPU): < 2 epochs
+        "full": {"seeds": (0, 1, 2), "data": {"n_train_per_m": 480_000},
                  "train": dict(_SMALL, dim=384, n_layers=8, n_heads=6, multiple_of=64, seq_len=256, batch_size=64,
                                max_steps=20_000, lr=1e-3, warmup_steps=500, eval_batches=8, ckpt_interval=1000),
                  "eval": {"n_per_m": 2000, "batch_size": 256}},
@@ -114,6 +141,12 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                   "train": dict(_SMALL, dim=128, n_layers=6, n_heads=4, multiple_of=32, seq_len=512, batch_size=16,
                                 max_steps=1000, lr=2e-3, warmup_steps=50, eval_batches=4, ckpt_interval=100),
                   "eval": dict(_SPECDEC, n_prompts=100, max_new_tokens=128)},
+        # gpu: 2 runs x 1500 steps x 16,384 tokens = 49M tokens, 1.6 min at 536k tokens/s + specdec (batch 1,
+        # launch bound: the longest part); 15 epochs of the 2 MiB sample (pass --source with more stories)
+        "gpu": {"seeds": (0, 1), "ks": (1, 2, 3, 4), "data": {"max_train_stories": 0},
+                "train": dict(_SMALL, dim=256, n_layers=8, n_heads=8, multiple_of=64, seq_len=512, batch_size=32,
+                              max_steps=1500, lr=1e-3, warmup_steps=100, eval_batches=8, ckpt_interval=250),
+                "eval": dict(_SPECDEC, n_prompts=100, max_new_tokens=128)},
         "full": {"seeds": (0, 1, 2), "ks": (1, 2, 3, 4), "data": {"max_train_stories": 0},
                  "train": dict(_SMALL, dim=256, n_layers=8, n_heads=8, multiple_of=64, seq_len=512, batch_size=32,
                                max_steps=1500, lr=1e-3, warmup_steps=100, eval_batches=8, ckpt_interval=250),
@@ -129,6 +162,10 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"repeats": 5, "timeout_s": 900,
                   "size": dict(dim=128, n_layers=4, n_heads=4, vocab_size=32000, seq_len=256, batch_size=4,
                                warmup=1, steps=3, threads=1)},
+        # gpu: issue 20's measured size (0.95B parameters; n=4 sequential / n=1 memory 0.88x on an H200)
+        "gpu": {"repeats": 2, "timeout_s": 480,
+                "size": dict(dim=2048, n_layers=16, n_heads=16, vocab_size=32000, seq_len=2048, batch_size=8,
+                             warmup=1, steps=3, threads=0)},
         "full": {"repeats": 3, "timeout_s": 1800,
                  "size": dict(dim=512, n_layers=8, n_heads=8, vocab_size=32000, seq_len=2048, batch_size=8,
                               warmup=2, steps=5, threads=0)},

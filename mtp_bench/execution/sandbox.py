@@ -119,6 +119,81 @@ def _drop_capabilities() -> None:
     _check(int(_libc.syscall(ctypes.c_long(SYS_CAPSET), header, data)), "capset")
 
 
+# -----------------------------------------------------------------------------
+# seccomp: the system calls a test program never needs, denied with EPERM (a classic BPF filter)
+#
+# Nothing a program does may outlive it or reach outside its sandbox. The kernel keyring would (a key
+# in the uid's user keyring survives the program, even the harness: state between samples, issue 21);
+# so would ptrace, bpf and perf_event_open (other processes, the kernel), mounts and new namespaces
+# (a user namespace gives back the privileges that hide the answer key), kernel modules, kexec,
+# handles to host files by number, io_uring (system calls the filter cannot see). clone3 answers
+# ENOSYS, so the C library falls back to clone, whose flags the filter can read: a clone into a new
+# namespace is denied, a plain fork or thread is not.
+
+SECCOMP_MODE_FILTER, PR_SET_SECCOMP = 2, 22
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_DENIED = {  # name -> (x86_64, aarch64)
+    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "kcmp": (312, 272),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
+    "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442),
+    "unshare": (272, 97), "setns": (308, 268),
+    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "reboot": (169, 142),
+    "swapon": (167, 224), "swapoff": (168, 225), "acct": (163, 89), "quotactl": (179, 60), "syslog": (103, 116),
+    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "adjtimex": (159, 171), "vhangup": (153, 58),
+}
+_CLONE3 = 435  # both
+_NEW_NAMESPACES = 0x7E020080  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME (in clone's flags)
+
+
+def seccomp_filter(machine: str) -> bytes | None:
+    """The filter program (struct sock_filter[]), or None where the system call numbers are unknown.
+
+    A call from another architecture's table (x86_64's x32 ABI, 32-bit compat) kills the process: the
+    numbers below would mean other calls there."""
+    if machine not in _AUDIT_ARCH:
+        return None
+    col = 0 if machine == "x86_64" else 1
+    ld, jeq, jset, ret, jge = 0x20, 0x15, 0x45, 0x06, 0x35  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JSET|K, RET|K, JGE
+    ins = lambda code, jt, jf, k: struct.pack("HBBI", code, jt, jf, k)  # noqa: E731
+    eperm = SECCOMP_RET_ERRNO | 1
+    prog = [ins(ld, 0, 0, 4), ins(jeq, 1, 0, _AUDIT_ARCH[machine]), ins(ret, 0, 0, SECCOMP_RET_KILL_PROCESS),
+            ins(ld, 0, 0, 0)]  # seccomp_data.arch, then .nr
+    if machine == "x86_64":
+        prog += [ins(jge, 0, 1, 0x40000000), ins(ret, 0, 0, SECCOMP_RET_KILL_PROCESS)]  # x32 numbers
+    numbers = sorted({v[col] for v in _DENIED.values()})
+    for nr in numbers:
+        prog += [ins(jeq, 0, 1, nr), ins(ret, 0, 0, eperm)]
+    prog += [ins(jeq, 0, 1, _CLONE3), ins(ret, 0, 0, SECCOMP_RET_ERRNO | 38)]  # ENOSYS: use clone
+    clone_nr = SYS_CLONE if SYS_CLONE is not None else -1
+    prog += [ins(jeq, 0, 4, clone_nr), ins(ld, 0, 0, 16),  # args[0], its low 32 bits (little-endian)
+             ins(jset, 0, 1, _NEW_NAMESPACES), ins(ret, 0, 0, eperm), ins(ret, 0, 0, SECCOMP_RET_ALLOW),
+             ins(ret, 0, 0, SECCOMP_RET_ALLOW)]
+    return b"".join(prog)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_FILTER = seccomp_filter(os.uname().machine)
+_FILTER_BUF = ctypes.create_string_buffer(_FILTER, len(_FILTER)) if _FILTER else None
+_FPROG = _SockFprog(len(_FILTER) // 8, ctypes.cast(_FILTER_BUF, ctypes.c_void_p)) if _FILTER else None
+
+
+def _install_seccomp() -> None:
+    """Install the filter on this process (inherited by every child; needs no_new_privs first)."""
+    if _FPROG is None:
+        raise OSError(0, f"no seccomp filter for {os.uname().machine}")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_FPROG), 0, 0), "prctl(SECCOMP)")
+
+
 def _write_file(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -138,6 +213,7 @@ FEATURES = (
     "private_proc",  # /proc of the sandbox's own pid namespace: no view of host processes
     "unprivileged_uid",  # a uid/gid of its own, no supplementary groups (harness is root)
     "no_capabilities",  # empty capability sets + no_new_privs
+    "seccomp",  # a filter denying the system calls a test program never needs (keyring, ptrace, bpf, mounts, ...)
 )
 _NS_FLAGS = {"user_namespace": CLONE_NEWUSER, "mount_namespace": CLONE_NEWNS, "network_namespace": CLONE_NEWNET,
              "pid_namespace": CLONE_NEWPID, "ipc_namespace": CLONE_NEWIPC, "uts_namespace": CLONE_NEWUTS}
@@ -252,6 +328,8 @@ def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> 
     if features.get("no_capabilities"):
         _drop_capabilities()
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    if features.get("seccomp"):  # last of the kernel-facing steps: prctl(PDEATHSIG) and setrlimit stay allowed
+        _install_seccomp()
     # 2b) die with the supervisor (set after the uid change, which would clear it)
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
     # 2c) resource limits (lowering is always allowed)
@@ -947,6 +1025,14 @@ def probe() -> dict[str, bool]:
                     found["no_capabilities"] = True
                 except OSError:
                     pass
+                if found["no_capabilities"]:  # verify: a denied call must now fail with EPERM
+                    try:
+                        _install_seccomp()
+                        nr = _DENIED["keyctl"][0 if os.uname().machine == "x86_64" else 1]
+                        found["seccomp"] = (_libc.syscall(ctypes.c_long(nr), 0, 0, 0, 0, 0) == -1
+                                            and ctypes.get_errno() == 1)
+                    except OSError:
+                        pass
                 found["readonly_root"] &= found["private_tmp"]  # else there would be no writable place
                 os.write(w, json.dumps(found).encode())
                 os._exit(0)

@@ -60,3 +60,51 @@ def test_deque_maxlen_beyond_the_largest_int_is_a_wire_error(tmp_path):
                                      {"task_id": t, "completion": PROBLEMS[t]["canonical_solution"]}])
     assert [r["passed"] for r in scored] == [False, True]
     assert "malformed message" in scored[0]["result"] and "OverflowError" not in scored[0]["result"], scored[0]
+
+
+# -----------------------------------------------------------------------------
+# 2. nothing a program does survives it: the kernel keyring (and the other calls a test never needs)
+
+# Learns HumanEval/0's expected answers across samples: every call's arguments go into a key of the
+# slot uid's user keyring before it answers; the next sample flips the answer of the call it died
+# after (the judge stops at the first failing assert). It computes nothing.
+KEYRING_LEARNER = '''    import ctypes, json, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    nr = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[os.uname().machine]
+    add_key, _, keyctl = nr
+    def load():
+        kid = libc.syscall(keyctl, 10, -4, b"user", b"mtp-learner", 0)  # KEYCTL_SEARCH the user keyring
+        if kid < 0:
+            return {"answers": {}, "pending": None}
+        buf = ctypes.create_string_buffer(65536)
+        n = libc.syscall(keyctl, 11, kid, buf, 65536)  # KEYCTL_READ
+        return json.loads(buf.raw[:n]) if n > 0 else {"answers": {}, "pending": None}
+    def save(state):
+        data = json.dumps(state).encode()
+        libc.syscall(add_key, b"user", b"mtp-learner", data, len(data), -4)  # KEY_SPEC_USER_KEYRING
+    first = "_state" not in globals()
+    state = globals().setdefault("_state", load())
+    if first and state["pending"] is not None:  # the last call of the previous sample was answered wrongly
+        state["answers"][state["pending"]] = not state["answers"].get(state["pending"], True)
+        state["pending"] = None
+        save(state)
+    key = json.dumps([numbers, threshold])
+    state["pending"] = key
+    save(state)
+    return state["answers"].get(key, True)
+'''
+
+
+def _sandbox_key_users() -> list[str]:
+    """Lines of /proc/key-users for the sandbox's uids (2,000,000 and up): users holding keys."""
+    lines = Path("/proc/key-users").read_text().splitlines()
+    return [line for line in lines if int(line.split(":")[0]) >= 2_000_000]
+
+
+def test_keyring_learner_passes_no_sample_and_leaves_no_key(tmp_path):
+    before = _sandbox_key_users()
+    scored = exec_samples(tmp_path, [{"task_id": "HumanEval/0", "completion": KEYRING_LEARNER}] * 16,
+                          "--workers", "1")
+    assert sum(r["passed"] for r in scored) == 0, [r["result"] for r in scored]
+    assert _sandbox_key_users() == before  # no key left in the host kernel

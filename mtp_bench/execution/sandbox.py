@@ -213,6 +213,7 @@ FEATURES = (
     "private_proc",  # /proc of the sandbox's own pid namespace: no view of host processes
     "unprivileged_uid",  # a uid/gid of its own, no supplementary groups (harness is root)
     "no_capabilities",  # empty capability sets + no_new_privs
+    "allowlisted_root",  # an empty root with only Python, its import path, system libraries, /dev's basics
     "seccomp",  # a filter denying the system calls a test program never needs (keyring, ptrace, bpf, mounts, ...)
 )
 _NS_FLAGS = {"user_namespace": CLONE_NEWUSER, "mount_namespace": CLONE_NEWNS, "network_namespace": CLONE_NEWNET,
@@ -256,6 +257,100 @@ def _expose_python(exposures: dict[str, list[str]]) -> None:
             os.close(fd)
 
 
+# -----------------------------------------------------------------------------
+# the allowlisted root: a program sees only what it needs to run Python, nothing else of the host
+#
+# Hiding what the harness knows of (`hidden_paths`) cannot cover a copy of the benchmark data it does
+# not know of (a checkout beside ../shared/data, a download in a home directory). So the worker builds
+# an empty root once (a tmpfs), binds into it, read-only and at their own paths, the Python
+# installation and its import path, the system libraries, a few files of /etc the C library reads and
+# the basic devices, and pivots into it: every other path of the host is absent for its programs.
+
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+                "/etc/hosts", "/etc/alternatives")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
+MNT_DETACH = 2
+_TMP_BINDS: list[str] = []  # allowlisted paths under /tmp (a venv there): bound again over each private /tmp
+
+
+def python_roots() -> list[str]:
+    """The Python installation (prefixes, a venv's and its base's) and the import path entries inside them."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots = set(prefixes)
+    for p in sys.path:  # an entry outside every prefix (an editable checkout) is not the installation's
+        real = os.path.realpath(p) if p else ""
+        if real and os.path.isdir(real) and any(real == q or real.startswith(q + "/") for q in prefixes):
+            roots.add(real)
+    return sorted(roots)
+
+
+def allowlist() -> list[str]:
+    """Every path the program's root holds (outermost only), besides /dev's devices, /proc and /tmp."""
+    paths = {p for p in SYSTEM_PATHS if os.path.lexists(p)} | set(python_roots())
+    return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths if not os.path.islink(q)))
+
+
+def _allowlisted_root(paths: list[str]) -> None:
+    """Build the empty root, bind `paths` and the devices in, pivot into it (in the worker, once).
+
+    Every source is opened (O_PATH) before anything is mounted, and bound from that handle: so the
+    staging point may cover an allowlisted path (a venv under /tmp) without hiding it from the new
+    root, and nothing allowlisted is ever looked up through the staging tree itself."""
+    global _TMP_BINDS
+    if SYS_PIVOT_ROOT is None:
+        raise OSError(0, f"pivot_root syscall number unknown on {os.uname().machine}")
+    # 1) handles on the originals (a symlink, /bin -> usr/bin, is recreated as a symlink)
+    items = [(p, None, os.readlink(p)) if os.path.islink(p) else (p, os.open(p, os.O_PATH), None) for p in paths]
+    items += [(f"/dev/{d}", os.open(f"/dev/{d}", os.O_PATH), None) for d in DEVICES if os.path.exists(f"/dev/{d}")]
+    # 2) the new root: a fresh tmpfs on a staging point (/tmp: this mount namespace's own, covered here only)
+    stage = "/tmp"
+    _mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    try:
+        for d in ("dev", "proc", "tmp"):
+            os.mkdir(f"{stage}/{d}", 0o755)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, f"{stage}/dev/{name}")
+        for path, fd, link in items:
+            target = stage + path
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            if link is not None:
+                os.symlink(link, target)
+                continue
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(target, mode=0o755, exist_ok=True)
+            else:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+            _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+    finally:
+        for _, fd, _ in items:
+            if fd is not None:
+                os.close(fd)
+    # 3) pivot: the staging tmpfs becomes "/", the old root is detached (nothing of it stays reachable)
+    os.chdir(stage)
+    _check(int(_libc.syscall(ctypes.c_long(SYS_PIVOT_ROOT), b".", b".")), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    _TMP_BINDS = [p for p in paths if p.startswith("/tmp/") and not os.path.islink(p)]
+
+
+def _private_tmp(options: str) -> None:
+    """A fresh tmpfs on /tmp, with the allowlisted paths that live under /tmp (a venv there) bound
+    again over it: opened before it covers them, in this process's own mount namespace (a bind from
+    a handle of another namespace, the worker's, is refused)."""
+    fds = [os.open(p, os.O_PATH) for p in _TMP_BINDS]
+    try:
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for path, fd in zip(_TMP_BINDS, fds):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 # Namespaces a program can leave nothing behind in are made once per worker (the costly network
 # namespace above all); the rest once per program. An empty network namespace keeps no state once its
 # processes are dead (sockets die with them, and without CAP_NET_ADMIN nothing else can be created);
@@ -277,7 +372,9 @@ def prepare_worker(features: dict[str, bool]) -> None:
         _write_id_maps(uid, gid)
     if features.get("mount_namespace"):
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
-        if features.get("unprivileged_uid"):
+        if features.get("allowlisted_root"):
+            _allowlisted_root(allowlist())
+        elif features.get("unprivileged_uid"):
             _expose_python(python_exposures())
         if features.get("readonly_root"):
             _readonly_everything()
@@ -307,8 +404,7 @@ def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> 
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if features.get("private_tmp"):
         owner = f",uid={uid},gid={uid}" if features.get("unprivileged_uid") else ""
-        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-               f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
+        _private_tmp(f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
     # 1b) benchmark data (tests, references, expected outputs) out of sight: a folder under an empty
     # read-only tmpfs, a file under /dev/null; what this view does not show (under the host's /tmp,
     # a hidden home) is out of sight already
@@ -988,7 +1084,15 @@ def probe() -> dict[str, bool]:
             child = os.fork()  # lands in the new pid namespace, if any
             if child == 0:
                 exposed = True
-                if found["mount_namespace"] and root:
+                if found["mount_namespace"] and found["pid_namespace"]:
+                    try:  # verify: "/" holds only the allowlist's top-level names, and Python is there
+                        paths = allowlist()
+                        _allowlisted_root(paths)
+                        expected = {p.split("/")[1] for p in paths} | {"dev", "proc", "tmp"}
+                        found["allowlisted_root"] = set(os.listdir("/")) <= expected and os.path.exists(sys.executable)
+                    except OSError:
+                        pass
+                if found["mount_namespace"] and root and not found["allowlisted_root"]:
                     try:
                         _expose_python(python_exposures())
                     except OSError:
@@ -1034,6 +1138,7 @@ def probe() -> dict[str, bool]:
                     except OSError:
                         pass
                 found["readonly_root"] &= found["private_tmp"]  # else there would be no writable place
+                found["allowlisted_root"] &= found["private_tmp"] and found["private_proc"]
                 os.write(w, json.dumps(found).encode())
                 os._exit(0)
             os.waitpid(child, 0)

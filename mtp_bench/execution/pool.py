@@ -293,8 +293,8 @@ def _job(program: str | Program) -> dict:
     if isinstance(program, Program):
         if program.single_process:
             return {"program": program.source}
-        return {"candidate": program.candidate, "tests": program.judge_tests, "names": list(program.names),
-                "modules": list(program.modules)}
+        return {"candidate": program.candidate_source, "tests": program.judge_tests, "names": list(program.names),
+                "modules": list(program.modules), "refs": list(program.refs)}
     if isinstance(program, str):
         return {"program": program}
     raise ConfigError(f"a program must be a str or a Program, got {type(program).__name__}")

@@ -592,10 +592,14 @@ def _candidate(program: str):
         if first[0] != "ready":
             return
         while (msg := _recv_msg(req)) is not None:
-            _, name, args, kwargs = msg
+            _, name, args, kwargs, refs = msg
             try:
                 if name not in ns:
                     raise NameError(f"name {name!r} is not defined")
+                if refs:  # arguments the tests' setup built here, passed by name (judge.py, MBPP 367)
+                    args = list(args)
+                    for i, ref in refs:
+                        args[i] = ns[ref]
                 value = ns[name](*args, **kwargs)
                 try:
                     reply = ("value", value)
@@ -641,12 +645,26 @@ def _raise_from_candidate(reply) -> None:
     raise _Abort(f"program raised {str(names[0]) if names else 'an exception'}: {text}"[:300])
 
 
-def _judge_one(tests: str, names: list[str], modules: list[str], token: bytes, req: int, rep: int) -> bytes:
+class _Ref:
+    """In the judge: a value the tests' setup built in the candidate (an object of the program's class),
+    known by its name there; a call that takes it as an argument passes the name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _judge_one(tests: str, names: list[str], modules: list[str], refs: list[str], token: bytes, req: int,
+               rep: int) -> bytes:
     """Run one program's tests, each call to a program function a request to its candidate process C
     (on `req`, answered on `rep`). Returns the verdict: b"P" + token only if the tests ran to completion."""
     def call(name: str, args: tuple, kwargs: dict):
+        refs = [(i, a.name) for i, a in enumerate(args) if type(a) is _Ref]
+        if refs:
+            args = tuple(None if type(a) is _Ref else a for a in args)
         try:
-            _send_msg(req, ("call", name, args, kwargs))
+            _send_msg(req, ("call", name, args, kwargs, refs))
         except wire.WireError as e:
             raise _Abort(f"the tests passed {name}() a value that is not plain data: {e}") from None
         except OSError:
@@ -672,6 +690,8 @@ def _judge_one(tests: str, names: list[str], modules: list[str], token: bytes, r
             ns[m] = __import__(m)
         for name in names:
             ns[name] = proxy_for(name)
+        for name in refs:
+            ns[name] = _Ref(name)
         _answer(None, _recv_msg(rep))  # the program loaded (or why not)
         exec(compile(tests, "<tests>", "exec"), ns)
         if _Abort.raised:  # swallowed by the tests: still a failure
@@ -713,10 +733,10 @@ def _judge_server():
             raw = frame(_LEN.unpack(size)[0]) if size is not None else None
             if raw is None:
                 return
-            names, modules, token = wire.decode(body)  # from the trusted worker
+            names, modules, refs, token = wire.decode(body)  # from the trusted worker
             tests = raw.decode("utf-8")
             try:
-                status = _judge_one(tests, names, modules, token, fds[0], fds[1])
+                status = _judge_one(tests, names, modules, refs, token, fds[0], fds[1])
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -792,7 +812,7 @@ class _JudgeProc:
         self.sock.setblocking(False)
 
     def send(self, job: tuple, tests: bytearray, fds: list[int]) -> None:
-        """job = (names, modules, token) as plain data, then the tests as raw UTF-8 (never decoded here)."""
+        """job = (names, modules, refs, token) as plain data, then the tests as raw UTF-8 (never decoded here)."""
         import socket
 
         body = wire.encode(job)
@@ -885,7 +905,7 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
             for attempt in (0, 1):  # a judge that died since the last job is replaced once
                 try:
                     judge.ensure(features, config, judge_uid, cgroup_fds)
-                    judge.send((job["names"], job["modules"], token), tests, [req_w, rep_r])
+                    judge.send((job["names"], job["modules"], job.get("refs", []), token), tests, [req_w, rep_r])
                     break
                 except OSError:
                     judge.kill(features)

@@ -323,3 +323,29 @@ def test_stale_slot_cgroups_of_a_dead_harness_are_removed_on_start(tmp_path):
         for d in stale + live:
             if os.path.exists(d):
                 os.rmdir(d)
+
+
+# -----------------------------------------------------------------------------
+# 5. MBPP 367 (tests that build the solution's Node objects) judged apart: setup in the candidate,
+# asserts in the judge, only plain results cross
+
+
+def test_mbpp_367_is_judged_apart_and_an_always_equal_answer_fails(tmp_path):
+    import os
+
+    from mtp_bench.evals import mbpp
+
+    # the benchmark data beside the checkout, or where $MTP_BENCH_TEST_DATA says
+    data = Path(os.environ.get("MTP_BENCH_TEST_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+    if not (data / "mbpp").is_dir():
+        pytest.skip(f"no MBPP data at {data}")
+    p = mbpp.load_problems(data)["367"]
+    always_equal = p["code"].replace("def is_tree_balanced(root): ", "def _real(root): ") + (
+        "\nclass _Yes:\n    def __eq__(self, other):\n        return True\n"
+        "def is_tree_balanced(root):\n    return _Yes()\n")
+    rows = [{"task_id": "367", "completion": p["code"]}, {"task_id": "367", "completion": always_equal},
+            {"task_id": "367", "completion": p["code"].replace("return True", "return False", 1)}]
+    scored = exec_samples(tmp_path, rows, "--data-dir", str(data), dataset="mbpp")
+    assert [r["isolation"] for r in scored] == ["judge"] * 3
+    assert [r["passed"] for r in scored] == [True, False, False], [r["result"] for r in scored]
+    assert "not plain data" in scored[1]["result"]

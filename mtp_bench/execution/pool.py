@@ -15,12 +15,16 @@ What it protects against, where `isolation_report()` says the feature is in forc
 verdicts (the tests and the verdict live in a judge process the candidate cannot reach; only
 plain data crosses), runaway programs (wall clock, CPU, memory, file size, process and file
 limits), neighbours (per-slot cgroups), leftovers (a pid namespace per program), the network
-(none), the filesystem (read-only, a private /tmp), the answer key (the benchmark data and
-caches the harness knows of are covered: `hidden_paths()`), other processes and the
-environment. What it does not: single-process programs' self-inspection, benchmark data the
-harness does not know of, a candidate that spins until the deadline, semantics that differ from
-one interpreter (arguments are copies), kernel exploits and side channels, world-readable host
-files; without root, user namespaces or cgroups the matching protections are off. The details,
+(none), the filesystem (an allowlisted root: only the Python installation, system libraries and
+basic devices, read-only, and a private /tmp), the answer key (absent outside the installation;
+inside it, what the harness knows of is covered: `hidden_paths()`), state between programs and
+the kernel (a seccomp filter: no keyring, ptrace, bpf, mounts, new namespaces), out-of-memory
+kills (programs go first, the harness last; workers fit the memory available), other processes
+and the environment. What it does not: single-process programs' self-inspection, benchmark data
+inside the Python installation the harness does not know of, a candidate that spins until the
+deadline, semantics that differ from one interpreter (arguments are copies), kernel exploits and
+side channels, world-readable files of the allowlisted paths; without root, user namespaces or
+cgroups the matching protections are off. The details,
 each with its test: docs/sandbox.md. Linux only (pidfd: 5.3+, read-only remount: 5.12+); the steps
 of a run are in sandbox.py.
 """

@@ -426,8 +426,15 @@ def test_plan_names_modules_and_shadowed_builtins():
     assert program.names == ("area", "check", "sum") and program.modules == ("math",)
     # without a reference defining it, `sum` stays the judge's own builtin: a program cannot redefine it
     assert split_program("", "assert sum([1, 2]) == 3 and f(1)\n").names == ("f",)
+    # objects of the solution's class built by setup code before the asserts: the setup runs in the
+    # candidate, `n` crosses by name (MBPP 367); built inside an assert, they cannot cross
     cls = split_program("", "n = Node(1)\nassert depth(n) == 1\n", reference="class Node:\n    pass\n")
-    assert "class" in cls.single_process
+    assert cls.single_process is None and (cls.names, cls.refs) == (("depth",), ("n",))
+    assert cls.candidate_source.endswith("n = Node(1)\n") and cls.judge_tests == "assert depth(n) == 1\n"
+    inline = split_program("", "assert depth(Node(1)) == 1\n", reference="class Node:\n    pass\n")
+    assert "class" in inline.single_process
+    used = split_program("", "n = Node(1)\nassert n.value == 1\n", reference="class Node:\n    pass\n")
+    assert used.single_process is not None  # `n` read in the judge: it cannot be
 
 
 # -----------------------------------------------------------------------------

@@ -349,3 +349,17 @@ def test_mbpp_367_is_judged_apart_and_an_always_equal_answer_fails(tmp_path):
     assert [r["isolation"] for r in scored] == ["judge"] * 3
     assert [r["passed"] for r in scored] == [True, False, False], [r["result"] for r in scored]
     assert "not plain data" in scored[1]["result"]
+
+
+# -----------------------------------------------------------------------------
+# 6. throughput: `mtp-bench exec` starts without torch (seconds of a whole-process run)
+
+
+def test_exec_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mtp_bench.commands import exec as e\n"
+            "e.dataset_module('humaneval'); e.dataset_module('mbpp')\nprint('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr

@@ -655,6 +655,18 @@ class _Ref:
         self.name = name
 
 
+_COMPILED_TESTS: dict[str, object] = {}  # the judge's: tests text -> code (a task's n samples compile it once)
+
+
+def _compiled_tests(tests: str):
+    code = _COMPILED_TESTS.get(tests)
+    if code is None:
+        if len(_COMPILED_TESTS) >= 512:
+            _COMPILED_TESTS.clear()
+        code = _COMPILED_TESTS[tests] = compile(tests, "<tests>", "exec")
+    return code
+
+
 def _judge_one(tests: str, names: list[str], modules: list[str], refs: list[str], token: bytes, req: int,
                rep: int) -> bytes:
     """Run one program's tests, each call to a program function a request to its candidate process C
@@ -693,7 +705,7 @@ def _judge_one(tests: str, names: list[str], modules: list[str], refs: list[str]
         for name in refs:
             ns[name] = _Ref(name)
         _answer(None, _recv_msg(rep))  # the program loaded (or why not)
-        exec(compile(tests, "<tests>", "exec"), ns)
+        exec(_compiled_tests(tests), ns)
         if _Abort.raised:  # swallowed by the tests: still a failure
             raise _Abort(_Abort.raised[0])
         status = b"P" + token  # 4) the tests ran to completion, in this process

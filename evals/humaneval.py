@@ -102,7 +102,8 @@ def build_split(problem: dict, completion: str):
     """The same program split for the sandbox's judge: the candidate (prompt + completion) and the
     tests (test + check(entry_point)) run in separate processes (`mtp_bench.execution.judge`)."""
     return split_program(problem["prompt"] + completion, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
-                         reference=problem["prompt"] + problem["canonical_solution"])
+                         reference=problem["prompt"] + problem["canonical_solution"], trusted=problem["prompt"],
+                         entry_point=problem["entry_point"])  # the prompt's helpers (poly, encode_cyclic) are the judge's
 
 
 def build_chat_prompt(model, problem: dict) -> str:
@@ -115,7 +116,8 @@ def build_chat_program(problem: dict, code: str):
     the judge like `build_split` (the candidate process holds the solution, the judge the tests)."""
     solution = chat_solution(problem["prompt"], code, problem["entry_point"])
     return split_program(solution, problem["test"] + "\n" + f"check({problem['entry_point']})\n",
-                         reference=problem["prompt"] + problem["canonical_solution"])
+                         reference=problem["prompt"] + problem["canonical_solution"], trusted=problem["prompt"],
+                         entry_point=problem["entry_point"])
 
 
 

@@ -150,13 +150,55 @@ def score_file(samples: Path, dataset: str, out: Path | None = None, ks: tuple[i
     "single-process") added. Returns (pass@k, records)."""
     # 1) inputs: samples and the programs built from their problems
     records, programs = prepared if prepared is not None else build_programs(samples, dataset, data_dir)
-    # 2) run them; 3) write every record back with passed/result; 4) pass@k
-    results = run_programs(programs, config=config, workers=workers, progress=progress)
-    scored = [{**rec, "passed": res.passed, "result": res.result, "isolation": res.isolation}
-              for rec, res in zip(records, results)]
     out = out if out is not None else Path(str(samples) + "_results.jsonl")
+    # 2) run those without a verdict in OUT.partial yet, each verdict appended there as it is decided
+    partial = Path(str(out) + ".partial")
+    keys = [sample_key(dataset, config, rec) for rec in records]
+    verdicts = read_partial(partial, keys)
+    todo = [i for i in range(len(records)) if i not in verdicts]
+    with open(partial, "a", encoding="utf-8") as fh:
+        def on_result(j: int, res) -> None:
+            i = todo[j]
+            verdicts[i] = {"passed": res.passed, "result": res.result, "isolation": res.isolation}
+            fh.write(json.dumps({"i": i, "key": keys[i], **verdicts[i]}) + "\n")
+            fh.flush()  # in the kernel's hands: it survives this process being killed
+
+        resumed = len(records) - len(todo)
+        run_programs([programs[i] for i in todo], config=config, workers=workers, on_result=on_result,
+                     progress=None if progress is None else lambda done, total: progress(resumed + done, len(records)))
+    # 3) write every record back with passed/result; 4) pass@k
+    scored = [{**rec, **verdicts[i]} for i, rec in enumerate(records)]
     write_jsonl_atomic(out, scored)
-    return score_samples(records, [r.passed for r in results], ks), scored
+    partial.unlink()
+    return score_samples(records, [r["passed"] for r in scored], ks), scored
+
+
+def sample_key(dataset: str, config: SandboxConfig, rec: dict) -> str:
+    """What a verdict in OUT.partial is valid for: the dataset, the sample, the timeout."""
+    import hashlib
+
+    text = json.dumps([dataset, str(rec["task_id"]), rec["completion"], config.timeout_s, config.memory_mb])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def read_partial(path: Path, keys: list[str]) -> dict[int, dict]:
+    """Verdicts of an interrupted run of the same samples (index and key match); a torn last line
+    (the process died mid-write) and anything that does not match are ignored."""
+    verdicts: dict[int, dict] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return verdicts
+    for line in lines:
+        try:
+            row = json.loads(line)
+            i = row["i"]
+            if isinstance(i, int) and 0 <= i < len(keys) and row["key"] == keys[i] and isinstance(row["passed"], bool):
+                verdicts[i] = {"passed": row["passed"], "result": str(row["result"]),
+                               "isolation": str(row["isolation"])}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return verdicts
 
 
 def main(args: argparse.Namespace) -> int:
@@ -172,10 +214,14 @@ def main(args: argparse.Namespace) -> int:
     prepared = build_programs(args.samples, args.dataset, args.data_dir)  # every input error before any work
     out = check_writable(args.out if args.out is not None else Path(str(args.samples) + "_results.jsonl"))
     console.print(describe_isolation(isolation_report()), soft_wrap=True)
+    config = SandboxConfig(timeout_s=args.timeout)
+    resumed = len(read_partial(Path(str(out) + ".partial"), [sample_key(args.dataset, config, r) for r in prepared[0]]))
+    if resumed:
+        console.print(f"resuming: {resumed} verdicts from {out}.partial (an interrupted run)", soft_wrap=True)
     t0 = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("executing", total=None)
-        scores, scored = score_file(args.samples, args.dataset, out, ks, SandboxConfig(timeout_s=args.timeout),
+        scores, scored = score_file(args.samples, args.dataset, out, ks, config,
                                     args.workers, args.data_dir, prepared=prepared,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     elapsed = time.perf_counter() - t0

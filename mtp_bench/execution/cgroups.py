@@ -15,6 +15,7 @@ cgroups first thing after it is cloned, before any untrusted code runs (`mtp_ben
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -179,3 +180,75 @@ def probe(limits: Limits) -> dict:
         return {"version": None, "controllers": [], "why_not": f"v{version}: cannot create a cgroup ({e.strerror})"}
     remove(groups)
     return {"version": version, "controllers": list(CONTROLLERS), "why_not": "", "parents": parents}
+
+
+_OURS = re.compile(r"^mtp-bench-(?:probe-)?(\d+)-")
+
+
+def remove_stale(parents: dict[str, str]) -> list[str]:
+    """Remove the slot cgroups of harnesses that are gone (killed: an OOM kill, SIGKILL), with whatever
+    sandboxed process is still in them. Ours are named mtp-bench-PID-... (mtp-bench-probe-PID-...);
+    a live PID's are left alone. Returns the removed directories."""
+    removed = []
+    for parent in parents.values():
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            m = _OURS.match(name + "-")
+            if m is None or _alive(int(m.group(1))):
+                continue
+            d = os.path.join(parent, name)
+            remove(SlotGroups(0, [d]))
+            if not os.path.exists(d):
+                removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def available_memory_mb() -> int | None:
+    """Memory this process's processes may still use: the least of MemAvailable and, up its own
+    memory cgroup and the cgroup's ancestors, every limit minus its usage (v2 memory.max, v1
+    memory.limit_in_bytes). None where none of them can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) // 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        mounts, own = _mounts(), _own_paths()
+    except OSError:
+        return min(found) if found else None
+    for point, kind, opts in mounts:
+        if kind == "cgroup2" and "" in own:
+            path, limit_f, usage_f = own[""], "memory.max", "memory.current"
+        elif kind == "cgroup" and "memory" in opts and "memory" in own:
+            path, limit_f, usage_f = own["memory"], "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        d = os.path.join(point, path.lstrip("/"))
+        while d.startswith(point):
+            try:
+                limit = open(os.path.join(d, limit_f)).read().strip()
+                usage = int(open(os.path.join(d, usage_f)).read())
+                if limit != "max" and int(limit) < 1 << 60:
+                    found.append(max(0, int(limit) - usage) // (1024 * 1024))
+            except (OSError, ValueError):
+                pass
+            if d == point:
+                break
+            d = os.path.dirname(d)
+    return min(found) if found else None

@@ -15,12 +15,16 @@ What it protects against, where `isolation_report()` says the feature is in forc
 verdicts (the tests and the verdict live in a judge process the candidate cannot reach; only
 plain data crosses), runaway programs (wall clock, CPU, memory, file size, process and file
 limits), neighbours (per-slot cgroups), leftovers (a pid namespace per program), the network
-(none), the filesystem (read-only, a private /tmp), the answer key (the benchmark data and
-caches the harness knows of are covered: `hidden_paths()`), other processes and the
-environment. What it does not: single-process programs' self-inspection, benchmark data the
-harness does not know of, a candidate that spins until the deadline, semantics that differ from
-one interpreter (arguments are copies), kernel exploits and side channels, world-readable host
-files; without root, user namespaces or cgroups the matching protections are off. The details,
+(none), the filesystem (an allowlisted root: only the Python installation, system libraries and
+basic devices, read-only, and a private /tmp), the answer key (absent outside the installation;
+inside it, what the harness knows of is covered: `hidden_paths()`), state between programs and
+the kernel (a seccomp filter: no keyring, ptrace, bpf, mounts, new namespaces), out-of-memory
+kills (programs go first, the harness last; workers fit the memory available), other processes
+and the environment. What it does not: single-process programs' self-inspection, benchmark data
+inside the Python installation the harness does not know of, a candidate that spins until the
+deadline, semantics that differ from one interpreter (arguments are copies), kernel exploits and
+side channels, world-readable files of the allowlisted paths; without root, user namespaces or
+cgroups the matching protections are off. The details,
 each with its test: docs/sandbox.md. Linux only (pidfd: 5.3+, read-only remount: 5.12+); the steps
 of a run are in sandbox.py.
 """
@@ -232,6 +236,8 @@ def isolation_report() -> dict:
                 features["user_namespace"] = False  # not needed (and not used) as root
             default = SandboxConfig()
             cg = cgroups.probe(cgroups.Limits(default.memory_mb, default.max_procs))
+            if cg["version"]:  # slot cgroups of harnesses that died (an OOM kill) and whatever is left in them
+                cg["stale_removed"] = len(cgroups.remove_stale(cg["parents"]))
             limits = [f"cgroup_{c}" for c in cgroups.CONTROLLERS]
             _report = {
                 "features": features,
@@ -291,20 +297,52 @@ def _job(program: str | Program) -> dict:
     if isinstance(program, Program):
         if program.single_process:
             return {"program": program.source}
-        return {"candidate": program.candidate, "tests": program.tests, "names": list(program.names),
-                "modules": list(program.modules)}
+        return {"candidate": program.candidate_source, "tests": program.judge_tests, "names": list(program.names),
+                "modules": list(program.modules), "refs": list(program.refs)}
     if isinstance(program, str):
         return {"program": program}
     raise ConfigError(f"a program must be a str or a Program, got {type(program).__name__}")
 
 
+HARNESS_OOM_SCORE_ADJ = -800  # the harness and its workers: the last the kernel's OOM killer picks
+# (each sandboxed program sets 1000 for itself: the first)
+
+
+def protect_from_oom() -> bool:
+    """Lower this process's oom_score_adj (the workers inherit it): when memory runs out, a program's
+    processes die first, never the harness with every verdict. Needs root (CAP_SYS_RESOURCE) to lower;
+    returns whether it is in force."""
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as fh:
+            if int(fh.read()) > HARNESS_OOM_SCORE_ADJ:
+                fh.seek(0)
+                fh.write(str(HARNESS_OOM_SCORE_ADJ))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def memory_capped_workers(workers: int, memory_mb: int) -> tuple[int, str | None]:
+    """(workers, why lowered or None): no more workers than the memory available (MemAvailable, and
+    the harness's memory cgroup limits) holds slots of `memory_mb`, and at least one."""
+    available = cgroups.available_memory_mb()
+    if available is None or workers * memory_mb <= available:
+        return workers, None
+    fit = max(1, available // memory_mb)
+    return fit, (f"workers lowered from {workers} to {fit}: {available} MiB of memory available, "
+                 f"{memory_mb} MiB per sandbox")
+
+
 def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxConfig(), workers: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> list[ExecResult]:
+                 progress: Callable[[int, int], None] | None = None,
+                 on_result: Callable[[int, ExecResult], None] | None = None) -> list[ExecResult]:
     """Run every program in its own sandbox, `workers` at a time; results in input order.
 
     A `str` runs in one process (the program decides its own fate up to the nonce); a `Program`
     runs split, the tests in a judge process and the program in a candidate process, unless its
-    `single_process` says why it cannot be."""
+    `single_process` says why it cannot be. `on_result(i, result)` is called as each verdict is
+    decided (one thread at a time), so a caller can write it at once: a crash then loses only the
+    programs in flight. Workers are capped by the memory available (one line on stderr says so)."""
     if not isinstance(config, SandboxConfig):
         raise ConfigError(f"config must be a SandboxConfig, got {type(config).__name__}")
     if workers is not None and not 1 <= workers <= MAX_SLOTS:
@@ -357,12 +395,18 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
                 with lock:
                     state["done"] += 1
                     done = state["done"]
+                    if on_result is not None:
+                        on_result(i, results[i])
                 if progress is not None:
                     progress(done, len(jobs))
         finally:
             worker.close()
 
     n = min(workers or default_workers(), len(jobs))
+    n, lowered = memory_capped_workers(n, config.memory_mb)
+    if lowered:
+        print(f"mtp-bench sandbox: {lowered}", file=sys.stderr)
+    protect_from_oom()
     try:
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
             futures = [pool.submit(serve, slot) for slot in range(n)]

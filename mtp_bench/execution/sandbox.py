@@ -119,6 +119,81 @@ def _drop_capabilities() -> None:
     _check(int(_libc.syscall(ctypes.c_long(SYS_CAPSET), header, data)), "capset")
 
 
+# -----------------------------------------------------------------------------
+# seccomp: the system calls a test program never needs, denied with EPERM (a classic BPF filter)
+#
+# Nothing a program does may outlive it or reach outside its sandbox. The kernel keyring would (a key
+# in the uid's user keyring survives the program, even the harness: state between samples, issue 21);
+# so would ptrace, bpf and perf_event_open (other processes, the kernel), mounts and new namespaces
+# (a user namespace gives back the privileges that hide the answer key), kernel modules, kexec,
+# handles to host files by number, io_uring (system calls the filter cannot see). clone3 answers
+# ENOSYS, so the C library falls back to clone, whose flags the filter can read: a clone into a new
+# namespace is denied, a plain fork or thread is not.
+
+SECCOMP_MODE_FILTER, PR_SET_SECCOMP = 2, 22
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_DENIED = {  # name -> (x86_64, aarch64)
+    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "kcmp": (312, 272),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
+    "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442),
+    "unshare": (272, 97), "setns": (308, 268),
+    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "reboot": (169, 142),
+    "swapon": (167, 224), "swapoff": (168, 225), "acct": (163, 89), "quotactl": (179, 60), "syslog": (103, 116),
+    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "adjtimex": (159, 171), "vhangup": (153, 58),
+}
+_CLONE3 = 435  # both
+_NEW_NAMESPACES = 0x7E020080  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME (in clone's flags)
+
+
+def seccomp_filter(machine: str) -> bytes | None:
+    """The filter program (struct sock_filter[]), or None where the system call numbers are unknown.
+
+    A call from another architecture's table (x86_64's x32 ABI, 32-bit compat) kills the process: the
+    numbers below would mean other calls there."""
+    if machine not in _AUDIT_ARCH:
+        return None
+    col = 0 if machine == "x86_64" else 1
+    ld, jeq, jset, ret, jge = 0x20, 0x15, 0x45, 0x06, 0x35  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JSET|K, RET|K, JGE
+    ins = lambda code, jt, jf, k: struct.pack("HBBI", code, jt, jf, k)  # noqa: E731
+    eperm = SECCOMP_RET_ERRNO | 1
+    prog = [ins(ld, 0, 0, 4), ins(jeq, 1, 0, _AUDIT_ARCH[machine]), ins(ret, 0, 0, SECCOMP_RET_KILL_PROCESS),
+            ins(ld, 0, 0, 0)]  # seccomp_data.arch, then .nr
+    if machine == "x86_64":
+        prog += [ins(jge, 0, 1, 0x40000000), ins(ret, 0, 0, SECCOMP_RET_KILL_PROCESS)]  # x32 numbers
+    numbers = sorted({v[col] for v in _DENIED.values()})
+    for nr in numbers:
+        prog += [ins(jeq, 0, 1, nr), ins(ret, 0, 0, eperm)]
+    prog += [ins(jeq, 0, 1, _CLONE3), ins(ret, 0, 0, SECCOMP_RET_ERRNO | 38)]  # ENOSYS: use clone
+    clone_nr = SYS_CLONE if SYS_CLONE is not None else -1
+    prog += [ins(jeq, 0, 4, clone_nr), ins(ld, 0, 0, 16),  # args[0], its low 32 bits (little-endian)
+             ins(jset, 0, 1, _NEW_NAMESPACES), ins(ret, 0, 0, eperm), ins(ret, 0, 0, SECCOMP_RET_ALLOW),
+             ins(ret, 0, 0, SECCOMP_RET_ALLOW)]
+    return b"".join(prog)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_FILTER = seccomp_filter(os.uname().machine)
+_FILTER_BUF = ctypes.create_string_buffer(_FILTER, len(_FILTER)) if _FILTER else None
+_FPROG = _SockFprog(len(_FILTER) // 8, ctypes.cast(_FILTER_BUF, ctypes.c_void_p)) if _FILTER else None
+
+
+def _install_seccomp() -> None:
+    """Install the filter on this process (inherited by every child; needs no_new_privs first)."""
+    if _FPROG is None:
+        raise OSError(0, f"no seccomp filter for {os.uname().machine}")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_FPROG), 0, 0), "prctl(SECCOMP)")
+
+
 def _write_file(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -138,6 +213,8 @@ FEATURES = (
     "private_proc",  # /proc of the sandbox's own pid namespace: no view of host processes
     "unprivileged_uid",  # a uid/gid of its own, no supplementary groups (harness is root)
     "no_capabilities",  # empty capability sets + no_new_privs
+    "allowlisted_root",  # an empty root with only Python, its import path, system libraries, /dev's basics
+    "seccomp",  # a filter denying the system calls a test program never needs (keyring, ptrace, bpf, mounts, ...)
 )
 _NS_FLAGS = {"user_namespace": CLONE_NEWUSER, "mount_namespace": CLONE_NEWNS, "network_namespace": CLONE_NEWNET,
              "pid_namespace": CLONE_NEWPID, "ipc_namespace": CLONE_NEWIPC, "uts_namespace": CLONE_NEWUTS}
@@ -180,6 +257,100 @@ def _expose_python(exposures: dict[str, list[str]]) -> None:
             os.close(fd)
 
 
+# -----------------------------------------------------------------------------
+# the allowlisted root: a program sees only what it needs to run Python, nothing else of the host
+#
+# Hiding what the harness knows of (`hidden_paths`) cannot cover a copy of the benchmark data it does
+# not know of (a checkout beside ../shared/data, a download in a home directory). So the worker builds
+# an empty root once (a tmpfs), binds into it, read-only and at their own paths, the Python
+# installation and its import path, the system libraries, a few files of /etc the C library reads and
+# the basic devices, and pivots into it: every other path of the host is absent for its programs.
+
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+                "/etc/hosts", "/etc/alternatives")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
+MNT_DETACH = 2
+_TMP_BINDS: list[str] = []  # allowlisted paths under /tmp (a venv there): bound again over each private /tmp
+
+
+def python_roots() -> list[str]:
+    """The Python installation (prefixes, a venv's and its base's) and the import path entries inside them."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots = set(prefixes)
+    for p in sys.path:  # an entry outside every prefix (an editable checkout) is not the installation's
+        real = os.path.realpath(p) if p else ""
+        if real and os.path.isdir(real) and any(real == q or real.startswith(q + "/") for q in prefixes):
+            roots.add(real)
+    return sorted(roots)
+
+
+def allowlist() -> list[str]:
+    """Every path the program's root holds (outermost only), besides /dev's devices, /proc and /tmp."""
+    paths = {p for p in SYSTEM_PATHS if os.path.lexists(p)} | set(python_roots())
+    return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths if not os.path.islink(q)))
+
+
+def _allowlisted_root(paths: list[str]) -> None:
+    """Build the empty root, bind `paths` and the devices in, pivot into it (in the worker, once).
+
+    Every source is opened (O_PATH) before anything is mounted, and bound from that handle: so the
+    staging point may cover an allowlisted path (a venv under /tmp) without hiding it from the new
+    root, and nothing allowlisted is ever looked up through the staging tree itself."""
+    global _TMP_BINDS
+    if SYS_PIVOT_ROOT is None:
+        raise OSError(0, f"pivot_root syscall number unknown on {os.uname().machine}")
+    # 1) handles on the originals (a symlink, /bin -> usr/bin, is recreated as a symlink)
+    items = [(p, None, os.readlink(p)) if os.path.islink(p) else (p, os.open(p, os.O_PATH), None) for p in paths]
+    items += [(f"/dev/{d}", os.open(f"/dev/{d}", os.O_PATH), None) for d in DEVICES if os.path.exists(f"/dev/{d}")]
+    # 2) the new root: a fresh tmpfs on a staging point (/tmp: this mount namespace's own, covered here only)
+    stage = "/tmp"
+    _mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    try:
+        for d in ("dev", "proc", "tmp"):
+            os.mkdir(f"{stage}/{d}", 0o755)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, f"{stage}/dev/{name}")
+        for path, fd, link in items:
+            target = stage + path
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            if link is not None:
+                os.symlink(link, target)
+                continue
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(target, mode=0o755, exist_ok=True)
+            else:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+            _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+    finally:
+        for _, fd, _ in items:
+            if fd is not None:
+                os.close(fd)
+    # 3) pivot: the staging tmpfs becomes "/", the old root is detached (nothing of it stays reachable)
+    os.chdir(stage)
+    _check(int(_libc.syscall(ctypes.c_long(SYS_PIVOT_ROOT), b".", b".")), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    _TMP_BINDS = [p for p in paths if p.startswith("/tmp/") and not os.path.islink(p)]
+
+
+def _private_tmp(options: str) -> None:
+    """A fresh tmpfs on /tmp, with the allowlisted paths that live under /tmp (a venv there) bound
+    again over it: opened before it covers them, in this process's own mount namespace (a bind from
+    a handle of another namespace, the worker's, is refused)."""
+    fds = [os.open(p, os.O_PATH) for p in _TMP_BINDS]
+    try:
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for path, fd in zip(_TMP_BINDS, fds):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 # Namespaces a program can leave nothing behind in are made once per worker (the costly network
 # namespace above all); the rest once per program. An empty network namespace keeps no state once its
 # processes are dead (sockets die with them, and without CAP_NET_ADMIN nothing else can be created);
@@ -201,7 +372,9 @@ def prepare_worker(features: dict[str, bool]) -> None:
         _write_id_maps(uid, gid)
     if features.get("mount_namespace"):
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
-        if features.get("unprivileged_uid"):
+        if features.get("allowlisted_root"):
+            _allowlisted_root(allowlist())
+        elif features.get("unprivileged_uid"):
             _expose_python(python_exposures())
         if features.get("readonly_root"):
             _readonly_everything()
@@ -229,10 +402,15 @@ def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> 
     # 1a) filesystem: the worker's view is already read-only; new mounts on top are writable
     if features.get("private_proc"):
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # 1a') the first the kernel kills when memory runs out (the harness and its workers: the last);
+    # inherited by every process the program starts
+    try:
+        _write_file("/proc/self/oom_score_adj", "1000")
+    except OSError:
+        pass  # no /proc in its view: the harness's own setting stays
     if features.get("private_tmp"):
         owner = f",uid={uid},gid={uid}" if features.get("unprivileged_uid") else ""
-        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-               f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
+        _private_tmp(f"size={config.tmp_mb}m,nr_inodes=4096,mode=0700{owner}")
     # 1b) benchmark data (tests, references, expected outputs) out of sight: a folder under an empty
     # read-only tmpfs, a file under /dev/null; what this view does not show (under the host's /tmp,
     # a hidden home) is out of sight already
@@ -252,6 +430,8 @@ def _lock_down(features: dict[str, bool], uid: int, config: SimpleNamespace) -> 
     if features.get("no_capabilities"):
         _drop_capabilities()
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    if features.get("seccomp"):  # last of the kernel-facing steps: prctl(PDEATHSIG) and setrlimit stay allowed
+        _install_seccomp()
     # 2b) die with the supervisor (set after the uid change, which would clear it)
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
     # 2c) resource limits (lowering is always allowed)
@@ -412,10 +592,14 @@ def _candidate(program: str):
         if first[0] != "ready":
             return
         while (msg := _recv_msg(req)) is not None:
-            _, name, args, kwargs = msg
+            _, name, args, kwargs, refs = msg
             try:
                 if name not in ns:
                     raise NameError(f"name {name!r} is not defined")
+                if refs:  # arguments the tests' setup built here, passed by name (judge.py, MBPP 367)
+                    args = list(args)
+                    for i, ref in refs:
+                        args[i] = ns[ref]
                 value = ns[name](*args, **kwargs)
                 try:
                     reply = ("value", value)
@@ -461,12 +645,38 @@ def _raise_from_candidate(reply) -> None:
     raise _Abort(f"program raised {str(names[0]) if names else 'an exception'}: {text}"[:300])
 
 
-def _judge_one(tests: str, names: list[str], modules: list[str], token: bytes, req: int, rep: int) -> bytes:
+class _Ref:
+    """In the judge: a value the tests' setup built in the candidate (an object of the program's class),
+    known by its name there; a call that takes it as an argument passes the name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+_COMPILED_TESTS: dict[str, object] = {}  # the judge's: tests text -> code (a task's n samples compile it once)
+
+
+def _compiled_tests(tests: str):
+    code = _COMPILED_TESTS.get(tests)
+    if code is None:
+        if len(_COMPILED_TESTS) >= 512:
+            _COMPILED_TESTS.clear()
+        code = _COMPILED_TESTS[tests] = compile(tests, "<tests>", "exec")
+    return code
+
+
+def _judge_one(tests: str, names: list[str], modules: list[str], refs: list[str], token: bytes, req: int,
+               rep: int) -> bytes:
     """Run one program's tests, each call to a program function a request to its candidate process C
     (on `req`, answered on `rep`). Returns the verdict: b"P" + token only if the tests ran to completion."""
     def call(name: str, args: tuple, kwargs: dict):
+        refs = [(i, a.name) for i, a in enumerate(args) if type(a) is _Ref]
+        if refs:
+            args = tuple(None if type(a) is _Ref else a for a in args)
         try:
-            _send_msg(req, ("call", name, args, kwargs))
+            _send_msg(req, ("call", name, args, kwargs, refs))
         except wire.WireError as e:
             raise _Abort(f"the tests passed {name}() a value that is not plain data: {e}") from None
         except OSError:
@@ -492,8 +702,10 @@ def _judge_one(tests: str, names: list[str], modules: list[str], token: bytes, r
             ns[m] = __import__(m)
         for name in names:
             ns[name] = proxy_for(name)
+        for name in refs:
+            ns[name] = _Ref(name)
         _answer(None, _recv_msg(rep))  # the program loaded (or why not)
-        exec(compile(tests, "<tests>", "exec"), ns)
+        exec(_compiled_tests(tests), ns)
         if _Abort.raised:  # swallowed by the tests: still a failure
             raise _Abort(_Abort.raised[0])
         status = b"P" + token  # 4) the tests ran to completion, in this process
@@ -533,10 +745,10 @@ def _judge_server():
             raw = frame(_LEN.unpack(size)[0]) if size is not None else None
             if raw is None:
                 return
-            names, modules, token = wire.decode(body)  # from the trusted worker
+            names, modules, refs, token = wire.decode(body)  # from the trusted worker
             tests = raw.decode("utf-8")
             try:
-                status = _judge_one(tests, names, modules, token, fds[0], fds[1])
+                status = _judge_one(tests, names, modules, refs, token, fds[0], fds[1])
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -612,7 +824,7 @@ class _JudgeProc:
         self.sock.setblocking(False)
 
     def send(self, job: tuple, tests: bytearray, fds: list[int]) -> None:
-        """job = (names, modules, token) as plain data, then the tests as raw UTF-8 (never decoded here)."""
+        """job = (names, modules, refs, token) as plain data, then the tests as raw UTF-8 (never decoded here)."""
         import socket
 
         body = wire.encode(job)
@@ -705,7 +917,7 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
             for attempt in (0, 1):  # a judge that died since the last job is replaced once
                 try:
                     judge.ensure(features, config, judge_uid, cgroup_fds)
-                    judge.send((job["names"], job["modules"], token), tests, [req_w, rep_r])
+                    judge.send((job["names"], job["modules"], job.get("refs", []), token), tests, [req_w, rep_r])
                     break
                 except OSError:
                     judge.kill(features)
@@ -823,13 +1035,12 @@ def _run_one(job: dict, config: SimpleNamespace, features: dict[str, bool], uid:
 def _oom_kills(cgroup: SimpleNamespace | None) -> int:
     """OOM kills the kernel has counted in the slot's memory cgroup (v2 memory.events, v1 memory.oom_control)."""
     total = 0
-    for path in cgroup.oom_files if cgroup is not None else []:
+    for fd in cgroup.oom_fds if cgroup is not None else []:
         try:
-            with open(path) as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        total += int(value)
+            for line in os.pread(fd, 65536, 0).decode().splitlines():  # a fresh read from offset 0
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    total += int(value)
         except (OSError, ValueError):
             pass
     return total
@@ -910,7 +1121,15 @@ def probe() -> dict[str, bool]:
             child = os.fork()  # lands in the new pid namespace, if any
             if child == 0:
                 exposed = True
-                if found["mount_namespace"] and root:
+                if found["mount_namespace"] and found["pid_namespace"]:
+                    try:  # verify: "/" holds only the allowlist's top-level names, and Python is there
+                        paths = allowlist()
+                        _allowlisted_root(paths)
+                        expected = {p.split("/")[1] for p in paths} | {"dev", "proc", "tmp"}
+                        found["allowlisted_root"] = set(os.listdir("/")) <= expected and os.path.exists(sys.executable)
+                    except OSError:
+                        pass
+                if found["mount_namespace"] and root and not found["allowlisted_root"]:
                     try:
                         _expose_python(python_exposures())
                     except OSError:
@@ -947,7 +1166,16 @@ def probe() -> dict[str, bool]:
                     found["no_capabilities"] = True
                 except OSError:
                     pass
+                if found["no_capabilities"]:  # verify: a denied call must now fail with EPERM
+                    try:
+                        _install_seccomp()
+                        nr = _DENIED["keyctl"][0 if os.uname().machine == "x86_64" else 1]
+                        found["seccomp"] = (_libc.syscall(ctypes.c_long(nr), 0, 0, 0, 0, 0) == -1
+                                            and ctypes.get_errno() == 1)
+                    except OSError:
+                        pass
                 found["readonly_root"] &= found["private_tmp"]  # else there would be no writable place
+                found["allowlisted_root"] &= found["private_tmp"] and found["private_proc"]
                 os.write(w, json.dumps(found).encode())
                 os._exit(0)
             os.waitpid(child, 0)
@@ -1035,9 +1263,9 @@ def worker_main(slot: int, features: dict[str, bool] | None, cgroup: dict | None
     groups = None
     if features is not None:
         try:
-            if cgroup is not None:  # opened now: the mounts are read-only from here on
+            if cgroup is not None:  # opened now: the allowlisted root has no /sys
                 groups = SimpleNamespace(fds=[os.open(p, os.O_WRONLY) for p in cgroup["procs"]],
-                                         oom_files=cgroup["oom_files"])
+                                         oom_fds=[os.open(p, os.O_RDONLY) for p in cgroup["oom_files"]])
             prepare_worker(features)
         except OSError as e:
             broken = f"sandbox worker setup failed: {e}"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import struct
+import sys
 
 MAX_DEPTH = 100  # nesting of containers; deeper (or a cycle) is refused
 MAX_BYTES = 64 * 1024 * 1024  # one message
@@ -114,7 +115,7 @@ def decode(data: bytes):
     mv = memoryview(data)
     try:
         value, pos = _decode(mv, 0, 0)
-    except (IndexError, struct.error, UnicodeDecodeError, TypeError) as e:
+    except (IndexError, struct.error, UnicodeDecodeError, TypeError, OverflowError) as e:
         raise WireError(f"malformed message: {type(e).__name__}: {e}") from None
     if pos != len(mv):
         raise WireError("malformed message: trailing bytes")
@@ -142,7 +143,7 @@ def _decode(mv: memoryview, pos: int, depth: int):
         extra, pos = _decode(mv, pos, depth + 1)
         if tag == b"D" and extra is not None and not (type(extra) is str and extra in _FACTORIES):
             raise WireError("malformed message: bad defaultdict factory")
-        if tag == b"Q" and extra is not None and not (type(extra) is int and extra >= 0):
+        if tag == b"Q" and extra is not None and not (type(extra) is int and 0 <= extra <= sys.maxsize):
             raise WireError("malformed message: bad deque maxlen")
     if tag in (b"i", b"s", b"b", b"l", b"t", b"S", b"z", b"d", b"C", b"O", b"D", b"Q"):
         (n,) = _U32.unpack_from(mv, pos)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 
 from mtp_bench.api.errors import ConfigError
-from mtp_bench.generation.engine import uses_bos
 
 PROMPT_MODES = ("completion", "chat", "auto")
 FUNCTION_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
@@ -75,6 +74,8 @@ def render_chat(model, user_text: str) -> str:
     text = tok.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
                                    add_generation_prompt=True)
     bos = getattr(tok, "bos_token", None)
+    from mtp_bench.generation.engine import uses_bos  # torch: only when a model renders a prompt
+
     if bos and text.startswith(bos) and uses_bos(model):
         text = text[len(bos):]
     return text

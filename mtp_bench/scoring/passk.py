@@ -20,7 +20,6 @@ from mtp_bench.api.errors import ConfigError
 from mtp_bench.api.metric import Metric
 from mtp_bench.api.registry import GenRequest
 from mtp_bench.execution.pool import Program, SandboxConfig, isolation_report, run_programs
-from mtp_bench.generation.engine import GenerationConfig
 from mtp_bench.scoring.metrics import mean_metric, pass_at_k
 
 
@@ -183,6 +182,8 @@ def generate_runs(evaluator, model, ctx, task_ids: list[str], prompts: dict[str,
     (the engine truncates it from the left).
 
     Returns (runs, k skipped above n, [(run, GenRequest, Generation)], prompts truncated, max_new_tokens)."""
+    from mtp_bench.generation.engine import GenerationConfig  # torch: imported only when generating (not by `exec`)
+
     cfg = evaluator.config
     runs, skipped = sampling_runs(cfg.protocol, cfg.n, cfg.temperatures, cfg.k)
     max_new = min(cfg.max_new_tokens, max(1, int(model.max_seq_len) // 2))

@@ -173,9 +173,9 @@ def test_every_reference_solution_passes_its_own_tests_in_the_sandbox(data_dir):
     details = {f"{v}/{tid}": f"{r.status}: {r.detail}" for (v, tid, _), r in zip(jobs, results) if not r.passed}
     assert failing == KNOWN_FAILING_REFERENCES, details
     assert all(r.status == "passed" for r in results if r.passed)
-    # judged apart from the program, but task 367, whose tests build the solution's Node objects
-    single = {f"{v}/{tid}" for (v, tid, _), r in zip(jobs, results) if r.isolation == "single-process"}
-    assert single == {f"{v}/367" for v in ("full", "sanitized") if any(t == "367" for vv, t, _ in jobs if vv == v)}
+    # every one judged apart from the program, task 367 too (its setup builds the solution's Node
+    # objects in the candidate; the asserts run in the judge)
+    assert {r.isolation for r in results} == {"judge"}
 
 
 def _scripted(texts):

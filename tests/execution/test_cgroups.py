@@ -1,6 +1,7 @@
 """Where slot cgroups go and what is written there, on fake cgroup trees (the machine's own
 hierarchy is exercised by tests/execution/test_sandbox.py, with whichever version it has)."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -31,7 +32,14 @@ def test_v2_enables_the_controllers_and_writes_the_limits(fake_v2):
     assert (d / "memory.max").read_text() == str(300 << 20)
     assert (d / "pids.max").read_text() == "40" and (d / "cpu.max").read_text() == "100000 100000"
     (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
-    assert sandbox._oom_kills(SimpleNamespace(oom_files=groups.oom_files)) == 2  # what the worker reads
+    fds = [os.open(f, os.O_RDONLY) for f in groups.oom_files]  # as the worker holds them
+    try:
+        assert sandbox._oom_kills(SimpleNamespace(oom_fds=fds)) == 2  # what the worker reads
+        (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 5\n")
+        assert sandbox._oom_kills(SimpleNamespace(oom_fds=fds)) == 5  # read afresh each time
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_v2_without_the_controllers_says_why(fake_v2):
@@ -65,3 +73,23 @@ def test_v1_uses_each_hierarchy_under_our_own_cgroup(tmp_path, monkeypatch):
 def test_not_root_means_no_cgroups(monkeypatch):
     monkeypatch.setattr(cgroups.os, "geteuid", lambda: 1000)
     assert cgroups.locate() == (None, {}, "not root")
+
+
+def test_available_memory_is_the_least_of_memavailable_and_each_cgroup_limit(fake_v2):
+    (fake_v2 / "memory.max").write_text(str(600 << 20))
+    (fake_v2 / "memory.current").write_text(str(100 << 20))
+    (fake_v2.parent / "memory.max").write_text("max")  # an ancestor without a limit
+    (fake_v2.parent / "memory.current").write_text(str(5 << 30))
+    assert cgroups.available_memory_mb() == 500
+
+
+def test_remove_stale_takes_dead_harnesses_groups_only(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name in (f"mtp-bench-{dead.pid}-0-1", f"mtp-bench-probe-{dead.pid}", f"mtp-bench-{os.getpid()}-0-1", "other"):
+        (tmp_path / name).mkdir()
+    removed = cgroups.remove_stale({"memory": str(tmp_path)})
+    assert sorted(os.path.basename(d) for d in removed) == sorted([f"mtp-bench-{dead.pid}-0-1", f"mtp-bench-probe-{dead.pid}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"mtp-bench-{os.getpid()}-0-1", "other"])

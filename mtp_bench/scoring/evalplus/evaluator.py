@@ -9,7 +9,6 @@ from typing import ClassVar
 from mtp_bench.api.context import RunContext
 from mtp_bench.api.errors import ConfigError
 from mtp_bench.api.registry import EvalOutput, Evaluator
-from mtp_bench.generation import chat
 from mtp_bench.scoring.evalplus.check import generate_check_score
 from mtp_bench.scoring.evalplus.data import load_problems
 from mtp_bench.scoring.passk import validate_sampling_config
@@ -33,6 +32,8 @@ class PlusConfig:
     workers: int | None = None  # sandbox processes; None = the sandbox's default (all cores)
 
     def __post_init__(self):
+        from mtp_bench.generation import chat  # the generation package imports torch: not for `mtp-bench exec`
+
         try:
             validate_sampling_config(self)
             chat.validate_prompt_mode(self.prompt_mode)
@@ -57,6 +58,8 @@ class PlusEvaluator(Evaluator):
         raise NotImplementedError
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
+        from mtp_bench.generation import chat
+
         cfg = self.config
         problems = load_problems(self.dataset, [d for d in (cfg.data_dir, ctx.data_dir) if d])
         task_ids = list(problems)[: ctx.limit] if ctx.limit is not None else list(problems)

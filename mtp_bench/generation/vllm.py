@@ -431,15 +431,16 @@ def load_config_json(d: Path) -> Any:
 
 def read_hf_config(d: Path, vllm: Any) -> dict[str, Any]:
     """config.json of an HF directory, checked before any engine starts (an engine start costs
-    20-200 s before vLLM's own check would fail): JSON, an `architectures` entry, and one that this
-    vLLM implements (where it lists them: `vllm.ModelRegistry.get_supported_archs()`)."""
+    20-200 s before vLLM's own check would fail): JSON, `architectures` or `model_type`, and
+    architectures this vLLM implements (where it lists them: `vllm.ModelRegistry.get_supported_archs()`)."""
     cfg = load_config_json(d)
-    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
-    if not isinstance(archs, list) or not archs:
-        raise CheckpointError(f"{d}/config.json names no architectures; vLLM picks its model class by them")
+    if not isinstance(cfg, dict) or not (cfg.get("architectures") or cfg.get("model_type")):
+        raise CheckpointError(f"{d}/config.json names no architectures and no model_type; vLLM picks its model "
+                              "class by them")
+    archs = cfg.get("architectures") or []  # none (a GGUF conversion's config): vLLM goes by model_type
     registry = getattr(vllm, "ModelRegistry", None)
     supported = registry.get_supported_archs() if hasattr(registry, "get_supported_archs") else None
-    if supported is not None and not any(a in supported for a in archs):
+    if archs and supported is not None and not any(a in supported for a in archs):
         raise CheckpointError(f"{d}: vLLM {getattr(vllm, '__version__', '')} does not implement {', '.join(archs)}")
     return cfg
 

@@ -294,7 +294,7 @@ def test_a_vllm_that_does_not_import_is_one_line(monkeypatch, checkpoints, tmp_p
 
 @pytest.mark.parametrize("config_text, message", [
     ("{not json", "config.json: cannot read it: JSONDecodeError"),
-    ('{"model_type": "llama"}', "config.json names no architectures"),
+    ('{"vocab_size": 8}', "config.json names no architectures and no model_type"),
 ])
 def test_an_unreadable_model_dir_is_refused_before_any_engine(fake_vllm, checkpoints, tmp_path, capsys,
                                                               config_text, message):

@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ngram-k", type=int, default=3, help="vLLM n-gram draft length (default 3)")
     parser.add_argument("--heads", default="smollm2-135m-mtp4", help="our specdec's checkpoint (default: the "
                                                                     "shipped SmolLM2 heads)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for ours and HF (default: the "
+                                                                  "cores the load average leaves free, as run does)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
@@ -97,7 +99,12 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts {args.prompts}: HumanEval has only {len(problems)} problems")
     prompts = [p["prompt"] for _, p in problems[: args.prompts]]
     n_new = args.max_new_tokens
-    threads = torch.get_num_threads()
+    from mtp_bench.models.device import choose_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    threads, threads_why = choose_threads(args.threads)  # oversubscribed threads collapse on a loaded machine
+    torch.set_num_threads(threads)
 
     # 1) the three engines on the same weights and token ids
     vmodel = V.VLLMBackend(V.BackendConfig(dtype=args.vllm_dtype), vllm).load(hf_dir)
@@ -164,6 +171,7 @@ def main(args: argparse.Namespace) -> int:
         table.add_row(labels[name], f"{r['tokens']:,}", f"{r['median_s']:.2f}", f"{r['tokens_per_s']:,.1f}",
                       f"{r['tokens_per_s'] / res['ours']['tokens_per_s']:.2f}x", f"{r['identical_to_ours']}/{len(prompts)}")
     out.print(table)
+    out.print(f"ours and HF: {threads} torch thread(s) ({threads_why}); vLLM: its engine's own choice")
     out.print(f"vLLM engine start: {start_s:.1f} s (not in its tokens/s); vLLM/ours {ratios['vllm_over_ours']:.2f}x, "
               f"vLLM/HF {ratios['vllm_over_hf']:.2f}x, ours/HF {ratios['ours_over_hf']:.2f}x")
     if spec is not None:
@@ -185,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
         atomic_write_json(args.out, {
             "benchmark": "vllm", "model": hf_dir, "prompts": len(prompts), "max_new_tokens": n_new,
             "batch_size": args.batch_size, "repeats": args.repeats, "vllm_dtype": args.vllm_dtype,
-            "results": res, "ratios": ratios, "specdec": spec, "threads": threads,
+            "results": res, "ratios": ratios, "specdec": spec, "threads": threads, "threads_chosen_by": threads_why,
             "load_average": os.getloadavg(), "mtp_bench": __version__, "vllm": vllm.__version__,
             "torch": torch.__version__, "transformers": transformers.__version__,
         })
@@ -235,7 +243,7 @@ def _specdec(args, vmodel, prompts: list[str], n_new: int, threads: int, console
         ck = Path(mtp_bench.__file__).resolve().parent.parent / "reference_model" / "checkpoints" / heads
         model = mtp_bench.load(str(ck) if ck.is_dir() else heads, device="cpu", dtype=torch.float32)
         res = mtp_bench.evaluate(model, ["specdec"], config={"specdec": {
-            "n_prompts": len(prompts), "max_new_tokens": n_new, "peers": False, "batch_size": 1}})
+            "n_prompts": len(prompts), "max_new_tokens": n_new, "peers": False, "batch_size": 1}}, threads=threads)
         sm = res.metrics("specdec")
         k = model.n_future
         out["ours_heads"] = {

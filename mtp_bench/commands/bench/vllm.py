@@ -16,7 +16,9 @@ and vLLM's speculative decoding against our `specdec`, side by side in one run.
               acceptance length) and alpha_uncond_i (its per-position acceptance rate), and
               tokens/s against plain vLLM greedy, one prompt per generate call
        ours   the `specdec` evaluator on --heads (default: the shipped smollm2-135m-mtp4, heads
-              trained on the same SmolLM2 base): the same metrics by the same definitions
+              trained on the same SmolLM2 base): the same metrics by the same definitions; the
+              "tau" column is its `mean_acceptance_length` (vLLM's definition: before trimming at
+              EOS or max_new_tokens; `tau_kept` in the JSON is our tau, tokens actually kept)
    One vLLM engine at a time: the plain one is shut down before the speculative one starts.
 
 examples:
@@ -176,7 +178,7 @@ def main(args: argparse.Namespace) -> int:
               f"vLLM/HF {ratios['vllm_over_hf']:.2f}x, ours/HF {ratios['ours_over_hf']:.2f}x")
     if spec is not None:
         st = Table(title=f"speculative decoding, batch 1, {args.specdec_prompts} prompts x {n_new} tokens")
-        for col in ("decoder", "tau", "alpha_uncond_2..", "tokens/s", "plain tokens/s", "speedup"):
+        for col in ("decoder", "acceptance length", "alpha_uncond_2..", "tokens/s", "plain tokens/s", "speedup"):
             st.add_column(col, justify="left" if col == "decoder" else "right")
         for s in spec.values():
             st.add_row(s["label"], f"{s['tau']:.2f}", " ".join(f"{a:.2f}" for a in s["alpha_uncond"]),
@@ -247,7 +249,8 @@ def _specdec(args, vmodel, prompts: list[str], n_new: int, threads: int, console
         sm = res.metrics("specdec")
         k = model.n_future
         out["ours_heads"] = {
-            "label": f"ours, {heads} heads k={k}", "tau": sm["tau"].value,
+            "label": f"ours, {heads} heads k={k}", "tau": sm["mean_acceptance_length"].value,
+            "tau_kept": sm["tau"].value,
             "alpha_uncond": [sm[f"alpha_uncond_{i}"].value for i in range(2, k + 1) if f"alpha_uncond_{i}" in sm],
             "tokens_per_s": sm["tokens_per_s_total"].value,
             "plain_tokens_per_s": sm["plain_tokens_per_s"].value, "speedup": sm["speedup"].value,

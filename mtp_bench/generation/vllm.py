@@ -431,12 +431,10 @@ def load_config_json(d: Path) -> Any:
 
 def read_hf_config(d: Path, vllm: Any) -> dict[str, Any]:
     """config.json of an HF directory, checked before any engine starts (an engine start costs
-    20-200 s before vLLM's own check would fail): JSON, `architectures` or `model_type`, and
-    architectures this vLLM implements (where it lists them: `vllm.ModelRegistry.get_supported_archs()`)."""
+    20-200 s before vLLM's own check would fail): JSON (detect_format has seen `architectures` or
+    `model_type`), and architectures this vLLM implements (where it lists them:
+    `vllm.ModelRegistry.get_supported_archs()`)."""
     cfg = load_config_json(d)
-    if not isinstance(cfg, dict) or not (cfg.get("architectures") or cfg.get("model_type")):
-        raise CheckpointError(f"{d}/config.json names no architectures and no model_type; vLLM picks its model "
-                              "class by them")
     archs = cfg.get("architectures") or []  # none (a GGUF conversion's config): vLLM goes by model_type
     registry = getattr(vllm, "ModelRegistry", None)
     supported = registry.get_supported_archs() if hasattr(registry, "get_supported_archs") else None

@@ -122,6 +122,7 @@ class LLM:
 def fake_vllm(monkeypatch):
     mod = types.ModuleType("vllm")
     mod.LLM, mod.SamplingParams, mod.__version__ = LLM, SamplingParams, "0.32.0+fake"
+    mod.ModelRegistry = types.SimpleNamespace(get_supported_archs=lambda: {"LlamaForCausalLM", "Qwen2ForCausalLM"})
     monkeypatch.setitem(sys.modules, "vllm", mod)
     LLM.built = []
     yield mod
@@ -294,7 +295,8 @@ def test_a_vllm_that_does_not_import_is_one_line(monkeypatch, checkpoints, tmp_p
 
 @pytest.mark.parametrize("config_text, message", [
     ("{not json", "config.json: cannot read it: JSONDecodeError"),
-    ('{"vocab_size": 8}', "config.json names no architectures and no model_type"),
+    ('{"vocab_size": 8}', "a non-Hugging-Face checkpoint; vLLM serves Hugging Face directories"),
+    ('{"model_type": "x", "architectures": ["NoSuchForCausalLM"]}', "does not implement NoSuchForCausalLM"),
 ])
 def test_an_unreadable_model_dir_is_refused_before_any_engine(fake_vllm, checkpoints, tmp_path, capsys,
                                                               config_text, message):
@@ -401,3 +403,15 @@ def test_doctests_run():
     for mod in (vllm_backend, specdec_vllm):
         failures, tried = doctest.testmod(mod)
         assert failures == 0 and tried > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompts", "0"], "--prompts must be >= 1"),
+    (["--specdec-prompts", "40", "--prompts", "32"], "--specdec-prompts must be in 0..--prompts"),
+    ([], "--backend vllm needs the vllm package"),  # checked before any model is converted or loaded
+])
+def test_bench_vllm_bad_input_is_one_line_exit_2(monkeypatch, capsys, argv, message):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    assert main(["bench", "vllm", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -207,8 +207,10 @@ def _specdec(args, vmodel, prompts: list[str], n_new: int, threads: int, console
     """vLLM n-gram (batch 1) and our specdec on the same prompts: tau, alpha_uncond_i, tokens/s."""
     import torch
 
-    import mtp_bench
+    import mtp_bench.reference_model as reference_model
     from mtp_bench.evals.specdec_vllm import acceptance_metrics
+    from mtp_bench.evaluation import evaluate
+    from mtp_bench.models.loader import load as load_model
 
     spec_cfg = {"method": "ngram", "num_speculative_tokens": args.ngram_k, "prompt_lookup_min": 1,
                 "prompt_lookup_max": 4}
@@ -242,9 +244,9 @@ def _specdec(args, vmodel, prompts: list[str], n_new: int, threads: int, console
         release_engines()
         torch.set_num_threads(threads)
         heads = args.heads
-        ck = Path(mtp_bench.__file__).resolve().parent.parent / "reference_model" / "checkpoints" / heads
-        model = mtp_bench.load(str(ck) if ck.is_dir() else heads, device="cpu", dtype=torch.float32)
-        res = mtp_bench.evaluate(model, ["specdec"], config={"specdec": {
+        ck = Path(reference_model.__file__).resolve().parent / "checkpoints" / heads  # a shipped name, or a path
+        model = load_model(str(ck) if ck.is_dir() else heads, device="cpu", dtype=torch.float32)
+        res = evaluate(model, ["specdec"], config={"specdec": {
             "n_prompts": len(prompts), "max_new_tokens": n_new, "peers": False, "batch_size": 1}}, threads=threads)
         sm = res.metrics("specdec")
         k = model.n_future

@@ -18,6 +18,15 @@ lossless_fraction (share of prompts with identical tokens; greedy speculation sh
 up to kernel numerics). Counters are totals over all prompts, so these are point values.
 
 Prompts: HumanEval's, in task order (as `specdec`'s "code" prompt set), greedy.
+
+Methods: `mtp` (the checkpoint's own MTP layers), `ngram` (prompt lookup: drafts copied from the
+prompt, `prompt_lookup_min`..`prompt_lookup_max` tokens matched; no drafter weights, so it runs on
+any model), and the drafter methods (`eagle`, `eagle3`, `draft_model`, `medusa`, `mlp_speculator`),
+whose weights come from `draft_model`. What vLLM refuses (a method it does not know, `mtp` on a
+model without MTP layers, a drafter method without a drafter) is refused before an engine starts
+where we can tell, else relayed from vLLM in one line (exit 2). vLLM 0.32's CPU build runs n-gram,
+draft models and EAGLE (its CPU model runner has C++ kernels for EAGLE's steps); tested here: n-gram
+on SmolLM2-135M-Instruct (tests/generation/test_vllm_real.py).
 """
 
 from __future__ import annotations
@@ -28,6 +37,41 @@ from mtp_bench.api import EvalOutput, Evaluator, RunContext, register
 from mtp_bench.api.errors import ConfigError
 from mtp_bench.generation.vllm import NeedsVLLMBackend
 from mtp_bench.scoring.metrics import mean_metric, point_metric
+
+DRAFTER_METHODS = ("eagle", "eagle3", "draft_model", "medusa", "mlp_speculator")
+# config.json fields by which a model declares MTP layers (DeepSeek-V3/GLM: num_nextn_predict_layers;
+# MiMo: num_nextn_predict_layers; Qwen3-Next: num_nextn_predict_layers; ERNIE/others: mtp_num_hidden_layers)
+MTP_FIELDS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_modules", "n_predict")
+
+
+def check_method(method: str, model) -> None:
+    """Refuse, before an engine starts (20-200 s), a method vLLM does not know or `mtp` on a model
+    whose config declares no MTP layers; what only vLLM can tell is relayed by the backend."""
+    methods = known_methods(model.vllm)
+    if methods is not None and method not in methods:
+        raise ConfigError(f"specdec_vllm method={method!r} is not one vLLM {model.vllm.__version__} knows; "
+                          f"valid: {', '.join(sorted(methods))}")
+    if method == "mtp" and not any(model.config.get(f) for f in MTP_FIELDS):
+        archs = ", ".join(model.config.get("architectures") or ["?"])
+        raise ConfigError(f"specdec_vllm method=mtp: {model.path} ({archs}) has no MTP layers for vLLM to draft with "
+                          f"(its config.json sets none of {', '.join(MTP_FIELDS)}); use method=ngram, or a drafter "
+                          "method with draft_model=DIR")
+
+
+def known_methods(vllm) -> set[str] | None:
+    """vLLM's speculative methods (its SpeculativeMethod literal, nested literals flattened), or None
+    where this vllm does not say."""
+    import importlib
+    import typing
+
+    try:
+        lit = importlib.import_module("vllm.config.speculative").SpeculativeMethod
+    except (ImportError, AttributeError):
+        return None
+
+    def flat(t) -> set[str]:
+        return {x for a in typing.get_args(t) for x in ({a} if isinstance(a, str) else flat(a))}
+    return flat(lit)
 
 
 def code_prompts() -> list[tuple[str, str]]:
@@ -68,8 +112,11 @@ class SpecDecVLLM(Evaluator):
 
     @dataclass
     class Config:
-        method: str = "mtp"  # vLLM's speculative method: "mtp" uses the checkpoint's own MTP layers
+        method: str = "mtp"  # vLLM's speculative method: "mtp" uses the checkpoint's own MTP layers; "ngram"
         num_speculative_tokens: int = 1  # draft length k (vLLM's recommended start for MTP)
+        draft_model: str | None = None  # drafter weights (eagle, eagle3, draft_model, medusa, mlp_speculator)
+        prompt_lookup_min: int = 1  # ngram: shortest suffix matched in the prompt (vLLM's default 5 rarely matches)
+        prompt_lookup_max: int = 4  # ngram: longest suffix matched
         n_prompts: int = 20  # first N HumanEval prompts; --limit cuts further
         max_new_tokens: int = 128  # per prompt, greedy
         warmup: int = 1  # untimed prompts per engine before the timed call
@@ -79,6 +126,21 @@ class SpecDecVLLM(Evaluator):
             if self.num_speculative_tokens < 1 or self.n_prompts < 1 or self.max_new_tokens < 1 or self.warmup < 0:
                 raise ConfigError("specdec_vllm num_speculative_tokens, n_prompts, max_new_tokens must be >= 1, "
                                   "warmup >= 0")
+            if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+                raise ConfigError("specdec_vllm needs 1 <= prompt_lookup_min <= prompt_lookup_max, got "
+                                  f"{self.prompt_lookup_min} and {self.prompt_lookup_max}")
+            if self.method in DRAFTER_METHODS and not self.draft_model:
+                raise ConfigError(f"specdec_vllm method={self.method} drafts with a model of its own: give "
+                                  f"--config specdec_vllm.draft_model=DIR (or method=ngram, which needs none)")
+
+        def speculative_config(self) -> dict:
+            """vLLM's speculative_config for this method."""
+            spec: dict = {"method": self.method, "num_speculative_tokens": self.num_speculative_tokens}
+            if self.method == "ngram":
+                spec.update(prompt_lookup_min=self.prompt_lookup_min, prompt_lookup_max=self.prompt_lookup_max)
+            if self.draft_model:
+                spec["model"] = self.draft_model
+            return spec
 
     def run(self, model, ctx: RunContext) -> EvalOutput:
         if not hasattr(model, "speculative_generate"):
@@ -88,7 +150,8 @@ class SpecDecVLLM(Evaluator):
         n = c.n_prompts if ctx.limit is None else min(c.n_prompts, ctx.limit)
         items = code_prompts()[:n]
         prompts = [p for _, p in items]
-        spec = {"method": c.method, "num_speculative_tokens": c.num_speculative_tokens}
+        spec = c.speculative_config()
+        check_method(c.method, model)
         # 1) speculative: warm up, then one timed call whose counter deltas are the figures
         if c.warmup:
             model.speculative_generate(prompts[: c.warmup], c.max_new_tokens, spec)

@@ -27,7 +27,7 @@ EPILOG = """examples:
   mtp-bench export CKPT --format hf-llama --out DIR        # serve head 1 anywhere
   mtp-bench exec samples.jsonl --dataset humaneval         # score generations made anywhere
   mtp-bench score gsm8k gens.jsonl --out scored.jsonl       # the same for gsm8k / summarization
-  mtp-bench bench train|generate|engine|exec|specdec|gpu   # speed and memory benchmarks
+  mtp-bench bench train|generate|engine|exec|specdec|gpu|vllm   # speed and memory benchmarks
   mtp-bench repro induction --budget smoke                 # a paper finding end to end (verdict)
   mtp-bench data arithmetic --split test --m 3 --n 2000 --out test.jsonl
 """
@@ -57,6 +57,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "specdec": ("mtp_bench.commands.bench.specdec", "self-speculative decoding speedup and acceptance"),
     "heads": ("mtp_bench.commands.bench.heads", "frozen-trunk drafter training tokens/s against the machine's analytic limit"),
     "rouge": ("mtp_bench.commands.bench.rouge", "ROUGE scoring throughput: rouge-score vs rouge-score-rs"),
+    "vllm": ("mtp_bench.commands.bench.vllm", "vLLM vs our engine vs HF generate tokens/s; vLLM n-gram vs our specdec"),
 }
 
 

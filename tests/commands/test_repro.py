@@ -195,7 +195,7 @@ def test_smoke_speedup_end_to_end_held_out_prompts_and_reuse(tmp_path, data_dir,
             assert info["k"] == k and info["prompt_set"] == "text" and info["n_prompts"] == 2
     assert doc["per_k"]["1"]["speedup"]["mean"] == 1.0 and "alpha_uncond_2" in doc["per_k"]["4"]
     # prompts come from stories the model never trained on (checked here from the files themselves)
-    train = {json.loads(line)["text"] for line in (work / "data" / "speedup-train.jsonl").read_text().splitlines()}
+    train = {json.loads(line)["text"] for line in next((work / "data").glob("speedup-*-train.jsonl")).read_text().splitlines()}
     held = [s.strip() for s in repro.speedup_prompt_file(work).read_text().split("<|endoftext|>") if s.strip()]
     assert len(held) == doc["data"]["n_eval_stories"] > 0 and not set(held) & train
     assert doc["data"]["train_eval_overlap"] == 0

@@ -96,10 +96,10 @@ KEYRING_LEARNER = '''    import ctypes, json, os
 '''
 
 
-def _sandbox_key_users() -> list[str]:
-    """Lines of /proc/key-users for the sandbox's uids (2,000,000 and up): users holding keys."""
+def _sandbox_key_users() -> set[int]:
+    """The sandbox uids (2,000,000 and up) that hold keys in the kernel, from /proc/key-users."""
     lines = Path("/proc/key-users").read_text().splitlines()
-    return [line for line in lines if int(line.split(":")[0]) >= 2_000_000]
+    return {uid for uid in (int(line.split(":")[0]) for line in lines) if uid >= 2_000_000}
 
 
 def test_keyring_learner_passes_no_sample_and_leaves_no_key(tmp_path):
@@ -107,7 +107,7 @@ def test_keyring_learner_passes_no_sample_and_leaves_no_key(tmp_path):
     scored = exec_samples(tmp_path, [{"task_id": "HumanEval/0", "completion": KEYRING_LEARNER}] * 16,
                           "--workers", "1")
     assert sum(r["passed"] for r in scored) == 0, [r["result"] for r in scored]
-    assert _sandbox_key_users() == before  # no key left in the host kernel
+    assert not _sandbox_key_users() - before  # no key left in the host kernel by this run's uids
 
 
 # -----------------------------------------------------------------------------
@@ -363,3 +363,17 @@ def test_exec_imports_no_torch():
             "e.dataset_module('humaneval'); e.dataset_module('mbpp')\nprint('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_harness_is_the_oom_killers_last_choice_only_while_programs_run():
+    from mtp_bench.execution.pool import HARNESS_OOM_SCORE_ADJ, isolation_report, run_programs
+
+    adj = lambda: int(Path("/proc/self/oom_score_adj").read_text())  # noqa: E731
+    before, during = adj(), []
+    res = run_programs(["print(open('/proc/self/oom_score_adj').read())"], progress=lambda d, t: during.append(adj()))
+    assert res[0].passed and res[0].stdout.strip() == "1000"  # the program: the first choice, always
+    assert adj() == before  # the harness: as it was, once the programs are done
+    if "harness_oom_last" in isolation_report()["in_force"]:
+        assert during == [HARNESS_OOM_SCORE_ADJ]
+    else:  # no CAP_SYS_RESOURCE (a container): said by the report; the programs' 1000 still go first
+        assert "harness_oom_last" in isolation_report()["not_in_force"] and during == [before]

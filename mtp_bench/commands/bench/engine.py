@@ -110,11 +110,9 @@ def measure(model, prompts: list[str], cases: list[tuple[str, object]], repeats:
 
 
 def main(args: argparse.Namespace) -> int:
-    for name in ("prompts", "max_new_tokens", "batch_size", "repeats"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    from mtp_bench.commands.bench.generate import check_sizes
+
+    check_sizes(args)
     if not 0.0 < args.top_p <= 1.0:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     temps = _temperatures(args.temperatures)

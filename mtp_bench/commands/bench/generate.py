@@ -129,12 +129,17 @@ def hf_generate(hf, prompt_ids: list[list[int]], batch_size: int, max_new_tokens
     return out
 
 
-def main(args: argparse.Namespace) -> int:
+def check_sizes(args: argparse.Namespace) -> None:
+    """--prompts, --max-new-tokens, --batch-size, --repeats >= 1 and --threads >= 0, or one line."""
     for name in ("prompts", "max_new_tokens", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+
+
+def main(args: argparse.Namespace) -> int:
+    check_sizes(args)
     _check_out(args.out)
     n_prompts, max_new, repeats = (4, 8, 2) if args.quick else (args.prompts, args.max_new_tokens, args.repeats)
     if args.quick and args.model:
